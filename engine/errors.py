@@ -1,0 +1,47 @@
+"""Errors that carry a message meant for the user.
+
+Every error a user can cause (bad config, broken template, dead judge server, missing teacher
+answer) is raised as a subclass of :class:`UserError`. Front ends print ``str(err)`` and exit with
+``err.exit_code``; they never show a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error with a message that names the thing and says what to do."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(message if not hint else f"{message}\n  hint: {hint}")
+
+
+class ConfigError(UserError):
+    """A config file or override is invalid (unknown key, bad value, missing file)."""
+
+
+class TemplateError(UserError):
+    """A prompt template is invalid (missing/unknown placeholder, unreadable file)."""
+
+
+class JudgeError(UserError):
+    """A judge endpoint failed in a way that retries cannot fix (dead server, auth, bad model)."""
+
+    exit_code = 3
+
+
+class TeacherIndexError(UserError):
+    """The teacher index is missing, unreadable, or has no entry for a prompt."""
+
+
+class ScoringFailureRateError(UserError):
+    """Too many groups of a batch failed; training must stop."""
+
+    exit_code = 4
+
+
+class StoreError(UserError):
+    """The run store is missing, from a newer schema, or a run does not exist."""
