@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import TemplateError
-from .templates import Template
+from .templates import Template, resolve_template_path
 
 log = logging.getLogger("ropd.templates")
 
@@ -64,9 +64,8 @@ class TemplateChange:
         if self.accepted:
             prev = (self.previous_sha256 or "?")[:12]
             return f"{self.role} template changed: {self.path} {prev} -> {(self.sha256 or '?')[:12]}"
-        where = self.path + (f":{self.line}" if self.line else "")
         kept = (self.previous_sha256 or "?")[:12]
-        return f"{self.role} template rejected ({where}): {self.error}; still using {kept}"
+        return f"{self.role} template rejected: {self.error}; the previous version {kept} stays in use"
 
 
 @dataclass
@@ -142,6 +141,8 @@ class TemplateSet:
             path = Path(value)
             if base is not None and not path.is_absolute():
                 path = base / path
+            else:
+                path = resolve_template_path(path)  # "prompts/x.txt" works from any directory
             if not path.exists() and role not in ("rubricator", "verifier") and wanted is None:
                 continue  # optional role whose file the user does not have
             tpl = Template.load(path, role)  # TemplateError names file, line and placeholder
@@ -198,10 +199,10 @@ class TemplateSet:
             if not path.exists():
                 raise TemplateError(f"{path}: the template file was removed",
                                     hint="restore the file; the previous version stays in use")
-            text = path.read_text(encoding="utf-8")
+            text = _read_settled(path)
         except (OSError, UnicodeDecodeError) as err:
             change = TemplateChange(role, str(path), False, previous_sha256=previous,
-                                    error=f"cannot read the file: {err}", step=self.step)
+                                    error=f"{path} cannot be read: {err}", step=self.step)
         except TemplateError as err:
             change = TemplateChange(role, str(path), False, previous_sha256=previous, error=str(err.message),
                                     step=self.step)
@@ -325,6 +326,20 @@ class TemplateSet:
                 fn(change)
             except Exception:
                 log.exception("template change listener failed")
+
+
+def _read_settled(path: Path, attempts: int = 3, pause_s: float = 0.05) -> str:
+    """Read a file an editor may still be writing (truncate + write): re-read until two reads agree."""
+    import time
+
+    text = path.read_text(encoding="utf-8")
+    for _ in range(attempts):
+        time.sleep(pause_s)
+        again = path.read_text(encoding="utf-8")
+        if again == text:
+            break
+        text = again
+    return text
 
 
 def _emit(message: str, level: int) -> None:
