@@ -1,0 +1,286 @@
+"""Gathering a prompt's n rollouts (which verl hands out one at a time) into one scored group.
+
+verl's reward loop calls ``run_single`` once per rollout, spread over several reward workers that may
+sit on other nodes. ROPD needs all n rollouts of a prompt in ONE rubricator call, so every reward
+worker forwards its rollout to one named async Ray actor per run (:class:`GroupGatherer`, looked up by
+name and namespace from any node). The actor collects rollouts by ``uid`` until n have arrived, scores
+the group with the engine :class:`~engine.scorer.Scorer`, resolves every waiting rollout with its own
+reward, and appends the :class:`~engine.types.GroupResult` to the run's side-channel file.
+
+A group whose rollouts do not all arrive within ``group_timeout_s`` (counted from its first rollout),
+or whose scoring takes longer than that, fails: every rollout gets reward 0 with ``failed=True`` and the
+failed group (stage ``scorer``, cause ``timeout ...``) is recorded like any other. Nothing waits forever.
+
+The actor is pinned to the launch node (``NodeAffinitySchedulingStrategy``, hard), so the side-channel
+file, the teacher index and the templates are read and written where the run store lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from engine.types import GroupInput, GroupResult, prompt_text
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[GroupInput], Awaitable[GroupResult]]
+ResultSink = Callable[[GroupResult, "int | None"], None]
+
+
+@dataclass
+class SampleOutcome:
+    """What one rollout gets back: the reward verl trains on plus the per-sample extra info."""
+
+    reward: float
+    failed: bool
+    acc: float
+    rubric_reward: float
+    teacher_mean: float
+    status: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Pending:
+    uid: str
+    n: int
+    prompt: Any
+    ground_truth: str | None
+    step: int | None
+    meta: dict[str, Any]
+    texts: dict[int, str] = field(default_factory=dict)
+    future: asyncio.Future | None = None
+    timer: asyncio.Task | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+def _is_correct(text: str, ground_truth: str | None) -> bool | None:
+    if ground_truth is None:
+        return None
+    from engine.tasks import check_answer
+
+    try:
+        return bool(check_answer(text, ground_truth))
+    except Exception:  # a malformed ground truth must not take the group down
+        log.exception("check_answer failed")
+        return None
+
+
+class GroupCollector:
+    """The gathering logic, independent of Ray (the actor below wraps it; tests drive it directly)."""
+
+    def __init__(self, score_group: ScoreFn, *, group_timeout_s: float, on_result: ResultSink | None = None,
+                 remember: int = 20000):
+        if group_timeout_s <= 0:
+            raise ValueError("group_timeout_s must be > 0")
+        self._score_group = score_group
+        self.group_timeout_s = float(group_timeout_s)
+        self._on_result = on_result
+        self._pending: dict[str, _Pending] = {}
+        self._finished: OrderedDict[str, GroupResult] = OrderedDict()
+        self._remember = remember
+        self.counts = {"groups_ok": 0, "groups_failed": 0, "timeouts": 0, "late_samples": 0}
+
+    # -- public -----------------------------------------------------------------------------------
+    async def submit(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Add one rollout; returns its outcome once its group is scored (or failed)."""
+        uid = str(sample["uid"])
+        text = str(sample.get("text", ""))
+        if uid in self._finished:  # arrived after its group was closed (e.g. timed out)
+            self.counts["late_samples"] += 1
+            group = self._finished[uid]
+            return self._late_outcome(group, text).as_dict()
+        pending = self._pending.get(uid)
+        if pending is None:
+            pending = self._open(uid, sample)
+        index = self._slot(pending, sample.get("index"))
+        pending.texts[index] = text
+        if len(pending.texts) >= pending.n:
+            self._close(pending)
+        group = await asyncio.shield(pending.future)
+        return self._outcome(group, index, text).as_dict()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counts, "pending": len(self._pending)}
+
+    # -- internals --------------------------------------------------------------------------------
+    def _open(self, uid: str, sample: dict[str, Any]) -> _Pending:
+        n = int(sample.get("n") or 0)
+        if n < 1:
+            raise ValueError(f"sample for uid {uid} has no group size n")
+        p = _Pending(uid=uid, n=n, prompt=sample.get("prompt"), ground_truth=sample.get("ground_truth"),
+                     step=sample.get("step"), meta=dict(sample.get("meta") or {}))
+        loop = asyncio.get_running_loop()
+        p.future = loop.create_future()
+        p.timer = loop.create_task(self._expire(p))
+        self._pending[uid] = p
+        return p
+
+    @staticmethod
+    def _slot(p: _Pending, index: Any) -> int:
+        try:
+            i = int(index)
+        except (TypeError, ValueError):
+            i = -1
+        if 0 <= i < p.n and i not in p.texts:
+            return i
+        return next(j for j in range(p.n + len(p.texts) + 1) if j not in p.texts)
+
+    def _close(self, p: _Pending) -> None:
+        if self._pending.pop(p.uid, None) is None:
+            return
+        if p.timer is not None and p.timer is not asyncio.current_task():
+            p.timer.cancel()
+        asyncio.get_running_loop().create_task(self._score_and_resolve(p))
+
+    async def _expire(self, p: _Pending) -> None:
+        await asyncio.sleep(self.group_timeout_s)
+        if self._pending.get(p.uid) is not p:
+            return
+        self._pending.pop(p.uid, None)
+        self.counts["timeouts"] += 1
+        cause = (f"timeout: only {len(p.texts)} of {p.n} rollouts of uid {p.uid} arrived within "
+                 f"{self.group_timeout_s:g} s (verl.group_timeout_s)")
+        self._resolve(p, self._failed_group(p, cause, wall_s=time.monotonic() - p.started))
+
+    async def _score_and_resolve(self, p: _Pending) -> None:
+        rollouts = [p.texts[i] for i in sorted(p.texts)]
+        gi = GroupInput(prompt=p.prompt, rollouts=rollouts, ground_truth=p.ground_truth, uid=p.uid,
+                        meta=dict(p.meta))
+        t0 = time.monotonic()
+        try:
+            group = await asyncio.wait_for(self._score_group(gi), timeout=self.group_timeout_s)
+        except asyncio.TimeoutError:
+            self.counts["timeouts"] += 1
+            group = self._failed_group(p, f"timeout: scoring uid {p.uid} took longer than "
+                                          f"{self.group_timeout_s:g} s (verl.group_timeout_s)",
+                                       wall_s=time.monotonic() - t0)
+        except Exception as e:  # noqa: BLE001 - any scorer bug becomes a recorded failed group
+            log.exception("scoring uid %s failed", p.uid)
+            group = self._failed_group(p, f"{type(e).__name__}: {e}", wall_s=time.monotonic() - t0)
+        group.uid = p.uid
+        group.meta = {**p.meta, **(group.meta or {})}
+        self._resolve(p, group)
+
+    def _resolve(self, p: _Pending, group: GroupResult) -> None:
+        self.counts["groups_failed" if group.status == "failed" else "groups_ok"] += 1
+        self._finished[p.uid] = group
+        while len(self._finished) > self._remember:
+            self._finished.popitem(last=False)
+        if self._on_result is not None:
+            try:
+                self._on_result(group, p.step)
+            except Exception:  # noqa: BLE001 - recording must never block training
+                log.exception("recording group %s failed", p.uid)
+        if p.future is not None and not p.future.done():
+            p.future.set_result(group)
+
+    @staticmethod
+    def _failed_group(p: _Pending, cause: str, *, wall_s: float) -> GroupResult:
+        return GroupResult(group_index=0, prompt=p.prompt, question=prompt_text(p.prompt or ""),
+                           rollouts_raw=[p.texts[i] for i in sorted(p.texts)], status="failed",
+                           ground_truth=p.ground_truth, uid=p.uid, failure_stage="scorer",
+                           failure_cause=cause, wall_s=wall_s, meta=dict(p.meta))
+
+    @staticmethod
+    def _teacher_mean(group: GroupResult) -> float:
+        scores = [s for s in group.teacher_scores if s is not None]
+        return float(sum(scores) / len(scores)) if scores else 0.0
+
+    def _outcome(self, group: GroupResult, index: int, text: str) -> SampleOutcome:
+        if group.status == "failed":
+            correct = _is_correct(text, group.ground_truth)
+            return SampleOutcome(0.0, True, float(correct) if correct is not None else 0.0, 0.0, 0.0, "failed")
+        answer = next((a for a in group.student_answers if a.index == index), None)
+        reward = float(answer.reward) if answer is not None and answer.reward is not None else 0.0
+        correct = answer.correct if answer is not None else None
+        if correct is None:
+            correct = _is_correct(text, group.ground_truth)
+        acc = float(correct) if correct is not None else reward
+        return SampleOutcome(reward, False, acc, reward, self._teacher_mean(group), group.status)
+
+    @staticmethod
+    def _late_outcome(group: GroupResult, text: str) -> SampleOutcome:
+        correct = _is_correct(text, group.ground_truth)
+        return SampleOutcome(0.0, True, float(correct) if correct is not None else 0.0, 0.0, 0.0, "failed")
+
+
+class GroupGatherer:
+    """The per-run Ray actor (wrapped with ``ray.remote`` by :func:`start_gatherer`)."""
+
+    def __init__(self, cfg_dict: dict[str, Any], side_channel_path: str, group_timeout_s: float):
+        from engine.config import build_config
+        from engine.scorer import Scorer
+
+        from .side_channel import SideChannelWriter, group_to_record
+
+        self._cfg = build_config(cfg_dict, source="run config (group gatherer)")
+        self._scorer = Scorer(self._cfg)
+        self._writer = SideChannelWriter(side_channel_path)
+        self._to_record = group_to_record
+        self._collector = GroupCollector(self._score, group_timeout_s=group_timeout_s, on_result=self._record)
+
+    async def _score(self, gi: GroupInput) -> GroupResult:
+        batch = await self._scorer.score_batch([gi])
+        return batch.groups[0]
+
+    def _record(self, group: GroupResult, step: int | None) -> None:
+        self._writer.append(self._to_record(group, step=step))
+
+    async def submit(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return await self._collector.submit(sample)
+
+    async def ready(self) -> dict[str, Any]:
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id(), **self._collector.stats()}
+
+    async def stats(self) -> dict[str, Any]:
+        return self._collector.stats()
+
+
+def gatherer_name(run_id: Any) -> str:
+    return f"ropd_gatherer_{run_id}"
+
+
+def start_gatherer(cfg, side_channel_path: str, *, name: str, namespace: str, group_timeout_s: float,
+                   node_id: str | None = None, ready_timeout_s: float = 300.0):
+    """Create the run's gatherer actor on ``node_id`` (default: this process's node) and wait until it
+    is up. Needs ``ray.init`` done. Constructor errors (bad config, missing teacher index) are raised here
+    as the original :class:`~engine.errors.UserError`.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from engine.errors import UserError
+
+    node_id = node_id or ray.get_runtime_context().get_node_id()
+    actor_cls = ray.remote(GroupGatherer)
+    handle = actor_cls.options(
+        name=name,
+        namespace=namespace,
+        num_cpus=0,  # never takes a CPU slot from verl's workers
+        max_concurrency=100_000,  # every rollout of a step waits inside submit()
+        max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+    ).remote(cfg.to_dict(), str(side_channel_path), float(group_timeout_s))
+    try:
+        ray.get(handle.ready.remote(), timeout=ready_timeout_s)
+    except Exception as e:  # noqa: BLE001
+        cause = e
+        for _ in range(4):  # Ray wraps the constructor's exception (ActorDiedError -> RayTaskError -> ...)
+            if isinstance(cause, UserError):
+                raise cause from None
+            nxt = getattr(cause, "cause", None) or getattr(cause, "__cause__", None)
+            if nxt is None:
+                break
+            cause = nxt
+        raise
+    return handle
