@@ -1,0 +1,206 @@
+"""Read helpers over a connection (called by :class:`engine.store.RunStore` inside a read snapshot)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Iterable
+
+# Tables with a monotonically increasing ``seq`` that readers can follow with a cursor.
+CURSOR_TABLES = ("metrics", "events", "steps", "groups", "judge_calls")
+
+# Where list_runs() finds the headline numbers; the first key a run has wins.
+REWARD_KEYS = ("reward/mean", "reward", "critic/score/mean", "score/student_reward_mean")
+ACCURACY_KEYS = ("accuracy", "acc/mean", "val/accuracy", "score/student_accuracy")
+
+
+def _loads(text: str | None, default=None):
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def latest_metrics(c: sqlite3.Connection, run_ids: Iterable[int] | None) -> dict[int, dict[str, float]]:
+    if run_ids is None:
+        rows = c.execute("SELECT run_id, key, value FROM latest_metrics").fetchall()
+    else:
+        ids = [int(r) for r in run_ids]
+        if not ids:
+            return {}
+        rows = c.execute(f"SELECT run_id, key, value FROM latest_metrics WHERE run_id IN ({_marks(len(ids))})",
+                         ids).fetchall()
+    out: dict[int, dict[str, float]] = {}
+    for run_id, key, value in rows:
+        out.setdefault(run_id, {})[key] = value
+    return out
+
+
+def headline(latest: dict[str, float], keys: tuple[str, ...]) -> float | None:
+    for k in keys:
+        if latest.get(k) is not None:
+            return latest[k]
+    return None
+
+
+def metric_series(c: sqlite3.Connection, run_id: int, attempt: int, key: str, since_step: int | None,
+                  with_time: bool) -> list[tuple]:
+    sql = "SELECT step, value" + (", wall_time" if with_time else "") + \
+          " FROM metrics WHERE run_id=? AND attempt=? AND key=?"
+    params: list[Any] = [run_id, attempt, key]
+    if since_step is not None:
+        sql += " AND step > ?"
+        params.append(since_step)
+    return [tuple(r) for r in c.execute(sql + " ORDER BY step", params).fetchall()]
+
+
+def load_groups(c: sqlite3.Connection, group_rows: list[sqlite3.Row], *, include_calls: bool,
+                include_raw: bool = True) -> list[dict[str, Any]]:
+    """Groups with their prompt, rubric (criteria), answers, verdict matrix and judge calls."""
+    if not group_rows:
+        return []
+    ids = [r["seq"] for r in group_rows]
+    marks = _marks(len(ids))
+    hashes = sorted({r["prompt_hash"] for r in group_rows})
+    prompts = {r[0]: (r[1], r[2]) for r in c.execute(
+        f"SELECT hash, question, prompt_json FROM prompts WHERE hash IN ({_marks(len(hashes))})", hashes)}
+    rubrics = {r["group_id"]: r for r in c.execute(f"SELECT * FROM rubrics WHERE group_id IN ({marks})", ids)}
+    criteria: dict[int, list[dict]] = {}
+    for r in c.execute(f"SELECT id, group_id, position, crit_key, text, points, category, template_sha,"
+                       f" student_pass_rate, teacher_pass_rate FROM criteria WHERE group_id IN ({marks})"
+                       f" ORDER BY group_id, position", ids):
+        criteria.setdefault(r[1], []).append({
+            "id": r[0], "position": r[2], "key": r[3], "text": r[4], "points": r[5], "category": r[6],
+            "template_sha": r[7], "student_pass_rate": r[8], "teacher_pass_rate": r[9]})
+    answers: dict[int, list[dict]] = {}
+    for r in c.execute(f"SELECT id, group_id, kind, idx, pool_position, text, raw_text, truncated, reward,"
+                       f" judge_score, correct FROM answers WHERE group_id IN ({marks}) ORDER BY group_id, id", ids):
+        answers.setdefault(r[1], []).append({
+            "id": r[0], "kind": r[2], "index": r[3], "pool_position": r[4], "text": r[5],
+            "raw_text": r[6] if include_raw else None, "truncated": bool(r[7]), "reward": r[8],
+            "judge_score": r[9], "correct": None if r[10] is None else bool(r[10])})
+    verdicts: dict[int, dict[tuple[int, int], bool]] = {}
+    for gid, aid, cid, passed in c.execute(
+            f"SELECT group_id, answer_id, criterion_id, passed FROM verdicts WHERE group_id IN ({marks})", ids):
+        verdicts.setdefault(gid, {})[(aid, cid)] = bool(passed)
+    calls: dict[int, list[dict]] = {}
+    if include_calls:
+        for r in c.execute(f"SELECT * FROM judge_calls WHERE group_id IN ({marks}) ORDER BY seq", ids):
+            calls.setdefault(r["group_id"], []).append(call_dict(r))
+    out = []
+    for g in group_rows:
+        gid = g["seq"]
+        question, prompt_json = prompts.get(g["prompt_hash"], ("", "null"))
+        crits = criteria.get(gid, [])
+        ans = answers.get(gid, [])
+        vmap = verdicts.get(gid, {})
+        matrix = [[vmap.get((a["id"], cr["id"])) for cr in crits] for a in ans]
+        for a, row in zip(ans, matrix):
+            a["verdicts"] = row if crits and any(v is not None for v in row) else None
+        rub = rubrics.get(gid)
+        out.append({
+            "id": gid, "run_id": g["run_id"], "attempt": g["attempt"], "step": g["step"],
+            "group_index": g["group_index"], "uid": g["uid"], "prompt_hash": g["prompt_hash"],
+            "question": question, "prompt": _loads(prompt_json), "ground_truth": g["ground_truth"],
+            "status": g["status"], "failure_stage": g["failure_stage"], "failure_cause": g["failure_cause"],
+            "judge_kind": g["judge_kind"], "reward_mode": g["reward_mode"], "wall_s": g["wall_s"],
+            "n_students": g["n_students"], "n_teachers": g["n_teachers"],
+            "student_reward_mean": g["student_reward_mean"], "teacher_reward_mean": g["teacher_reward_mean"],
+            "student_accuracy": g["student_accuracy"],
+            "template_versions": _loads(g["template_versions_json"], {}), "meta": _loads(g["meta_json"], {}),
+            "rubric": None if rub is None else {
+                "schema_version": rub["schema_version"], "maximum_score": rub["maximum_score"],
+                "total_points": rub["total_points"], "template_sha": rub["template_sha"], "criteria": crits},
+            "answers": ans,
+            "verdicts": matrix,
+            "calls": calls.get(gid, []) if include_calls else None,
+        })
+    return out
+
+
+def call_dict(r: sqlite3.Row) -> dict[str, Any]:
+    d = dict(r)
+    d["cached"] = bool(d.get("cached"))
+    return d
+
+
+def criterion_rows(c: sqlite3.Connection, run_id: int, attempt: int, step: int | None) -> list[dict[str, Any]]:
+    sql = ("SELECT g.step, g.group_index, g.seq AS group_id, cr.id, cr.position, cr.crit_key, cr.text, cr.points,"
+           " cr.category, cr.template_sha, cr.student_pass_rate, cr.teacher_pass_rate"
+           " FROM groups g JOIN criteria cr ON cr.group_id = g.seq WHERE g.run_id=? AND g.attempt=?")
+    params: list[Any] = [run_id, attempt]
+    if step is not None:
+        sql += " AND g.step=?"
+        params.append(step)
+    rows = c.execute(sql + " ORDER BY g.step, g.group_index, cr.position", params).fetchall()
+    return [{"step": r[0], "group_index": r[1], "group_id": r[2], "criterion_id": r[3], "position": r[4],
+             "key": r[5], "text": r[6], "points": r[7], "category": r[8], "template_sha": r[9],
+             "student_pass_rate": r[10], "teacher_pass_rate": r[11]} for r in rows]
+
+
+def pass_rates_grouped(c: sqlite3.Connection, run_id: int, attempt: int, by: str) -> list[dict[str, Any]]:
+    col = {"step": "g.step", "category": "coalesce(cr.category, '')", "points": "cr.points"}[by]
+    rows = c.execute(
+        f"SELECT {col} AS k, count(*), avg(cr.student_pass_rate), avg(cr.teacher_pass_rate)"
+        f" FROM groups g JOIN criteria cr ON cr.group_id = g.seq WHERE g.run_id=? AND g.attempt=?"
+        f" GROUP BY k ORDER BY k", (run_id, attempt)).fetchall()
+    return [{by: r[0], "n_criteria": r[1], "student_pass_rate": r[2], "teacher_pass_rate": r[3]} for r in rows]
+
+
+def answer_rows(c: sqlite3.Connection, run_id: int, attempt: int, steps: list[int] | None, kind: str | None,
+                include_verdicts: bool) -> list[dict[str, Any]]:
+    sql = ("SELECT g.step, g.group_index, g.seq, g.uid, p.question, g.ground_truth, g.status, a.id, a.kind, a.idx,"
+           " a.pool_position, a.text, a.raw_text, a.truncated, a.reward, a.judge_score, a.correct, p.prompt_json"
+           " FROM groups g JOIN answers a ON a.group_id = g.seq JOIN prompts p ON p.hash = g.prompt_hash"
+           " WHERE g.run_id=? AND g.attempt=?")
+    params: list[Any] = [run_id, attempt]
+    if steps is not None:
+        steps = [int(s) for s in steps]
+        if not steps:
+            return []
+        sql += f" AND g.step IN ({_marks(len(steps))})"
+        params += steps
+    if kind is not None:
+        sql += " AND a.kind=?"
+        params.append(kind)
+    rows = c.execute(sql + " ORDER BY g.step, g.group_index, a.id", params).fetchall()
+    out = [{"step": r[0], "group_index": r[1], "group_id": r[2], "uid": r[3], "question": r[4],
+            "ground_truth": r[5], "group_status": r[6], "answer_id": r[7], "kind": r[8], "index": r[9],
+            "pool_position": r[10], "text": r[11], "raw_text": r[12], "truncated": bool(r[13]), "reward": r[14],
+            "judge_score": r[15], "correct": None if r[16] is None else bool(r[16]), "prompt": _loads(r[17])}
+           for r in rows]
+    if include_verdicts and out:
+        gids = sorted({a["group_id"] for a in out})
+        crit_order: dict[int, list[int]] = {}
+        vmap: dict[tuple[int, int], bool] = {}
+        for start in range(0, len(gids), 500):
+            chunk = gids[start:start + 500]
+            for gid, cid in c.execute(f"SELECT group_id, id FROM criteria WHERE group_id IN ({_marks(len(chunk))})"
+                                      f" ORDER BY group_id, position", chunk):
+                crit_order.setdefault(gid, []).append(cid)
+            for aid, cid, passed in c.execute(f"SELECT answer_id, criterion_id, passed FROM verdicts"
+                                              f" WHERE group_id IN ({_marks(len(chunk))})", chunk):
+                vmap[(aid, cid)] = bool(passed)
+        for a in out:
+            cids = crit_order.get(a["group_id"], [])
+            row = [vmap.get((a["answer_id"], cid)) for cid in cids]
+            a["verdicts"] = row if any(v is not None for v in row) else None
+    return out
+
+
+def verdict_rows(c: sqlite3.Connection, run_id: int, attempt: int, step: int) -> list[dict[str, Any]]:
+    rows = c.execute(
+        "SELECT g.step, g.group_index, a.id, a.kind, a.idx, a.pool_position, cr.position, cr.text, cr.points,"
+        " cr.category, v.passed FROM groups g JOIN verdicts v ON v.group_id = g.seq"
+        " JOIN answers a ON a.id = v.answer_id JOIN criteria cr ON cr.id = v.criterion_id"
+        " WHERE g.run_id=? AND g.attempt=? AND g.step=? ORDER BY g.group_index, a.id, cr.position",
+        (run_id, attempt, step)).fetchall()
+    return [{"step": r[0], "group_index": r[1], "answer_id": r[2], "kind": r[3], "index": r[4],
+             "pool_position": r[5], "criterion_position": r[6], "criterion": r[7], "points": r[8],
+             "category": r[9], "passed": bool(r[10])} for r in rows]

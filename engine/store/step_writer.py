@@ -1,0 +1,210 @@
+"""Writing one training step (metrics + scored groups) inside the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from typing import Iterable, Mapping
+
+from ..types import GroupResult, canonical_prompt, prompt_hash
+from .scrub import scrub_text
+
+# Metrics derived from the groups of a step; a key the caller passes itself wins.
+DERIVED_KEYS = (
+    "score/student_reward_mean",
+    "score/teacher_reward_mean",
+    "score/student_accuracy",
+    "score/groups",
+    "score/group_failure_rate",
+)
+
+
+def _json(obj) -> str | None:
+    if obj is None:
+        return None
+    return json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _num(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def write_metric_rows(c: sqlite3.Connection, run_id: int, attempt: int, step: int,
+                      metrics: Mapping[str, float], wall_time: float) -> None:
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            value = float(value)
+        v = _num(value)
+        if v is None and value is not None:
+            continue  # non-numeric values (strings, lists) are not metrics
+        rows.append((run_id, attempt, step, str(key), v, wall_time))
+    if not rows:
+        return
+    c.executemany(
+        "INSERT INTO metrics(run_id, attempt, step, key, value, wall_time) VALUES (?,?,?,?,?,?) "
+        "ON CONFLICT(run_id, attempt, key, step) DO UPDATE SET value=excluded.value, wall_time=excluded.wall_time",
+        rows,
+    )
+    c.executemany(
+        "INSERT INTO latest_metrics(run_id, key, step, value, wall_time) VALUES (?,?,?,?,?) "
+        "ON CONFLICT(run_id, key) DO UPDATE SET step=excluded.step, value=excluded.value, wall_time=excluded.wall_time "
+        "WHERE excluded.step >= latest_metrics.step",
+        [(r[0], r[3], r[2], r[4], r[5]) for r in rows],
+    )
+
+
+def delete_group_rows(c: sqlite3.Connection, where: str, params: tuple) -> None:
+    """Delete groups matching ``where`` (on table groups) with everything hanging off them."""
+    ids = [r[0] for r in c.execute(f"SELECT seq FROM groups WHERE {where}", params).fetchall()]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for table, col in (("verdicts", "group_id"), ("answers", "group_id"), ("criteria", "group_id"),
+                           ("rubrics", "group_id"), ("judge_calls", "group_id")):
+            c.execute(f"DELETE FROM {table} WHERE {col} IN ({marks})", chunk)
+        c.execute(f"DELETE FROM groups WHERE seq IN ({marks})", chunk)
+
+
+def _insert_group(c: sqlite3.Connection, run_id: int, attempt: int, step: int, g: GroupResult, now: float) -> None:
+    phash = prompt_hash(g.prompt)
+    c.execute("INSERT OR IGNORE INTO prompts(hash, question, prompt_json) VALUES (?,?,?)",
+              (phash, g.question or "", canonical_prompt(g.prompt)))
+    students = [a for a in g.answers if a.kind == "student"]
+    teachers = [a for a in g.answers if a.kind == "teacher"]
+    ok = g.status != "failed"
+    s_mean = _mean(a.reward for a in students) if ok else None
+    t_mean = _mean(a.reward for a in teachers) if ok else None
+    acc = _mean(float(a.correct) for a in students if a.correct is not None)
+    cur = c.execute(
+        "INSERT INTO groups(run_id, attempt, step, group_index, uid, prompt_hash, ground_truth, status, failure_stage,"
+        " failure_cause, judge_kind, reward_mode, wall_s, n_students, n_teachers, student_reward_mean,"
+        " teacher_reward_mean, student_accuracy, template_versions_json, meta_json)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (run_id, attempt, step, g.group_index, g.uid, phash, g.ground_truth, g.status, g.failure_stage,
+         scrub_text(g.failure_cause) if g.failure_cause else None, g.judge_kind, g.reward_mode, _num(g.wall_s),
+         len(students) or len(g.rollouts_raw), len(teachers), s_mean, t_mean, acc,
+         _json(g.template_versions or {}), _json(g.meta) if g.meta else None),
+    )
+    gid = cur.lastrowid
+    rubricator_sha = (g.template_versions or {}).get("rubricator")
+
+    crit_ids: list[int] = []
+    if g.rubric is not None:
+        crits = g.rubric.criteria
+        c.execute("INSERT INTO rubrics(group_id, schema_version, maximum_score, total_points, n_criteria, template_sha)"
+                  " VALUES (?,?,?,?,?,?)",
+                  (gid, g.rubric.schema_version, g.rubric.maximum_score, g.rubric.total_points, len(crits),
+                   rubricator_sha))
+        for pos, cr in enumerate(crits):
+            s_pass = _mean(float(a.verdicts[pos]) for a in students if a.verdicts and pos < len(a.verdicts))
+            t_pass = _mean(float(a.verdicts[pos]) for a in teachers if a.verdicts and pos < len(a.verdicts))
+            cur = c.execute(
+                "INSERT INTO criteria(group_id, position, crit_key, text, points, category, template_sha,"
+                " student_pass_rate, teacher_pass_rate) VALUES (?,?,?,?,?,?,?,?,?)",
+                (gid, pos, cr.id, cr.text, int(cr.points), cr.category, rubricator_sha, s_pass, t_pass),
+            )
+            crit_ids.append(cur.lastrowid)
+
+    verdict_rows = []
+    for a in g.answers:
+        raw = None
+        if a.kind == "student" and 0 <= a.index < len(g.rollouts_raw) and g.rollouts_raw[a.index] != a.text:
+            raw = g.rollouts_raw[a.index]
+        cur = c.execute(
+            "INSERT INTO answers(group_id, kind, idx, pool_position, text, raw_text, truncated, reward, judge_score,"
+            " correct) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (gid, a.kind, a.index, a.pool_position, a.text or "", raw, int(bool(a.truncated)), _num(a.reward),
+             _num(a.judge_score), None if a.correct is None else int(bool(a.correct))),
+        )
+        aid = cur.lastrowid
+        if a.verdicts and crit_ids:
+            verdict_rows.extend((gid, aid, cid, int(bool(v))) for cid, v in zip(crit_ids, a.verdicts))
+    if not g.answers and g.rollouts_raw:  # a failed group before any answer was judged: keep the rollouts
+        for i, text in enumerate(g.rollouts_raw):
+            c.execute("INSERT INTO answers(group_id, kind, idx, text) VALUES (?,?,?,?)", (gid, "student", i, text))
+    if verdict_rows:
+        c.executemany("INSERT INTO verdicts(group_id, answer_id, criterion_id, passed) VALUES (?,?,?,?)",
+                      verdict_rows)
+    if g.calls:
+        insert_calls(c, g.calls, run_id=run_id, group_id=gid, now=now)
+    for role, sha in (g.template_versions or {}).items():
+        if not sha:
+            continue
+        c.execute("INSERT OR IGNORE INTO template_versions(sha, role, text, source, first_seen, first_run_id)"
+                  " VALUES (?,?,NULL,NULL,?,?)", (sha, role, now, run_id))
+        c.execute("INSERT OR IGNORE INTO run_templates(run_id, sha, role, first_step, first_seen) VALUES (?,?,?,?,?)",
+                  (run_id, sha, role, step, now))
+
+
+def insert_calls(c: sqlite3.Connection, calls, *, run_id: int | None = None, group_id: int | None = None,
+                 replay_id: int | None = None, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    c.executemany(
+        "INSERT INTO judge_calls(run_id, group_id, replay_id, role, model, endpoint, status, latency_s, attempts,"
+        " prompt_tokens, completion_tokens, error_class, error, raw_reply, template_sha, request_sha, cached, created_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [(run_id, group_id, replay_id, k.role, k.model, scrub_text(k.endpoint) if k.endpoint else None, k.status,
+          _num(k.latency_s), k.attempts, k.prompt_tokens, k.completion_tokens, k.error_class,
+          scrub_text(k.error) if k.error else None, k.raw_reply, k.template_sha, k.request_sha, int(bool(k.cached)),
+          now) for k in calls],
+    )
+
+
+def _derived_metrics(c: sqlite3.Connection, run_id: int, attempt: int, step: int) -> dict[str, float]:
+    row = c.execute(
+        "SELECT count(*), sum(status = 'failed') FROM groups WHERE run_id=? AND attempt=? AND step=?",
+        (run_id, attempt, step)).fetchone()
+    n, failed = row[0] or 0, row[1] or 0
+    out: dict[str, float] = {"score/groups": float(n)}
+    if n:
+        out["score/group_failure_rate"] = failed / n
+    for kind, key in (("student", "score/student_reward_mean"), ("teacher", "score/teacher_reward_mean")):
+        v = c.execute(
+            "SELECT avg(a.reward) FROM answers a JOIN groups g ON a.group_id = g.seq"
+            " WHERE g.run_id=? AND g.attempt=? AND g.step=? AND g.status != 'failed' AND a.kind=?",
+            (run_id, attempt, step, kind)).fetchone()[0]
+        if v is not None:
+            out[key] = v
+    v = c.execute(
+        "SELECT avg(a.correct) FROM answers a JOIN groups g ON a.group_id = g.seq"
+        " WHERE g.run_id=? AND g.attempt=? AND g.step=? AND a.kind='student' AND a.correct IS NOT NULL",
+        (run_id, attempt, step)).fetchone()[0]
+    if v is not None:
+        out["score/student_accuracy"] = v
+    return out
+
+
+def write_step_rows(c: sqlite3.Connection, run_id: int, attempt: int, step: int, metrics: Mapping[str, float],
+                    groups: list[GroupResult], wall_time: float, *, append: bool) -> dict[str, float]:
+    """Insert a step's rows; returns the derived metrics that were written."""
+    now = time.time()
+    if groups and not append:
+        delete_group_rows(c, "run_id=? AND attempt=? AND step=?", (run_id, attempt, step))
+    for g in groups:
+        _insert_group(c, run_id, attempt, step, g, now)
+    derived: dict[str, float] = {}
+    if groups:
+        derived = {k: v for k, v in _derived_metrics(c, run_id, attempt, step).items() if k not in metrics}
+    all_metrics = {**derived, **dict(metrics)}
+    write_metric_rows(c, run_id, attempt, step, all_metrics, wall_time)
+    n, failed = c.execute("SELECT count(*), coalesce(sum(status = 'failed'), 0) FROM groups"
+                          " WHERE run_id=? AND attempt=? AND step=?", (run_id, attempt, step)).fetchone()
+    # delete + insert (not upsert) so a rewritten step gets a new seq and incremental readers see it
+    c.execute("DELETE FROM steps WHERE run_id=? AND attempt=? AND step=?", (run_id, attempt, step))
+    c.execute("INSERT INTO steps(run_id, attempt, step, wall_time, n_groups, n_failed) VALUES (?,?,?,?,?,?)",
+              (run_id, attempt, step, wall_time, n, failed))
+    return derived
