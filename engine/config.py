@@ -46,6 +46,8 @@ class JudgeConfig:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     max_retries: int = 4  # transport retries (429/5xx/timeouts), done by the openai SDK
+    retry_initial_delay_s: float = 0.5  # SDK backoff base (doubles per retry, 0-25% jitter); Retry-After wins
+    retry_max_delay_s: float = 8.0  # cap of one backoff sleep
     reask_attempts: int = 2  # re-asks with the validation error after an unparseable reply
     rubricator: EndpointConfig = field(default_factory=EndpointConfig)
     verifier: EndpointConfig = field(default_factory=EndpointConfig)
@@ -106,6 +108,7 @@ class EmbeddedTrainerConfig:
     learning_rate: float = 1e-6
     beta: float = 0.0  # KL coefficient
     scale_rewards: Literal["group", "batch", "none"] = "none"  # Dr.GRPO-style mean-centering by default
+    loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo"] = "dapo"  # TRL loss aggregation; dapo = token mean
     save_every: int = 1
     keep_checkpoints: int = 2
     bf16: bool = False

@@ -1,0 +1,254 @@
+"""JudgeClient against a real HTTP server on 127.0.0.1 (tests/loopback_server.py), through the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from engine.errors import JudgeError
+from engine.judge_client import (JudgeCallError, JudgeClient, aclose_loop_clients, forget_unsupported_params,
+                                 scrub)
+from loopback_server import LoopbackJudgeServer, loopback_config
+
+PROMPT = [{"role": "user", "content": "What is 2 + 3? Reply as JSON."}]
+
+
+@pytest.fixture
+def judge_server():
+    forget_unsupported_params()
+    with LoopbackJudgeServer() as srv:
+        yield srv
+    forget_unsupported_params()
+
+
+def client(srv_or_cfg, *overrides, role="verifier"):
+    cfg = loopback_config(srv_or_cfg, *overrides) if isinstance(srv_or_cfg, LoopbackJudgeServer) else srv_or_cfg
+    return JudgeClient(getattr(cfg.judge, role), cfg.judge, role)
+
+
+def run(coro):
+    async def main():
+        try:
+            return await coro
+        finally:
+            await aclose_loop_clients()
+    return asyncio.run(main())
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_normal_reply_records_usage_and_sends_json_mode(judge_server):
+    c = client(judge_server)
+    comp = run(c.complete(PROMPT))
+    assert "answer is 5" in comp.text.lower()
+    assert comp.attempts == 1
+    assert comp.prompt_tokens and comp.completion_tokens
+    assert comp.latency_s > 0
+    assert comp.model == "loopback-judge"
+    assert comp.endpoint == judge_server.base_url
+    assert len(comp.request_sha) == 64
+    (req,) = judge_server.requests
+    assert req.path == "/v1/chat/completions"
+    assert req.body["response_format"] == {"type": "json_object"}
+    assert req.body["temperature"] == 0.0
+    assert req.messages == PROMPT
+
+
+def test_key_is_read_from_the_named_env_var_at_call_time(judge_server, monkeypatch):
+    judge_server.api_key = "sk-first-key-0001"
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-first-key-0001")
+    c = client(judge_server, "judge.verifier.api_key_env=MY_JUDGE_KEY")
+    assert run(c.complete(PROMPT)).text
+    # rotate the key in the environment: the same client picks it up on the next call
+    judge_server.api_key = "sk-second-key-0002"
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-second-key-0002")
+    assert run(c.complete(PROMPT)).text
+    assert [r.authorization for r in judge_server.requests] == ["Bearer sk-first-key-0001",
+                                                                "Bearer sk-second-key-0002"]
+
+
+def test_bad_key_names_the_env_var_and_never_the_key(judge_server, monkeypatch):
+    judge_server.api_key = "sk-right-key-123456"
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-wrong-key-987654")
+    c = client(judge_server, "judge.verifier.api_key_env=MY_JUDGE_KEY")
+    with pytest.raises(JudgeCallError) as ei:
+        run(c.complete(PROMPT))
+    msg = str(ei.value)
+    assert "401" in msg and "MY_JUDGE_KEY" in msg and judge_server.base_url in msg
+    assert "sk-wrong-key-987654" not in msg and "sk-right-key" not in msg
+    assert ei.value.kind == "auth"
+    assert len(judge_server.requests) == 1  # no retries on 401
+
+
+def test_server_errors_then_success_are_retried_by_the_sdk(judge_server):
+    judge_server.fail_next(2, status=500)
+    comp = run(client(judge_server).complete(PROMPT))
+    assert comp.attempts == 3
+    assert [r.status for r in judge_server.requests] == [500, 500, 200]
+
+
+def test_persistent_server_errors_fail_with_url_and_status(judge_server):
+    judge_server.fail_next(10, status=503, message="overloaded")
+    with pytest.raises(JudgeError) as ei:
+        run(client(judge_server, "judge.max_retries=2").complete(PROMPT))
+    assert "503" in str(ei.value) and judge_server.base_url in str(ei.value)
+    assert ei.value.attempts == 3
+    assert len(judge_server.requests) == 3
+
+
+def test_429_retry_after_is_honoured(judge_server):
+    judge_server.rate_limit_next(1, retry_after=0.3)
+    # backoff base is 1 ms, so waiting ~0.3 s can only come from the Retry-After header
+    comp = run(client(judge_server, "judge.retry_initial_delay_s=0.001").complete(PROMPT))
+    assert comp.attempts == 2
+    first, second = judge_server.requests
+    assert first.status == 429 and second.status == 200
+    assert second.t_start - first.t_end >= 0.25
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_client_errors_are_not_retried(judge_server, status):
+    judge_server.fail_next(1, status=status, message="no such thing")
+    with pytest.raises(JudgeError) as ei:
+        run(client(judge_server, "judge.verifier.response_format=none").complete(PROMPT))
+    assert str(status) in str(ei.value)
+    assert len(judge_server.requests) == 1
+
+
+def test_unknown_model_names_the_model(judge_server):
+    judge_server.models = ["served-model"]
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(judge_server).complete(PROMPT))
+    assert ei.value.kind == "not_found"
+    assert "loopback-judge" in str(ei.value) and "judge.verifier.model" in str(ei.value)
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(judge_server).preflight())
+    assert "served-model" in str(ei.value)
+
+
+def test_timeout_fails_with_timeout_error(judge_server):
+    judge_server.hang_next(5, seconds=3)
+    c = client(judge_server, "judge.verifier.timeout_s=0.3", "judge.max_retries=1")
+    with pytest.raises(JudgeCallError) as ei:
+        run(c.complete(PROMPT))
+    assert ei.value.kind == "timeout"
+    assert "did not reply within 0.3 s" in str(ei.value)
+    assert ei.value.attempts == 2
+
+
+def test_closed_port_fails_fast_naming_the_url():
+    port = closed_port()
+    from engine.config import load_config
+    cfg = load_config(None, [f"judge.verifier.base_url=http://127.0.0.1:{port}/v1", "judge.verifier.model=m",
+                             "judge.retry_initial_delay_s=0.001", "judge.max_retries=2"])
+    c = client(cfg)
+    with pytest.raises(JudgeCallError) as ei:
+        run(c.complete(PROMPT))
+    assert f"http://127.0.0.1:{port}/v1" in str(ei.value)
+    assert "connection refused" in str(ei.value).lower()
+    assert ei.value.kind == "connection"
+    with pytest.raises(JudgeCallError) as ei:
+        run(c.preflight())
+    assert ei.value.attempts == 1  # preflight never retries
+
+
+def test_missing_key_for_openai_fails_before_any_request():
+    from engine.config import load_config
+    cfg = load_config(None, ["judge.verifier.model=gpt-test"])
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(cfg).complete(PROMPT))
+    assert "OPENAI_API_KEY" in str(ei.value) and "api.openai.com" in str(ei.value)
+
+
+def test_missing_model_is_a_config_error(judge_server):
+    cfg = loopback_config(judge_server)
+    cfg.judge.verifier.model = None
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(cfg).complete(PROMPT))
+    assert "ROPD_VERIFIER_MODEL" in str(ei.value)
+
+
+def test_rejected_response_format_is_dropped_once_and_remembered(judge_server):
+    judge_server.reject_response_format = True
+    c = client(judge_server)
+    assert run(c.complete(PROMPT)).attempts == 2
+    assert run(c.complete(PROMPT)).attempts == 1
+    bodies = [r.body for r in judge_server.requests]
+    assert "response_format" in bodies[0]
+    assert "response_format" not in bodies[1] and "response_format" not in bodies[2]
+
+
+def test_json_schema_output(judge_server):
+    schema = {"type": "object", "properties": {"score": {"type": "number"}}, "required": ["score"]}
+    run(client(judge_server, "judge.verifier.response_format=json_schema").complete(PROMPT, schema=schema))
+    rf = judge_server.requests[0].body["response_format"]
+    assert rf["type"] == "json_schema" and rf["json_schema"]["schema"] == schema
+
+
+def test_responses_api(judge_server):
+    c = client(judge_server, "judge.api=responses", "judge.verifier.reasoning_effort=low")
+    comp = run(c.complete(PROMPT))
+    assert "answer is 5" in comp.text.lower()
+    assert comp.prompt_tokens and comp.completion_tokens
+    (req,) = judge_server.requests
+    assert req.path == "/v1/responses"
+    assert req.body["text"] == {"format": {"type": "json_object"}}
+    assert req.body["reasoning"] == {"effort": "low"}
+    assert req.body["store"] is False
+
+
+def test_concurrency_is_bounded_per_endpoint_across_clients(judge_server):
+    judge_server.latency_s = 0.05
+    cfg = loopback_config(judge_server, "judge.concurrency=3")
+    rub = JudgeClient(cfg.judge.rubricator, cfg.judge, "rubricator")
+    ver = JudgeClient(cfg.judge.verifier, cfg.judge, "verifier")
+
+    async def many():
+        return await asyncio.gather(*[(rub if i % 2 else ver).complete(PROMPT) for i in range(12)])
+
+    assert len(run(many())) == 12
+    assert judge_server.max_in_flight == 3
+
+
+def test_requests_per_minute_limit_holds_back_the_next_request(judge_server):
+    c = client(judge_server, "judge.requests_per_minute=2")
+
+    async def three():
+        await c.complete(PROMPT)
+        await c.complete(PROMPT)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(c.complete(PROMPT), 0.3)
+
+    run(three())
+    assert len(judge_server.requests) == 2
+
+
+def test_scrub_removes_keys():
+    text = "bad key sk-abcdef1234567890 and Bearer xyz123456789 and mysecretvalue"
+    out = scrub(text, "mysecretvalue")
+    assert "abcdef1234567890" not in out and "xyz123456789" not in out and "mysecretvalue" not in out
+
+
+def test_error_text_echoing_the_key_is_scrubbed(judge_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "plainsecret-4242")
+    judge_server.fail_next(1, status=400, message="invalid key plainsecret-4242")
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(judge_server, "judge.verifier.response_format=none").complete(PROMPT))
+    assert "plainsecret-4242" not in str(ei.value)
+    assert "***" in str(ei.value)
+
+
+def test_server_log_and_usage_are_json(judge_server):
+    run(client(judge_server).complete(PROMPT))
+    stats = judge_server.stats()
+    assert stats["requests"] == 1 and stats["by_role"] == {"chat": 1}
+    json.dumps(stats)
