@@ -263,7 +263,21 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: list[Migration] = [_v1_initial]
+def _v2_judge_cache(conn: sqlite3.Connection) -> None:
+    """Judge replies keyed by the sha256 of the request (engine.judge_cache; added by the replay work)."""
+    conn.execute("""CREATE TABLE judge_cache (
+        request_sha TEXT PRIMARY KEY,
+        model TEXT,
+        role TEXT,
+        reply TEXT NOT NULL,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        latency_s REAL,
+        created_at REAL NOT NULL
+    )""")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache]
 
 
 def schema_version() -> int:
