@@ -1,0 +1,287 @@
+"""Launch one verl run and write its progress into the run store (runs on the launch node).
+
+``run(cfg, store, run, resume)`` is called by ``engine.train_worker`` (the process the supervisor
+starts) for ``run.backend == "verl"``. It
+
+1. writes the task as parquet (``<run_dir>/verl/data``) unless ``verl.train_files`` is set;
+2. connects to Ray - ``verl.ray_address`` / ``$RAY_ADDRESS`` (an existing, possibly multi-node cluster)
+   or a new local cluster - and starts the run's :class:`~.gatherer.GroupGatherer` actor pinned to THIS
+   node, so scored groups land in a file here;
+3. starts ``python -m verl.trainer.main_ppo --config-path <configs/verl> --config-name ropd_grpo ...`` as
+   a child (same Ray cluster via ``RAY_ADDRESS``; its own checkpoint dir ``<run_dir>/verl/checkpoints``;
+   a fresh ``metrics.jsonl`` per attempt because verl's file logger truncates; resume through
+   ``resume_mode=resume_path`` + ``resume_from_path=<latest global_step_N>``);
+4. tails the metrics file and the gatherer's side channel and writes each step (verl metrics + ROPD
+   groups, rubrics, verdicts, judge calls) in one store transaction; stops the run when a step's group
+   failure rate passes ``scorer.failure_threshold``.
+
+SQLite is only ever written by this process, on the node where the run was launched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config
+from engine.errors import ConfigError, ScoringFailureRateError
+
+from . import GATHERER_NAMESPACE
+from .gatherer import gatherer_name
+from .metrics_ingest import StepIngestor, StepReport
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "verl"
+MAIN_MODULE = "verl.trainer.main_ppo"
+POLL_S = 1.0
+_SAFE_VALUE = re.compile(r"^[\w./:@+\-]+$")
+
+
+@dataclass
+class AttemptPaths:
+    root: Path  # <run_dir>/verl
+    attempt: int
+    checkpoints: Path
+    data: Path
+    attempt_dir: Path
+    metrics: Path  # VERL_FILE_LOGGER_PATH of this attempt
+    groups: Path  # gatherer side channel of this attempt
+    hydra_dir: Path
+
+    @classmethod
+    def new(cls, run_dir: str | os.PathLike) -> "AttemptPaths":
+        root = Path(run_dir).resolve() / "verl"
+        root.mkdir(parents=True, exist_ok=True)
+        existing = [int(m.group(1)) for p in root.glob("attempt-*") if (m := re.match(r"attempt-(\d+)$", p.name))]
+        n = max(existing, default=0) + 1
+        attempt_dir = root / f"attempt-{n}"
+        attempt_dir.mkdir(parents=True)
+        return cls(root, n, root / "checkpoints", root / "data", attempt_dir, attempt_dir / "metrics.jsonl",
+                   attempt_dir / "groups.jsonl", attempt_dir / "hydra")
+
+
+def hydra_value(value: Any) -> str:
+    """A value for a Hydra command-line override, quoted when it holds characters Hydra would parse."""
+    s = str(value)
+    if _SAFE_VALUE.match(s):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def latest_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
+    """The newest complete ``global_step_N`` dir: the one verl's tracker file names (written last, so a
+    crash mid-save leaves the previous one), else the highest N that has an ``actor`` dir."""
+    tracker = checkpoints / "latest_checkpointed_iteration.txt"
+    if tracker.exists():
+        try:
+            n = int(tracker.read_text().strip())
+            d = checkpoints / f"global_step_{n}"
+            if d.is_dir():
+                return d, n
+        except ValueError:
+            pass
+    found = []
+    for d in checkpoints.glob("global_step_*"):
+        m = re.match(r"global_step_(\d+)$", d.name)
+        if m and (d / "actor").is_dir():
+            found.append((int(m.group(1)), d))
+    if not found:
+        return None
+    n, d = max(found)
+    return d, n
+
+
+def config_location(cfg: Config) -> tuple[Path, str]:
+    """(config dir, config name): ``verl.config_name`` is a name in configs/verl/ or a path to a YAML."""
+    name = cfg.verl.config_name
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        p = Path(name).resolve()
+        if not p.exists():
+            raise ConfigError(f"verl.config_name: {p} does not exist")
+        return p.parent, p.stem
+    if not (REPO_CONFIG_DIR / f"{name}.yaml").exists():
+        raise ConfigError(f"verl.config_name: no {name}.yaml in {REPO_CONFIG_DIR}",
+                          hint="use ropd_grpo or a path to your own Hydra YAML")
+    return REPO_CONFIG_DIR, name
+
+
+def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_files: str, val_files: str,
+                  gatherer: str, resume_from: Path | None) -> list[str]:
+    """The ``main_ppo`` command line of one attempt (user overrides from ``verl.overrides`` come last)."""
+    if not cfg.verl.model_path:
+        raise ConfigError("verl.model_path is not set", hint="set it to a local HF model dir or a hub id, "
+                          "e.g. verl.model_path=Qwen/Qwen3-1.7B")
+    config_dir, config_name = config_location(cfg)
+    ov = {
+        "actor_rollout_ref.model.path": cfg.verl.model_path,
+        "data.train_files": train_files,
+        "data.val_files": val_files,
+        "trainer.nnodes": cfg.verl.nnodes,
+        "trainer.n_gpus_per_node": cfg.verl.n_gpus_per_node,
+        "trainer.project_name": "ropd",
+        "trainer.experiment_name": run_name,
+        "trainer.default_local_dir": paths.checkpoints,
+        "trainer.resume_mode": "resume_path" if resume_from else "disable",
+        "ropd.gatherer_name": gatherer,
+        "ropd.gatherer_namespace": GATHERER_NAMESPACE,
+        "ropd.group_timeout_s": cfg.verl.group_timeout_s,
+        "hydra.run.dir": paths.hydra_dir,
+        # the file logger lives in verl's TaskRunner actor, which may run on another node of an existing
+        # cluster: the job's runtime env carries the path to it
+        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH": paths.metrics,
+    }
+    if resume_from:
+        ov["trainer.resume_from_path"] = resume_from
+    argv = [sys.executable, "-m", MAIN_MODULE, "--config-path", str(config_dir), "--config-name", config_name]
+    argv += [f"{k}={hydra_value(v)}" for k, v in ov.items()]
+    argv += list(cfg.verl.overrides)
+    return argv
+
+
+def _absolute_paths(cfg: Config) -> dict[str, Any]:
+    """The config as a dict with file paths made absolute (the gatherer actor's cwd may differ)."""
+    d = cfg.to_dict()
+
+    def fix(section: str, key: str) -> None:
+        v = d[section].get(key)
+        if v and not str(v).startswith(("pkg://", "http://", "https://")):
+            d[section][key] = str(Path(v).expanduser().resolve())
+
+    fix("teacher", "index")
+    for role in ("rubricator", "verifier", "scalar_judge"):
+        fix("templates", role)
+    fix("task", "train_file")
+    fix("task", "val_file")
+    return d
+
+
+def _connect_ray(cfg: Config) -> str:
+    """Connect to the configured cluster or start a local one; returns the address for the child."""
+    import ray
+
+    address = cfg.verl.ray_address or os.environ.get("RAY_ADDRESS") or None
+    ctx = ray.init(address=address, namespace=GATHERER_NAMESPACE, ignore_reinit_error=True,
+                   log_to_driver=True)
+    return address if address and address != "local" else ctx.address_info["gcs_address"]
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum: int | None = None
+
+    def __call__(self, signum, _frame) -> None:
+        self.requested = True
+        self.signum = signum
+
+
+def _log(msg: str) -> None:
+    print(f"[ropd-verl] {msg}", flush=True)
+
+
+def _describe(r: StepReport) -> str:
+    m = r.metrics
+    parts = [f"step {r.step}"]
+    for key, label in (("reward/mean", "reward"),
+                       ("accuracy", "accuracy"), ("timing_s/step", "s/step")):
+        if key in m:
+            parts.append(f"{label} {m[key]:.4g}")
+    if r.n_groups:
+        parts.append(f"groups {r.n_groups} (failed {m.get('ropd/failed_groups', 0):.0f})")
+    return ", ".join(parts)
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run(cfg: Config, store, run, resume: bool) -> int:
+    """Run (or resume) one verl training run; returns the process exit code for the train worker."""
+    run_id = run.id
+    paths = AttemptPaths.new(run.run_dir)
+    resume_from, start_step = None, 0
+    if resume:
+        found = latest_checkpoint(paths.checkpoints)
+        if found:
+            resume_from, start_step = found
+        else:
+            _log(f"no checkpoint under {paths.checkpoints}; starting from scratch")
+    train_files, val_files = _prepare_data(cfg, paths)
+    name = gatherer_name(f"{run_id}_{paths.attempt}")
+    argv = build_command(cfg, run_name=str(run.name), paths=paths, train_files=train_files, val_files=val_files,
+                         gatherer=name, resume_from=resume_from)
+    (paths.attempt_dir / "command.txt").write_text(" ".join(argv) + "\n", encoding="utf-8")
+
+    import ray
+
+    from .gatherer import start_gatherer
+
+    ray_address = _connect_ray(cfg)
+    stop = _Stop()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    proc = None
+    try:
+        start_gatherer(_absolute_paths(cfg), str(paths.groups), name=name, namespace=GATHERER_NAMESPACE,
+                       group_timeout_s=cfg.verl.group_timeout_s)
+        env = dict(os.environ, RAY_ADDRESS=ray_address, VERL_FILE_LOGGER_PATH=str(paths.metrics),
+                   PYTHONUNBUFFERED="1")
+        _log(f"attempt {paths.attempt}: {' '.join(argv)}")
+        store.add_event(run_id, "resumed" if resume_from else "started",
+                        f"verl attempt {paths.attempt}" + (f" from {resume_from.name}" if resume_from else ""),
+                        step=start_step or None, data={"argv": argv, "ray_address": ray_address})
+        proc = subprocess.Popen(argv, env=env, cwd=str(paths.attempt_dir))
+        ingest = StepIngestor(store, run_id, paths.metrics, paths.groups, start_step=start_step)
+        threshold = cfg.scorer.failure_threshold
+        while True:
+            done = proc.poll() is not None
+            reports = ingest.flush() if done else ingest.poll()
+            for r in reports:
+                _log(_describe(r))
+                if r.failure_rate is not None and r.failure_rate > threshold:
+                    err = ScoringFailureRateError(
+                        f"step {r.step}: {r.failure_rate:.0%} of the scored groups failed "
+                        f"(scorer.failure_threshold {threshold:.0%}); training stopped",
+                        hint="see the failed groups' causes with `ropd-tui --headless logs` or the TUI, "
+                             "fix the judge, then resume the run")
+                    store.add_event(run_id, "stopped", str(err), step=r.step)
+                    _log(f"error: {err}")
+                    _terminate(proc, cfg.supervisor.stop_grace_s)
+                    ingest.flush()
+                    return err.exit_code
+            if done:
+                break
+            if stop.requested:
+                _log("stop requested; stopping verl")
+                _terminate(proc, cfg.supervisor.stop_grace_s)
+                for r in ingest.flush():
+                    _log(_describe(r))
+                return 130 if stop.signum == signal.SIGINT else 143
+            time.sleep(POLL_S)
+        rc = proc.returncode
+        _log(f"verl exited with code {rc}")
+        return 0 if rc == 0 else (rc if rc and rc > 0 else 1)
+    finally:
+        if proc is not None and proc.poll() is None:
+            _terminate(proc, cfg.supervisor.stop_grace_s)
+        for s, h in old.items():
+            signal.signal(s, h)
+        ray.shutdown()
+
+
+def _prepare_data(cfg: Config, paths: AttemptPaths) -> tuple[str, str]:
+    from .data import prepare_data
+
+    return prepare_data(cfg, paths.data)
