@@ -1,0 +1,351 @@
+"""Rubric inspector: one step and prompt at a time (question, ground truth, rubric, teacher answers and
+student rollouts side by side, verdict matrix), plus run-wide per-criterion pass rates."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from rich.text import Text
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
+
+from ..widgets.answers import AnswerPanes
+from ..widgets.safe import one_line, plain
+from ..widgets.verdicts import AnswerView, VerdictMatrix
+from .base import LiveScreen
+from .views import CriterionStat, GroupView, criterion_stats, group_view
+
+SORTS = ["pool", "reward ↓", "reward ↑"]
+STAT_LIMIT = 200  # rows per run-wide list (the most telling ones); never the whole run
+
+
+@dataclass
+class StepData:
+    steps: list[int]
+    step: int | None
+    groups: list[GroupView]
+
+
+@dataclass
+class RunWideData:
+    stats: list[CriterionStat]
+    counts: dict[str, int]
+    n_total: int
+
+
+def order_answers(answers: list[AnswerView], sort: str, failed_criterion: int | None) -> list[AnswerView]:
+    """Sort (pool order, reward descending or ascending) and filter (answers failing one criterion)."""
+    out = list(answers)
+    if failed_criterion is not None:
+        out = [a for a in out if a.failed(failed_criterion)]
+    if sort == "reward ↓":
+        out.sort(key=lambda a: (a.reward is None, -(a.reward or 0.0)))
+    elif sort == "reward ↑":
+        out.sort(key=lambda a: (a.reward is None, a.reward or 0.0))
+    else:
+        out.sort(key=lambda a: (a.kind != "teacher", a.index))
+    return out
+
+
+def rank_stats(stats: list[CriterionStat]) -> RunWideData:
+    counts: dict[str, int] = {}
+    for s in stats:
+        counts[s.verdict] = counts.get(s.verdict, 0) + 1
+    order = {"discriminates": 0, "never passes": 1, "always passes": 2, "students ahead": 3, "weak": 4}
+    ranked = sorted(stats, key=lambda s: (order.get(s.verdict, 9), -(abs(s.gap or 0.0))))
+    return RunWideData(stats=ranked[:STAT_LIMIT], counts=counts, n_total=len(stats))
+
+
+class InspectorScreen(LiveScreen):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("right_square_bracket", "step(1)", "Next step"),
+        Binding("left_square_bracket", "step(-1)", "Prev step"),
+        Binding("n", "prompt(1)", "Next prompt"),
+        Binding("p", "prompt(-1)", "Prev prompt"),
+        Binding("g", "goto", "Go to step", show=False),
+        Binding("home", "edge_step(-1)", "First step", show=False),
+        Binding("end", "edge_step(1)", "Last step", show=False),
+        Binding("o", "sort", "Sort"),
+        Binding("F", "filter_failed", "Filter"),
+        Binding("w", "run_wide", "Run-wide"),
+    ]
+
+    def __init__(self, run_id: int, name: str | None = None, step: int | None = None) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.run_name = name or str(run_id)
+        self.step: int | None = step  # None: the latest step
+        self.follow_latest = step is None
+        self.group_pos = 0
+        self.sort = "pool"
+        self.failed_criterion: int | None = None
+        self.data: StepData | None = None
+        self._want_run_wide = False
+        self.run_wide: RunWideData | None = None
+        self._quiet_until = 0.0  # highlight events caused by a re-render don't scroll the page
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="insp-status", classes="statusline")
+        with TabbedContent(id="insp-tabs", initial="prompt"):
+            with TabPane("Prompt", id="prompt"):
+                with VerticalScroll(id="insp-scroll"):
+                    yield Static("", id="insp-question")
+                    yield DataTable(id="insp-rubric", cursor_type="row", zebra_stripes=True)
+                    yield VerdictMatrix(id="insp-matrix")
+                    yield AnswerPanes(id="insp-answers")
+            with TabPane("Run-wide criteria", id="runwide"):
+                yield Static("", id="runwide-summary")
+                yield DataTable(id="runwide-table", cursor_type="row", zebra_stripes=True)
+        with Horizontal(id="insp-gotobar", classes="-hidden"):
+            yield Input(placeholder="go to step (number, enter)", id="insp-goto", type="integer")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"{self.run_name} · rubric inspector"
+        rubric = self.query_one("#insp-rubric", DataTable)
+        for key, label in (("id", "id"), ("pts", "pts"), ("cat", "category"), ("t", "teacher"),
+                           ("s", "students"), ("text", "criterion")):
+            rubric.add_column(label, key=key)
+        table = self.query_one("#runwide-table", DataTable)
+        for key, label in (("verdict", "verdict"), ("t", "teacher"), ("s", "students"), ("step", "step"),
+                           ("g", "prompt"), ("id", "id"), ("text", "criterion")):
+            table.add_column(label, key=key)
+        self.query_one("#insp-matrix", VerdictMatrix).focus(scroll_visible=False)
+        super().on_mount()
+
+    # -- data (reader thread) ---------------------------------------------------------------------------
+    def load(self, store: Any) -> Any:
+        steps = [int(s["step"]) for s in store.steps(self.run_id)]
+        step = self.step
+        if step is None or self.follow_latest or (steps and step not in steps):
+            step = steps[-1] if (self.follow_latest or step is None) and steps else self._nearest(steps, step)
+        groups = [group_view(step, g) for g in store.step_groups(self.run_id, step, include_calls=False)] if step is not None else []
+        data = StepData(steps=steps, step=step, groups=groups)
+        if self._want_run_wide:
+            return data, rank_stats(criterion_stats(store.criterion_pass_rates(self.run_id)))
+        return data
+
+    @staticmethod
+    def _nearest(steps: list[int], step: int | None) -> int | None:
+        if not steps:
+            return None
+        if step is None:
+            return steps[-1]
+        return min(steps, key=lambda s: abs(s - step))
+
+    async def apply(self, data: Any) -> None:
+        if isinstance(data, tuple):
+            data, self.run_wide = data
+            self._render_run_wide()
+        changed = self.data is None or self.data.step != data.step or self._group_sig(self.data) != self._group_sig(data)
+        self.data = data
+        self.step = data.step
+        if self.group_pos >= len(data.groups):
+            self.group_pos = max(0, len(data.groups) - 1)
+        if changed:
+            await self._render_group()
+        else:
+            self._render_status()
+
+    @staticmethod
+    def _group_sig(d: StepData) -> list[tuple[int, int, str]]:
+        return [(g.group_index, len(g.answers), g.status) for g in d.groups]
+
+    # -- rendering ----------------------------------------------------------------------------------------
+    @property
+    def group(self) -> GroupView | None:
+        if not self.data or not self.data.groups:
+            return None
+        return self.data.groups[self.group_pos]
+
+    def _render_status(self) -> None:
+        d = self.data
+        t = Text()
+        if not d or d.step is None:
+            t.append("no steps with judged groups yet", style="yellow")
+        else:
+            idx = d.steps.index(d.step) + 1 if d.step in d.steps else 0
+            t.append(f"step {d.step} ({idx}/{len(d.steps)})", style="bold")
+            t.append(f" · prompt {self.group_pos + 1}/{len(d.groups)}")
+            g = self.group
+            if g:
+                t.append(" · ")
+                t.append_text(plain(g.status, "green" if g.status == "ok" else "bold red"))
+            t.append(f" · sort {self.sort}")
+            if self.failed_criterion is not None and g and self.failed_criterion < len(g.criteria):
+                t.append(" · failing ")
+                t.append_text(plain(g.criteria[self.failed_criterion].id))
+            if self.follow_latest:
+                t.append(" · following latest", style="dim")
+        self.query_one("#insp-status", Static).update(t)
+
+    async def _render_group(self) -> None:
+        self._render_status()
+        g = self.group
+        q = Text()
+        rubric = self.query_one("#insp-rubric", DataTable)
+        rubric.clear()
+        matrix = self.query_one("#insp-matrix", VerdictMatrix)
+        panes = self.query_one("#insp-answers", AnswerPanes)
+        if g is None:
+            self.query_one("#insp-question", Static).update(Text("nothing to show yet", style="dim"))
+            matrix.show([], [])
+            await panes.show([], 0)
+            return
+        q.append("Question  ", style="bold")
+        q.append_text(plain(g.question))
+        if g.ground_truth is not None:
+            q.append("\nGround truth  ", style="bold")
+            q.append_text(plain(g.ground_truth, "green"))
+        if g.failure:
+            q.append("\nFailed  ", style="bold red")
+            q.append_text(plain(g.failure, "red"))
+        if g.template_versions:
+            q.append("\nTemplates  ", style="dim")
+            q.append_text(plain(" ".join(f"{r}={s[:8]}" for r, s in sorted(g.template_versions.items())), "dim"))
+        self.query_one("#insp-question", Static).update(q)
+        teachers = [a for a in g.answers if a.kind == "teacher"]
+        students = [a for a in g.answers if a.kind == "student"]
+        for i, c in enumerate(g.criteria):
+            rubric.add_row(plain(c.id), str(c.points), one_line(c.category, 18),
+                           _rate(teachers, i), _rate(students, i), plain(c.text), key=str(i))
+        shown = order_answers(g.answers, self.sort, self.failed_criterion)
+        self._quiet_until = time.monotonic() + 0.5
+        matrix.show(g.criteria, shown)
+        await panes.show(shown, len(g.criteria))
+        if shown:
+            panes.select(shown[min(matrix.cursor_row, len(shown) - 1)].key, scroll=False)
+
+    def _render_run_wide(self) -> None:
+        rw = self.run_wide
+        if rw is None:
+            return
+        t = Text("Per-criterion pass rates over the whole run: teacher vs students\n", style="bold")
+        for verdict in ("discriminates", "never passes", "always passes", "students ahead", "weak"):
+            t.append(f"  {verdict}: {rw.counts.get(verdict, 0)}")
+        t.append(f"   (of {rw.n_total} criteria; showing the {min(STAT_LIMIT, rw.n_total)} most telling)", style="dim")
+        self.query_one("#runwide-summary", Static).update(t)
+        table = self.query_one("#runwide-table", DataTable)
+        table.clear()
+        styles = {"discriminates": "green", "never passes": "red", "always passes": "yellow", "students ahead": "magenta"}
+        for i, s in enumerate(rw.stats):
+            table.add_row(plain(s.verdict, styles.get(s.verdict, "dim")), _pct(s.teacher_rate), _pct(s.student_rate),
+                          str(s.step if s.step is not None else "-"),
+                          str(s.group_index + 1 if s.group_index is not None else "-"),
+                          plain(s.criterion), one_line(s.text, 200), key=str(i))
+
+    # -- events and actions ---------------------------------------------------------------------------
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "insp-matrix" and event.row_key is not None and event.row_key.value:
+            scroll = time.monotonic() > self._quiet_until
+            self.query_one("#insp-answers", AnswerPanes).select(event.row_key.value, scroll=scroll)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "runwide-table" and self.run_wide:
+            s = self.run_wide.stats[event.cursor_row]
+            if s.step is not None:
+                self.step, self.follow_latest = int(s.step), False
+                self.group_pos = int(s.group_index or 0)
+                self.query_one(TabbedContent).active = "prompt"
+                self.reload()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "runwide" and not self._want_run_wide:
+            self._want_run_wide = True
+            self.query_one("#runwide-summary", Static).update(Text("loading…", style="dim"))
+            self.reload()
+
+    def action_run_wide(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        tabs.active = "prompt" if tabs.active == "runwide" else "runwide"
+
+    def action_back(self) -> None:
+        if not self.query_one("#insp-gotobar").has_class("-hidden"):
+            self.query_one("#insp-gotobar").add_class("-hidden")
+            self.query_one("#insp-matrix").focus()
+            return
+        self.app.pop_screen()
+
+    def action_step(self, delta: int) -> None:
+        d = self.data
+        if not d or not d.steps or d.step is None:
+            return
+        i = d.steps.index(d.step) if d.step in d.steps else len(d.steps) - 1
+        j = max(0, min(len(d.steps) - 1, i + delta))
+        self.step = d.steps[j]
+        self.follow_latest = j == len(d.steps) - 1 and delta > 0
+        self.reload()
+
+    def action_edge_step(self, direction: int) -> None:
+        d = self.data
+        if not d or not d.steps:
+            return
+        self.step = d.steps[0] if direction < 0 else d.steps[-1]
+        self.follow_latest = direction > 0
+        self.reload()
+
+    async def action_prompt(self, delta: int) -> None:
+        d = self.data
+        if not d or not d.groups:
+            return
+        self.group_pos = (self.group_pos + delta) % len(d.groups)
+        self.failed_criterion = None
+        await self._render_group()
+
+    async def action_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        await self._render_group()
+
+    async def action_filter_failed(self) -> None:
+        g = self.group
+        if not g or not g.criteria:
+            return
+        if self.failed_criterion is None:
+            self.failed_criterion = 0
+        elif self.failed_criterion + 1 < len(g.criteria):
+            self.failed_criterion += 1
+        else:
+            self.failed_criterion = None
+        await self._render_group()
+
+    def action_goto(self) -> None:
+        self.query_one("#insp-gotobar").remove_class("-hidden")
+        self.query_one("#insp-goto", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one("#insp-gotobar").add_class("-hidden")
+        self.query_one("#insp-matrix").focus()
+        try:
+            self.step = int(event.value)
+        except ValueError:
+            return
+        self.follow_latest = False
+        self.reload()
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Next step", "Inspect the next step", lambda: self.action_step(1))
+        yield SystemCommand("Previous step", "Inspect the previous step", lambda: self.action_step(-1))
+        yield SystemCommand("Go to step…", "Type a step number", self.action_goto)
+        yield SystemCommand("Sort rollouts", "pool order / reward descending / ascending", self.action_sort)
+        yield SystemCommand("Filter by failed criterion", "Cycle through criteria", self.action_filter_failed)
+        yield SystemCommand("Run-wide criterion pass rates", "Teacher vs students over the run", self.action_run_wide)
+
+
+def _rate(answers: list[AnswerView], i: int) -> Text:
+    vals = [a.verdicts[i] for a in answers if i < len(a.verdicts) and a.verdicts[i] is not None]
+    if not vals:
+        return Text("-", style="dim")
+    return _pct(sum(vals) / len(vals))
+
+
+def _pct(v: float | None) -> Text:
+    if v is None:
+        return Text("-", style="dim")
+    style = "green" if v >= 0.75 else "red" if v <= 0.25 else ""
+    return Text(f"{v * 100:3.0f}%", style=style)

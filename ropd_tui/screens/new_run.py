@@ -1,0 +1,221 @@
+"""New run: pick a config from configs/, edit overrides, validate (engine.config.load_config), launch.
+
+The launch goes through the same helper as ``ropd-tui --headless train`` when it exists
+(``ropd_tui.commands.train.launch_run``); otherwise the run is created in the store and the
+supervisor starts ``python -m engine.train_worker --store PATH --run ID`` (the documented argv).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Label, ListItem, ListView, Static, TextArea
+
+from engine.errors import UserError
+
+from ..widgets.safe import plain
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def find_configs(root: Path) -> list[Path]:
+    """YAML run configs directly under ``root`` (configs/verl holds Hydra configs, not run configs)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def parse_overrides(text: str) -> list[str]:
+    """One ``key.sub=value`` per line; blank lines and ``#`` comments are ignored."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+def validate(config_path: Path, overrides: list[str], name: str) -> Any:
+    """The loaded Config (with the run name applied), or raise a UserError saying what is wrong."""
+    from engine.config import load_config
+    from engine.errors import ConfigError
+
+    if name and not NAME_RE.match(name):
+        raise ConfigError(f"run name {name!r} is not valid",
+                          hint="use letters, digits, '.', '_' or '-' (at most 64 characters)")
+    ovs = list(overrides)
+    if name:
+        ovs.append(f"run.name={name}")
+    return load_config(config_path, ovs)
+
+
+def launch(cfg: Any, store_path: str, name: str, config_path: Path, overrides: list[str]) -> str:
+    """Create and start the run; returns its name. Raises UserError on bad input."""
+    try:
+        from ropd_tui.commands.train import launch_run  # D's helper: the same path as the headless command
+    except ImportError:
+        launch_run = None
+    if launch_run is not None:
+        run = launch_run(cfg, store_path, name)
+        return str(getattr(run, "name", name))
+    from engine.store import RunStore
+    from engine.supervisor import Supervisor
+
+    store = RunStore(store_path)
+    try:
+        run = store.create_run(name, cfg.run.backend, cfg.to_dict())
+        argv = [sys.executable, "-m", "engine.train_worker", "--store", str(store_path), "--run", str(run.id)]
+        Supervisor(store).launch(run, argv, cwd=str(Path.cwd()))
+        return run.name
+    finally:
+        closer = getattr(store, "close", None)
+        if closer:
+            closer()
+
+
+class NewRunScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Cancel"),
+        Binding("ctrl+v", "validate", "Validate"),
+        Binding("ctrl+l", "launch", "Launch"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.configs: list[Path] = []
+        self.valid_cfg: Any = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="new-run"):
+            with Vertical(id="new-run-left"):
+                yield Label("Config (configs/)", classes="section-title")
+                yield ListView(id="new-run-configs")
+            with VerticalScroll(id="new-run-right"):
+                yield Label("Run name", classes="section-title")
+                yield Input(placeholder="e.g. demo-lr1e-5 (default: the config's run.name)", id="new-run-name")
+                yield Label("Overrides: one key.sub=value per line", classes="section-title")
+                yield TextArea("", id="new-run-overrides", soft_wrap=True, show_line_numbers=False)
+                yield Static("", id="new-run-result")
+                with Horizontal(id="new-run-buttons"):
+                    yield Button("Validate (ctrl+v)", id="new-run-validate")
+                    yield Button("Launch (ctrl+l)", id="new-run-launch", variant="success")
+                yield Static("", id="new-run-preview")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "new run"
+        self.configs = find_configs(self.app.configs_dir)
+        lv = self.query_one(ListView)
+        for p in self.configs:
+            lv.append(ListItem(Label(plain(p.name))))
+        if not self.configs:
+            self._result(Text(f"no configs found in {self.app.configs_dir}/: add a YAML run config there "
+                              "(see configs/demo.yaml in the repository)", style="yellow"))
+        else:
+            lv.index = 0
+            self._preview()
+        lv.focus()
+
+    @property
+    def config_path(self) -> Path | None:
+        idx = self.query_one(ListView).index
+        if idx is None or not self.configs:
+            return None
+        return self.configs[idx]
+
+    def on_list_view_highlighted(self, event: ListView.Highlighted) -> None:
+        self.valid_cfg = None
+        self._preview()
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        self.valid_cfg = None
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.valid_cfg = None
+
+    def _preview(self) -> None:
+        path = self.config_path
+        if path is None:
+            return
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            text = f"cannot read {path}: {err}"
+        preview = Text(f"{path}\n", style="bold")
+        preview.append_text(plain(text, "dim"))
+        self.query_one("#new-run-preview", Static).update(preview)
+
+    def _result(self, text: Text) -> None:
+        self.query_one("#new-run-result", Static).update(text)
+
+    def _inputs(self) -> tuple[Path | None, list[str], str]:
+        return (self.config_path, parse_overrides(self.query_one("#new-run-overrides", TextArea).text),
+                self.query_one("#new-run-name", Input).value.strip())
+
+    def action_validate(self) -> bool:
+        path, overrides, name = self._inputs()
+        if path is None:
+            self._result(Text("pick a config first", style="yellow"))
+            return False
+        try:
+            cfg = validate(path, overrides, name)
+        except UserError as err:
+            self.valid_cfg = None
+            t = Text("✗ ", style="bold red")
+            t.append_text(plain(str(err), "red"))
+            self._result(t)
+            return False
+        self.valid_cfg = cfg
+        t = Text("✓ valid: ", style="bold green")
+        t.append_text(plain(f"run {cfg.run.name!r}, backend {cfg.run.backend}, "
+                            f"judge {'llm' if cfg.judge_is_llm() else 'offline'}"))
+        self._result(t)
+        return True
+
+    def action_launch(self) -> None:
+        if not self.action_validate():
+            return
+        path, overrides, name = self._inputs()
+        cfg = self.valid_cfg
+        self._result(Text(f"launching {cfg.run.name}…", style="cyan"))
+        self.query_one("#new-run-launch", Button).disabled = True
+        self._launch(cfg, path, overrides)
+
+    @work(thread=True, exclusive=True, group="launch")
+    def _launch(self, cfg: Any, path: Path, overrides: list[str]) -> None:
+        try:
+            name = launch(cfg, self.app.store_path, cfg.run.name, path, overrides)
+        except UserError as err:
+            self.app.call_from_thread(self._launch_failed, str(err))
+            return
+        except Exception as err:  # noqa: BLE001 - show anything that went wrong, keep the form
+            self.app.call_from_thread(self._launch_failed, f"{type(err).__name__}: {err}")
+            return
+        self.app.call_from_thread(self._launched, name)
+
+    def _launch_failed(self, message: str) -> None:
+        self.query_one("#new-run-launch", Button).disabled = False
+        t = Text("✗ launch failed: ", style="bold red")
+        t.append_text(plain(message, "red"))
+        t.append("\nFix the config or overrides and launch again; nothing was lost.", style="dim")
+        self._result(t)
+
+    def _launched(self, name: str) -> None:
+        self.app.notify(f"run {name} launched")
+        self.app.pop_screen()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "new-run-validate":
+            self.action_validate()
+        elif event.button.id == "new-run-launch":
+            self.action_launch()

@@ -1,0 +1,319 @@
+"""Turn run-store rows into what the screens show (runs on the reader thread; no Textual here).
+
+The store's readers return dicts; this module is the one place that knows their field names, so a
+change in the store means a change here only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..widgets.curves import Series
+from ..widgets.verdicts import AnswerView, CriterionView
+
+ACTIVE = {"running", "starting", "launching", "stalled"}
+
+
+def _first(d: dict[str, Any], *names: str, default: Any = None) -> Any:
+    for n in names:
+        if n in d and d[n] is not None:
+            return d[n]
+    return default
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+@dataclass
+class RunRow:
+    id: int
+    name: str
+    status: str
+    backend: str
+    step: int | None
+    reward: float | None
+    accuracy: float | None
+    started_at: float | None
+    ended_at: float | None
+    exit_cause: str | None = None
+
+    def elapsed(self, now: float) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.ended_at or (now if self.status in ACTIVE else None)
+        return None if end is None else max(0.0, end - self.started_at)
+
+
+def run_row(d: dict[str, Any]) -> RunRow:
+    latest = d.get("latest") if isinstance(d.get("latest"), dict) else {}
+    merged = {**latest, **d}
+    return RunRow(
+        id=int(_first(merged, "id", "run_id")),
+        name=str(_first(merged, "name", default="?")),
+        status=str(_first(merged, "status", default="?")),
+        backend=str(_first(merged, "backend", default="")),
+        step=_first(merged, "step", "latest_step", "last_step"),
+        reward=_first(merged, "reward", "latest_reward", "reward/mean", "reward_mean"),
+        accuracy=_first(merged, "accuracy", "latest_accuracy", "accuracy/mean"),
+        started_at=_first(merged, "started_at", "start_time", "created_at"),
+        ended_at=_first(merged, "ended_at", "end_time", "finished_at"),
+        exit_cause=_first(merged, "exit_cause", "cause"),
+    )
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# curves
+
+@dataclass
+class Panel:
+    """One curve panel: which metric key (first present) and optional spread keys."""
+
+    title: str
+    keys: tuple[str, ...]
+    low: tuple[str, ...] = ()
+    high: tuple[str, ...] = ()
+    std: tuple[str, ...] = ()
+    companion: tuple[str, ...] = ()  # a second line on the same panel (e.g. the teacher's reward)
+    companion_label: str = ""
+
+
+PANELS: list[Panel] = [
+    Panel("reward (mean, spread)",
+          ("reward/mean", "score/student_reward_mean", "ropd/reward_mean", "critic/score/mean", "reward"),
+          low=("reward/min", "critic/score/min"), high=("reward/max", "critic/score/max"),
+          std=("reward/std", "ropd/reward_std", "reward_std"),
+          companion=("teacher_score/mean", "score/teacher_reward_mean", "ropd/teacher_mean"),
+          companion_label="teacher"),
+    Panel("accuracy", ("accuracy", "score/student_accuracy", "ropd/train_accuracy", "accuracy/mean",
+                       "val/accuracy")),
+    Panel("judge failure rate", ("judge/failure_rate", "score/group_failure_rate", "ropd/failure_rate")),
+    Panel("judge latency (s)", ("judge/latency_s", "judge/latency_mean_s", "ropd/group_wall_s")),
+    Panel("judge tokens (prompt, completion)", ("judge/prompt_tokens", "judge/tokens", "judge/total_tokens"),
+          companion=("judge/completion_tokens",), companion_label="completion"),
+    Panel("response length", ("response_length/mean", "completions/mean_length")),
+]
+
+
+def pick_key(keys: Iterable[str], candidates: tuple[str, ...]) -> str | None:
+    have = set(keys)
+    for c in candidates:
+        if c in have:
+            return c
+    for c in candidates:  # pattern fallback: e.g. "*latency*"
+        if "*" in c:
+            for k in sorted(have):
+                if fnmatch.fnmatch(k, c):
+                    return k
+    return None
+
+
+def metric_series(store: Any, run_id: int, key: str) -> tuple[list[float], list[float], list[float]]:
+    """(steps, values, wall_times) of one metric."""
+    rows = store.metric_series(run_id, key, with_time=True)
+    steps: list[float] = []
+    values: list[float] = []
+    walls: list[float] = []
+    for r in rows:
+        if isinstance(r, dict):
+            step, value, wall = r.get("step"), r.get("value"), r.get("wall_time")
+        else:
+            step, value, wall = (list(r) + [None, None, None])[:3]
+        if value is None:
+            continue
+        steps.append(float(step))
+        values.append(float(value))
+        walls.append(float(wall) if wall is not None else float("nan"))
+    if any(w != w for w in walls):  # any NaN: no usable wall axis
+        walls = []
+    return steps, values, walls
+
+
+def panel_series(store: Any, run_id: int, keys: list[str], panel: Panel, label: str,
+                 color: str | None = None) -> Series | None:
+    key = pick_key(keys, panel.keys)
+    if key is None:
+        return None
+    steps, values, walls = metric_series(store, run_id, key)
+    s = Series(label=label, steps=steps, values=values, wall=walls, color=color)
+    lo_key, hi_key, std_key = pick_key(keys, panel.low), pick_key(keys, panel.high), pick_key(keys, panel.std)
+    if lo_key and hi_key:
+        s.low = _aligned(store, run_id, lo_key, steps)
+        s.high = _aligned(store, run_id, hi_key, steps)
+    elif std_key:
+        std = _aligned(store, run_id, std_key, steps)
+        s.low = [v - d for v, d in zip(values, std)]
+        s.high = [v + d for v, d in zip(values, std)]
+    if s.low is not None and (len(s.low) != len(steps) or any(x != x for x in s.low + (s.high or []))):
+        s.low = s.high = None
+    return s
+
+
+def _aligned(store: Any, run_id: int, key: str, steps: list[float]) -> list[float]:
+    st, vals, _ = metric_series(store, run_id, key)
+    by_step = dict(zip(st, vals))
+    return [by_step.get(x, float("nan")) for x in steps]
+
+
+def event_markers(events: list[dict[str, Any]]) -> list[tuple[float, float | None, str]]:
+    """(step, wall time, kind) of events worth a vertical line: resumes and template changes."""
+    out = []
+    for e in events:
+        kind = str(e.get("kind", ""))
+        if kind not in ("resumed", "template_changed", "restarted"):
+            continue
+        step = e.get("step")
+        if step is None:
+            continue
+        out.append((float(step), _first(e, "ts", "time", "wall_time", "created_at"), kind))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# rubric inspector
+
+@dataclass
+class GroupView:
+    step: int
+    group_index: int
+    question: str
+    ground_truth: str | None
+    status: str
+    failure: str | None
+    criteria: list[CriterionView]
+    answers: list[AnswerView]
+    template_versions: dict[str, str] = field(default_factory=dict)
+
+
+def _as_prompt_text(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except (ValueError, TypeError):
+            return value
+        value = parsed
+    from engine.types import prompt_text
+
+    if isinstance(value, (list, str)):
+        return prompt_text(value)
+    return str(value)
+
+
+def group_view(step: int, g: dict[str, Any]) -> GroupView:
+    rubric = g.get("rubric") or {}
+    raw_criteria = rubric.get("criteria") if isinstance(rubric, dict) else None
+    raw_criteria = raw_criteria if raw_criteria is not None else (g.get("criteria") or [])
+    criteria = [CriterionView(id=str(_first(c, "key", "crit_key", "criterion_key", default=f"c{i + 1}")),
+                              text=str(_first(c, "text", "criterion", default="")),
+                              points=int(_first(c, "points", default=0)),
+                              category=str(_first(c, "category", default="")))
+                for i, c in enumerate(raw_criteria)]
+    answers = []
+    for a in g.get("answers") or []:
+        verdicts = a.get("verdicts")
+        if isinstance(verdicts, str):
+            verdicts = json.loads(verdicts)
+        answers.append(AnswerView(
+            kind=str(a.get("kind", "student")), index=int(_first(a, "index", "answer_index", default=0)),
+            text=str(_first(a, "text", default="")), reward=a.get("reward"),
+            correct=None if a.get("correct") is None else bool(a.get("correct")),
+            truncated=bool(a.get("truncated")),
+            verdicts=[None if v is None else bool(v) for v in (verdicts or [])]))
+    question = _first(g, "question", default=None)
+    if question is None:
+        question = _as_prompt_text(g.get("prompt", ""))
+    failure = None
+    if g.get("failure_stage") or g.get("failure_cause"):
+        failure = f"{g.get('failure_stage') or '?'}: {g.get('failure_cause') or ''}"
+    return GroupView(step=step, group_index=int(_first(g, "group_index", "index", default=0)),
+                     question=str(question), ground_truth=g.get("ground_truth"),
+                     status=str(g.get("status", "")), failure=failure, criteria=criteria, answers=answers,
+                     template_versions=dict(g.get("template_versions") or {}))
+
+
+@dataclass
+class CriterionStat:
+    step: int | None
+    group_index: int | None
+    criterion: str
+    text: str
+    points: int
+    teacher_rate: float | None
+    student_rate: float | None
+
+    @property
+    def gap(self) -> float | None:
+        if self.teacher_rate is None or self.student_rate is None:
+            return None
+        return self.teacher_rate - self.student_rate
+
+    @property
+    def verdict(self) -> str:
+        """discriminates / never discriminates (all pass, all fail) / reversed / mixed."""
+        t, s = self.teacher_rate, self.student_rate
+        if s is None:
+            return "no data"
+        if s >= 0.999 and (t is None or t >= 0.999):
+            return "always passes"
+        if s <= 0.001 and (t is None or t <= 0.001):
+            return "never passes"
+        if t is not None and t - s >= 0.25:
+            return "discriminates"
+        if t is not None and s - t >= 0.25:
+            return "students ahead"
+        return "weak"
+
+
+def criterion_stats(rows: list[dict[str, Any]]) -> list[CriterionStat]:
+    out = []
+    for r in rows:
+        out.append(CriterionStat(
+            step=r.get("step"), group_index=_first(r, "group_index", "group"),
+            criterion=str(_first(r, "key", "crit_key", "criterion_key", default="?")),
+            text=str(_first(r, "text", "criterion_text", default="")),
+            points=int(_first(r, "points", default=0)),
+            teacher_rate=_first(r, "teacher_pass_rate", "teacher_rate", "teacher"),
+            student_rate=_first(r, "student_pass_rate", "student_rate", "student")))
+    return out
+
+
+def now() -> float:
+    return time.time()
+
+
+def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: str) -> list[Series]:
+    """The panel's main series (with spread) and its companion line, if those metrics exist."""
+    out = []
+    main = panel_series(store, run_id, keys, panel, label)
+    if main is not None:
+        out.append(main)
+    ckey = pick_key(keys, panel.companion) if panel.companion else None
+    if ckey:
+        steps, values, walls = metric_series(store, run_id, ckey)
+        out.append(Series(label=panel.companion_label or ckey, steps=steps, values=values, wall=walls,
+                          color="orange"))
+    if len(out) > 1 and main is not None:
+        main.label = "student" if panel.companion_label == "teacher" else "prompt"
+    return out

@@ -1,0 +1,145 @@
+"""Curves on textual-plotext: smoothing, downsampling, step or wall-time x axis, event markers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from textual_plotext import PlotextPlot
+
+# A stable palette so a run keeps its colour across plots and screens.
+PALETTE = ["cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white"]
+_RICH_NAMES = {"orange": "dark_orange"}
+
+
+def rich_color(plotext_color: str) -> str:
+    """The Rich colour name for a plotext colour of :data:`PALETTE` (for legends outside the plot)."""
+    return _RICH_NAMES.get(plotext_color, plotext_color)
+
+
+def smooth_ema(values: Sequence[float], weight: float) -> list[float]:
+    """Debiased exponential moving average (TensorBoard/W&B style); ``weight`` in [0, 1)."""
+    if weight <= 0 or not values:
+        return list(values)
+    out: list[float] = []
+    last = 0.0
+    n = 0
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(out[-1] if out else float("nan"))
+            continue
+        n += 1
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight**n))
+    return out
+
+
+def downsample(xs: Sequence[float], ys: Sequence[float], max_points: int) -> tuple[list[float], list[float]]:
+    """At most ``max_points`` points, keeping the first and last and evenly spaced ones between."""
+    n = len(xs)
+    if n <= max_points or max_points < 2:
+        return list(xs), list(ys)
+    step = (n - 1) / (max_points - 1)
+    idx = sorted({round(i * step) for i in range(max_points)})
+    return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+@dataclass
+class Series:
+    """One line of a plot. ``wall`` holds wall times (unix seconds), parallel to ``steps``."""
+
+    label: str
+    steps: list[float]
+    values: list[float]
+    wall: list[float] = field(default_factory=list)
+    color: str | None = None
+    low: list[float] | None = None  # spread band (e.g. min or mean-std), drawn faint
+    high: list[float] | None = None
+
+
+def x_values(series: Series, x_axis: str, origin: float | None) -> list[float]:
+    """x coordinates: the step, or minutes since ``origin`` (the run's first wall time)."""
+    if x_axis == "wall" and series.wall and len(series.wall) == len(series.steps):
+        t0 = origin if origin is not None else series.wall[0]
+        return [(w - t0) / 60.0 for w in series.wall]
+    return list(series.steps)
+
+
+class CurvePlot(PlotextPlot):
+    """A titled plot of one or more series; replot only when the data or the options changed."""
+
+    DEFAULT_CSS = """
+    CurvePlot { height: 1fr; min-height: 6; }
+    """
+
+    def __init__(self, title: str, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.title = title
+        self._series: list[Series] = []
+        self._markers: list[tuple[float, float | None, str]] = []  # (step, wall, kind)
+        self.smoothing = 0.0
+        self.x_axis = "step"
+        self._signature: object = None
+
+    @property
+    def series(self) -> list[Series]:
+        return self._series
+
+    def set_data(self, series: list[Series], markers: list[tuple[float, float | None, str]] | None = None,
+                 *, smoothing: float | None = None, x_axis: str | None = None) -> None:
+        if smoothing is not None:
+            self.smoothing = smoothing
+        if x_axis is not None:
+            self.x_axis = x_axis
+        self._series = series
+        self._markers = list(markers or [])
+        self.replot()
+
+    def replot(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title(self.title)
+        width = max(20, self.size.width or 80)
+        max_points = width * 2
+        origin = None
+        if self.x_axis == "wall":
+            firsts = [s.wall[0] for s in self._series if s.wall]
+            origin = min(firsts) if firsts else None
+        plt.xlabel("minutes" if self.x_axis == "wall" else "step")
+        drawn = 0
+        for i, s in enumerate(self._series):
+            if not s.steps:
+                continue
+            color = s.color or PALETTE[i % len(PALETTE)]
+            xs = x_values(s, self.x_axis, origin)
+            if s.low is not None and s.high is not None and len(s.low) == len(xs):
+                for band in (s.low, s.high):
+                    bx, by = downsample(xs, band, max_points)
+                    plt.plot(bx, by, color="gray", marker="dot")
+            ys = s.values
+            if self.smoothing > 0:
+                rx, ry = downsample(xs, ys, max_points)
+                plt.plot(rx, ry, color="gray", marker="dot")
+                ys = smooth_ema(ys, self.smoothing)
+            dx, dy = downsample(xs, ys, max_points)
+            plt.plot(dx, dy, color=color, marker="braille", label=s.label if len(self._series) > 1 else None)
+            drawn += 1
+        if drawn:
+            for step, wall, kind in self._markers:
+                if self.x_axis == "wall":
+                    if wall is None or origin is None:
+                        continue
+                    x = (wall - origin) / 60.0
+                else:
+                    x = step
+                plt.vline(x, "red" if kind == "resumed" else "yellow")
+        else:
+            plt.text("no data yet", 0.5, 0.5, alignment="center")
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self.replot()

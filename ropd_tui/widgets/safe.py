@@ -1,0 +1,39 @@
+"""Untrusted text (model output, rubrics, logs) as Rich ``Text`` that is never parsed as markup.
+
+Everything a model wrote goes through :func:`plain` before a widget sees it, so ``[bold]`` or ``[/]``
+inside a rollout shows literally and can never break rendering.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rich.text import Text
+
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+
+_CONTROL = {i: None for i in range(32) if i not in (9, 10)}  # keep tab and newline
+_CONTROL[127] = None
+_CONTROL[13] = None
+
+
+def clean(text: object) -> str:
+    """The text with terminal control characters (ANSI escapes, CR, ...) removed."""
+    s = "" if text is None else str(text)
+    if "\x1b" in s:
+        s = _ANSI.sub("", s)
+    return s.translate(_CONTROL)
+
+
+def plain(text: object, style: str = "", *, limit: int | None = None) -> Text:
+    """A ``Text`` holding ``text`` literally (no markup, no escapes), optionally cut to ``limit`` chars."""
+    s = clean(text)
+    if limit is not None and len(s) > limit:
+        s = s[: max(0, limit - 1)] + "…"
+    return Text(s, style=style, end="")
+
+
+def one_line(text: object, limit: int = 80, style: str = "") -> Text:
+    """A single-line preview of untrusted text."""
+    s = " ".join(clean(text).split())
+    return plain(s, style, limit=limit)

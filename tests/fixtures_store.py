@@ -1,0 +1,225 @@
+"""Deterministic fixture run stores, written through the real ``RunStore.write_step`` path.
+
+Used by the TUI tests, the TUI benchmark and anyone who needs a populated store::
+
+    from fixtures_store import build_store
+    ids = build_store(tmp_path / "ropd.db")          # a few small runs, one of each status
+    store = RunStore(path); write_fixture_step(store, run_id, step=7)   # one more step
+
+Everything (texts, verdicts, rewards, wall times) derives from a seed, so snapshots are stable.
+Model output in the fixtures deliberately contains Rich/Textual markup (``[bold]``, ``[/]``,
+``[link=...]``) to prove the UI shows it literally.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engine.store import RunStore  # noqa: E402
+from engine.types import AnswerResult, Criterion, GroupResult, JudgeCall, Rubric  # noqa: E402
+
+BASE_TIME = 1_700_000_000.0  # fixed wall clock for fixtures (2023-11-14)
+STEP_SECONDS = 30.0
+INJECTION = "[bold red]not bold[/] [/] [link=http://x]no link[/link] [@click=app.quit]q[/] $var ${x}"
+CATEGORIES = ("task fulfilment", "observable response quality", "general reasoning quality")
+CRITERIA_TEXTS = (
+    "States the final answer {a} explicitly",
+    "Shows the intermediate sum before multiplying",
+    "Does not contradict itself between steps",
+    "Uses the numbers given in the question, not rounded ones",
+    "Explains why the operation order matters",
+    "Keeps the answer under 120 words",
+    "Checks the result with a second method",
+    "Names the unit of the result",
+    "Avoids hedging language in the conclusion",
+    "Writes each step on its own line",
+    "Identifies the trap in the wording",
+    "Gives the answer as an integer",
+)
+
+
+@dataclass
+class FixtureRun:
+    name: str
+    status: str
+    steps: int
+    backend: str = "embedded"
+    cause: str | None = None
+    exit_code: int | None = None
+    stderr_tail: str | None = None
+    resumed_at: int | None = None
+    template_changed_at: int | None = None
+
+
+DEFAULT_RUNS: tuple[FixtureRun, ...] = (
+    FixtureRun("demo-baseline", "finished", 12, exit_code=0, resumed_at=6, template_changed_at=9),
+    FixtureRun("demo-lr-high", "failed", 7, exit_code=1, cause="exit code 1: RuntimeError: CUDA error",
+               stderr_tail="Traceback (most recent call last):\n  ...\nRuntimeError: CUDA error [bold]x[/]"),
+    FixtureRun("verl-k1", "running", 9, backend="verl"),
+    FixtureRun("demo-stopped", "stopped", 4, cause="stopped by the user"),
+)
+
+
+def make_group(step: int, group_index: int, *, seed: int = 0, n_students: int = 4, n_teachers: int = 2,
+               n_criteria: int | None = None, failed: bool = False, inject: bool = True,
+               text_chars: int = 0) -> GroupResult:
+    """One judged group, deterministic in (seed, step, group_index)."""
+    rng = random.Random(f"{seed}:{step}:{group_index}")
+    a, b = rng.randint(2, 40), rng.randint(2, 40)
+    truth = str(a * b)
+    question = f"What is {a} * {b}? Show your work."
+    if inject and group_index == 0:
+        question += f" (markup test: {INJECTION})"
+    k = n_criteria if n_criteria is not None else rng.randint(4, 8)
+    k = max(1, min(k, len(CRITERIA_TEXTS)))
+    picks = rng.sample(range(len(CRITERIA_TEXTS)), k)
+    criteria = [Criterion(id=f"c{i + 1}", text=CRITERIA_TEXTS[p].format(a=truth), points=rng.randint(1, 5),
+                          category=CATEGORIES[p % len(CATEGORIES)]) for i, p in enumerate(picks)]
+    if inject and group_index == 0:
+        criteria[-1].text += f" {INJECTION}"
+    rubric = Rubric(criteria=criteria, maximum_score=sum(c.points for c in criteria))
+    total = sum(c.points for c in criteria)
+    skill = min(0.95, 0.35 + step * 0.02)  # students improve over steps
+    answers: list[AnswerResult] = []
+    rollouts: list[str] = []
+    pool = list(range(1, n_students + n_teachers + 1))
+    rng.shuffle(pool)
+    for kind, count, p_pass in (("student", n_students, skill), ("teacher", n_teachers, 0.9)):
+        for i in range(count):
+            correct = rng.random() < p_pass
+            verdicts = [rng.random() < (p_pass if j % 3 else (0.95 if correct else 0.05)) for j in range(k)]
+            reward = sum(c.points for c, v in zip(criteria, verdicts) if v) / (total + 1e-6)
+            text = (f"{'Teacher' if kind == 'teacher' else 'Student'} answer {i + 1}: {a} * {b} = "
+                    f"{truth if correct else int(truth) + rng.randint(1, 9)}.")
+            if inject and kind == "student" and i == 0:
+                text += f" {INJECTION}"
+            if text_chars > len(text):
+                text += " " + ("lorem ipsum dolor sit amet " * (text_chars // 27 + 1))[: text_chars - len(text) - 1]
+            if kind == "student":
+                rollouts.append(text)
+            answers.append(AnswerResult(kind=kind, index=i, text=text, truncated=(kind == "student" and i == 3),
+                                        pool_position=pool[len(answers)], verdicts=verdicts,
+                                        reward=round(reward, 4), correct=correct))
+    calls = [JudgeCall(role="rubricator", model="offline", status="ok", latency_s=0.5 + 0.01 * group_index,
+                       prompt_tokens=900, completion_tokens=300, endpoint="offline"),
+             JudgeCall(role="verifier", model="offline", status="ok", latency_s=0.8, prompt_tokens=1500,
+                       completion_tokens=200, endpoint="offline")]
+    g = GroupResult(group_index=group_index, prompt=question, question=question, rollouts_raw=rollouts,
+                    status="ok", ground_truth=truth, uid=f"u{step}-{group_index}", rubric=rubric, answers=answers,
+                    calls=calls, template_versions={"rubricator": "a" * 64, "verifier": "b" * 64},
+                    wall_s=1.5)
+    if failed:
+        g.status = "failed"
+        g.failure_stage = "verifier"
+        g.failure_cause = "ReplyFormatError: answer 3 has 4 judgements, expected 5 [/]"
+        for ans in g.answers:
+            ans.verdicts = None
+            ans.reward = None
+    return g
+
+
+def step_metrics(step: int, groups: Sequence[GroupResult], seed: int = 0) -> dict[str, float]:
+    rng = random.Random(f"m:{seed}:{step}")
+    rewards = [a.reward for g in groups for a in g.student_answers if a.reward is not None]
+    mean = sum(rewards) / len(rewards) if rewards else 0.0
+    std = (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5 if rewards else 0.0
+    return {
+        "reward/mean": mean,
+        "reward/std": std,
+        "judge/failure_rate": sum(g.status == "failed" for g in groups) / max(1, len(groups)),
+        "judge/latency_s": 0.6 + rng.random() * 0.4,
+        "judge/prompt_tokens": 2400.0 * len(groups),
+        "judge/completion_tokens": 500.0 * len(groups),
+        "response_length/mean": 80 + 20 * rng.random(),
+        "loss": 1.0 / (step + 1),
+    }
+
+
+def write_fixture_step(store: RunStore, run_id: int, step: int, *, seed: int = 0, groups: int = 3,
+                       n_students: int = 4, n_teachers: int = 2, n_criteria: int | None = None,
+                       inject: bool = True, wall_time: float | None = None, text_chars: int = 0) -> None:
+    gs = [make_group(step, gi, seed=seed, n_students=n_students, n_teachers=n_teachers, n_criteria=n_criteria,
+                     failed=(gi == groups - 1 and step % 5 == 4), inject=inject, text_chars=text_chars)
+          for gi in range(groups)]
+    store.write_step(run_id, step, step_metrics(step, gs, seed), gs,
+                     wall_time=BASE_TIME + step * STEP_SECONDS if wall_time is None else wall_time)
+
+
+def build_store(path: str | Path, runs: Sequence[FixtureRun] = DEFAULT_RUNS, *, groups: int = 3,
+                seed: int = 0) -> dict[str, int]:
+    """Create a store with ``runs``; returns {name: run_id}. Runs with a running status get this
+    process's pid so nothing classifies them as dead during a short test."""
+    import os
+
+    store = RunStore(path)
+    ids: dict[str, int] = {}
+    try:
+        for n, fr in enumerate(runs):
+            cfg = {"run": {"name": fr.name, "backend": fr.backend},
+                   "trainer": {"learning_rate": 1e-6 * (10 if "lr-high" in fr.name else 1), "rollouts": 4},
+                   "scorer": {"k": 1 if "k1" in fr.name else 4}}
+            rec = store.create_run(fr.name, fr.backend, cfg)
+            ids[fr.name] = rec.id
+            for step in range(fr.steps):
+                write_fixture_step(store, rec.id, step, seed=seed + n, groups=groups)
+                if fr.resumed_at == step:
+                    _event(store, rec.id, "resumed", step, "resumed from checkpoint step 5")
+                if fr.template_changed_at == step:
+                    _event(store, rec.id, "template_changed", step, "verifier template changed to bbbbbbbb")
+            fields = dict(status=fr.status, started_at=BASE_TIME - 5, cause=fr.cause, exit_code=fr.exit_code,
+                          stderr_tail=fr.stderr_tail)
+            if fr.status in ("running", "stalled", "starting"):
+                fields["pid"] = os.getpid()
+            else:
+                fields["ended_at"] = BASE_TIME + fr.steps * STEP_SECONDS
+            store.update_run(rec.id, **fields)
+            rec = store.get_run(rec.id)
+            rec.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(rec.log_path, "w", encoding="utf-8") as f:
+                for step in range(fr.steps):
+                    f.write(f"step {step} reward 0.{step:02d} [bold]markup stays literal[/] \x1b[31mred?\x1b[0m\n")
+                if fr.status == "failed":
+                    f.write("Traceback (most recent call last):\nRuntimeError: CUDA error\n")
+    finally:
+        store.close()
+    return ids
+
+
+def _event(store: RunStore, run_id: int, kind: str, step: int, message: str) -> None:
+    """An event at the fixture's wall clock (so curve markers line up in wall-time mode)."""
+    seq = store.add_event(run_id, kind, message, step=step)
+    with store.write_transaction() as c:
+        c.execute("UPDATE events SET ts=? WHERE seq=?", (BASE_TIME + step * STEP_SECONDS, seq))
+
+
+def build_big_store(path: str | Path, *, steps: int = 500, groups: int = 16, n_students: int = 8,
+                    n_teachers: int = 4, n_criteria: int = 11, text_chars: int = 400, progress=None) -> int:
+    """A single-run store for the benchmark: steps x groups x (students + teachers) x criteria verdicts
+    (defaults: 500 x 16 x 12 x 11 = 1,056,000). Returns the run id."""
+    store = RunStore(path)
+    try:
+        rec = store.create_run("bench", "embedded", {"run": {"name": "bench"}})
+        for step in range(steps):
+            write_fixture_step(store, rec.id, step, groups=groups, n_students=n_students, n_teachers=n_teachers,
+                               n_criteria=n_criteria, inject=(step % 50 == 0), text_chars=text_chars)
+            if progress:
+                progress(step)
+        store.update_run(rec.id, status="finished", started_at=BASE_TIME, ended_at=BASE_TIME + steps * STEP_SECONDS,
+                         exit_code=0)
+        return rec.id
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":  # python tests/fixtures_store.py PATH  -> a store to look at in the UI
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/fixture.db")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(build_store(target))
