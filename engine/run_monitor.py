@@ -1,0 +1,147 @@
+"""The per-run monitor: ``python -m engine.run_monitor --store PATH --run ID -- COMMAND...``.
+
+Started by :class:`engine.supervisor.Supervisor` as the leader of a new session. It starts the
+training command as its child (same session, output to the run log it inherited), records the
+child's pid and start time, flags stalls while waiting, and when the child ends classifies the end
+(finished / failed / killed / oom / stopped), kills leftover processes of the session, and writes
+status, exit code, signal, cause and the last log lines to the store. SIGTERM/SIGINT/SIGHUP do not
+stop the monitor: it outlives the child so the end is always recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from . import procinfo
+from .errors import UserError
+from .store import RunRecord, RunStore
+
+
+def note(msg: str) -> None:
+    print(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def classify_exit(returncode: int, *, stop_requested: bool, oom: bool, tail: list[str]
+                  ) -> tuple[str, str, int | None, int | None]:
+    """(status, cause, exit_code, exit_signal) for a child's return code (negative = signal)."""
+    sig = -returncode if returncode < 0 else (returncode - 128 if returncode in (128 + 9, 128 + 15) else None)
+    code = returncode if returncode >= 0 else None
+    last = tail[-1][:300] if tail else ""
+    if stop_requested:
+        how = f" (ended by {procinfo.signal_name(sig)})" if sig else (f" (exit code {code})" if code else "")
+        return "stopped", "stopped by user" + how, code, sig
+    if returncode == 0:
+        return "finished", "finished", 0, None
+    if oom:
+        return "oom", ("killed by the OOM killer (out of memory)" if sig == signal.SIGKILL else
+                       f"a process of the run was killed by the OOM killer; exit code {code}"), code, sig
+    if sig is not None and returncode < 0:
+        return "killed", f"killed by {procinfo.signal_name(sig)}", None, sig
+    cause = f"exit code {code}" + (f": {last}" if last else "")
+    return "failed", cause, code, sig
+
+
+def _kill_leftovers(run: RunRecord, grace: float) -> int:
+    """SIGTERM, then SIGKILL, any process still in this session after the training command ended."""
+    me = os.getpid()
+    sid = os.getsid(0)
+
+    def left() -> list[int]:
+        return [p.pid for p in procinfo.session_members(sid) if p.pid != me] + \
+               [p.pid for p in procinfo.descendants(me)]
+
+    pids = sorted(set(left()))
+    if not pids:
+        return 0
+    note(f"{len(pids)} process(es) of the run still alive after it ended; terminating them")
+    procinfo.signal_pids(pids, signal.SIGTERM)
+    end = time.monotonic() + grace
+    while left() and time.monotonic() < end:
+        time.sleep(0.1)
+    for _ in range(20):
+        rest = sorted(set(left()))
+        if not rest:
+            break
+        procinfo.signal_pids(rest, signal.SIGKILL)
+        time.sleep(0.05)
+    return len(pids)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engine.run_monitor")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--run", required=True, type=int)
+    ap.add_argument("--poll", type=float, default=float(os.environ.get("ROPD_MONITOR_POLL_S", "2.0")))
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("no command to run after --")
+
+    # Handlers (not SIG_IGN, which children would inherit): the monitor waits for the child.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: None)
+
+    from .supervisor import check_stall, log_tail, supervisor_settings
+
+    try:
+        store = RunStore(args.store, create=False)
+        run = store.get_run(args.run)
+    except UserError as err:
+        note(f"monitor cannot open the run: {err}")
+        return 2
+    me = os.getpid()
+    store.update_run(run.id, monitor_pid=me, monitor_start=procinfo.start_time(me), sid=os.getsid(0))
+    oom_file = procinfo.cgroup_memory_events()
+    oom_before = procinfo.oom_kill_count(oom_file)
+    try:
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    except OSError as err:
+        cause = f"cannot start {command[0]!r}: {err.strerror or err}"
+        note(cause)
+        store.transition(run.id, ("starting", "running", "stalled"), status="failed", cause=cause,
+                         exit_code=127, ended_at=time.time())
+        store.add_event(run.id, "failed", cause)
+        return 127
+    store.transition(run.id, ("starting",), status="running", pid=child.pid,
+                     proc_start=procinfo.start_time(child.pid))
+    note(f"started pid {child.pid}")
+
+    last_check = 0.0
+    while True:
+        try:
+            rc = child.wait(timeout=args.poll)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() - last_check >= max(args.poll, 1.0):
+            last_check = time.monotonic()
+            try:
+                check_stall(store, store.get_run(run.id))
+            except Exception as err:  # noqa: BLE001 - never let bookkeeping kill the watch
+                note(f"stall check failed: {err}")
+
+    run = store.get_run(run.id)
+    _kill_leftovers(run, min(supervisor_settings(run).stop_grace_s, 10.0))
+    oom_after = procinfo.oom_kill_count(oom_file)
+    oom = (oom_before is not None and oom_after is not None and oom_after > oom_before) or (
+        rc == -signal.SIGKILL and procinfo.dmesg_mentions_oom(child.pid))
+    run = store.get_run(run.id)
+    tail = log_tail(run.log_path)
+    status, cause, code, sig = classify_exit(rc, stop_requested=run.stop_requested, oom=oom and rc != 0, tail=tail)
+    note(f"run ended: {status} ({cause})")
+    if store.transition(run.id, ("starting", "running", "stalled"), status=status, cause=cause, exit_code=code,
+                        exit_signal=sig, stderr_tail="\n".join(tail) or None, ended_at=time.time()):
+        store.add_event(run.id, status, cause, step=run.last_step,
+                        data={"exit_code": code, "signal": procinfo.signal_name(sig) or None})
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

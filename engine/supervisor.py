@@ -1,0 +1,366 @@
+"""Launch, watch, stop, resume, restart and delete training runs; the store is the source of truth.
+
+Process layout of a run::
+
+    supervisor (TUI / headless command; may exit at any time)
+      └─ python -m engine.run_monitor      <- new session (start_new_session): session id = its pid
+           └─ training command             <- same session; its workers (Ray, dataloaders) too,
+                                              even when they create their own process groups
+
+The monitor starts the training command, waits for it, classifies the exit (finished, failed,
+killed, oom, stopped) and writes it to the store, so ends are recorded even when no UI is open.
+Any process can re-attach: liveness is checked from the store's (pid, start time) pairs, so a
+reused pid is never mistaken for the run. :meth:`Supervisor.refresh` also catches a monitor that
+vanished without writing an end ("lost" -> failed) and flags stalls (no step for too long).
+
+Restart from scratch keeps history: the run gets a new *attempt* (older steps stay queryable, see
+:mod:`engine.store.runstore`), the old checkpoints move to ``<run dir>/attempts/<n>/checkpoints``, and
+the command runs without ``--resume``. Resume runs the recorded command with ``--resume`` (the
+trainer continues from the latest checkpoint in ``<run dir>/checkpoints``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from . import procinfo
+from .config import SupervisorConfig
+from .errors import StoreError
+from .store import ACTIVE_STATUSES, RunRecord, RunStore
+from .store.scrub import is_secret_name
+
+RESUME_FLAG = "--resume"
+STARTING_GRACE_S = 60.0  # a launch that has not recorded its monitor yet is not "lost" before this
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def worker_argv(store: RunStore | str | os.PathLike, run_id: int) -> list[str]:
+    """The training command for every backend (engine.train_worker dispatches on run.backend)."""
+    path = store.path if isinstance(store, RunStore) else Path(store)
+    return [sys.executable, "-m", "engine.train_worker", "--store", str(path), "--run", str(run_id)]
+
+
+def supervisor_settings(run: RunRecord) -> SupervisorConfig:
+    """The run's supervisor section from its config snapshot (defaults for missing keys)."""
+    sec = (run.config or {}).get("supervisor") or {}
+    base = SupervisorConfig()
+    for key in ("stall_after_start_s", "stall_between_steps_s", "stop_grace_s"):
+        try:
+            if sec.get(key) is not None:
+                setattr(base, key, float(sec[key]))
+        except (TypeError, ValueError):
+            pass
+    return base
+
+
+def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last lines of a log file (monitor notes excluded)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    rows = [ln for ln in data.splitlines() if ln.strip() and not ln.startswith("[ropd-tui]")]
+    return rows[-lines:]
+
+
+def check_stall(store: RunStore, run: RunRecord, now: float | None = None) -> RunRecord:
+    """Flag a running run as stalled when no step came within the configured times."""
+    if run.status != "running":
+        return run
+    now = time.time() if now is None else now
+    cfg = supervisor_settings(run)
+    started = run.started_at or run.created_at or now
+    if run.last_step_at is None or run.last_step_at < started:
+        idle, limit = now - started, cfg.stall_after_start_s
+        cause = f"no step within {limit:.0f} s after start"
+    else:
+        idle, limit = now - run.last_step_at, cfg.stall_between_steps_s
+        cause = f"no new step for {limit:.0f} s since step {run.last_step}"
+    if limit > 0 and idle > limit:
+        if store.transition(run.id, ("running",), status="stalled", cause=cause):
+            store.add_event(run.id, "stalled", cause, step=run.last_step,
+                            data={"idle_s": round(idle, 1), "limit_s": limit})
+        return store.get_run(run.id)
+    return run
+
+
+def run_processes(run: RunRecord) -> list[procinfo.ProcStat]:
+    """Every live process of a run: its session's members plus descendants that left the session."""
+    found: dict[int, procinfo.ProcStat] = {}
+    if run.sid:
+        for st in procinfo.session_members(run.sid):
+            found[st.pid] = st
+    for root in (run.monitor_pid, run.pid):
+        if root and procinfo.is_alive(root, run.monitor_start if root == run.monitor_pid else run.proc_start):
+            st = procinfo.stat(root)
+            if st:
+                found[st.pid] = st
+            for st in procinfo.descendants(root):
+                found[st.pid] = st
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+class Supervisor:
+    """Runs as supervised subprocesses. Thread-compatible: use one instance per thread or a lock."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self._children: dict[int, subprocess.Popen] = {}  # monitors we started (reaped in refresh)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _run(self, run: RunRecord | str | int) -> RunRecord:
+        if isinstance(run, RunRecord):
+            return self.store.get_run(run.id)
+        return self.store.get_run(run)
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+
+    def _local(self, run: RunRecord) -> bool:
+        return not run.host or run.host == hostname()
+
+    def monitor_alive(self, run: RunRecord) -> bool:
+        self._reap()
+        return procinfo.is_alive(run.monitor_pid, run.monitor_start)
+
+    def is_running(self, run: RunRecord | str | int) -> bool:
+        run = self.refresh(run)
+        return run.active
+
+    # -- launch -----------------------------------------------------------------------------------
+    def launch(self, run: RunRecord | str | int, argv: Sequence[str] | None = None,
+               env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None, *,
+               resume: bool = False, event: str | None = None) -> RunRecord:
+        """Start the run's training command under a monitor in a new session; returns at once.
+
+        ``argv`` defaults to the run's recorded command (or ``python -m engine.train_worker ...``);
+        it is recorded without ``--resume``, which is appended when ``resume`` is true.
+        """
+        run = self.refresh(run)
+        if run.active:
+            raise StoreError(f"run {run.name!r} is already {run.status} (pid {run.pid or run.monitor_pid})",
+                             hint=f"stop it first: ropd-tui --headless stop {run.name}")
+        base = [str(a) for a in (argv if argv is not None else (run.argv or worker_argv(self.store, run.id)))]
+        base = [a for a in base if a != RESUME_FLAG]
+        command = base + ([RESUME_FLAG] if resume else [])
+        env_over = {str(k): str(v) for k, v in (env if env is not None else run.env or {}).items()}
+        workdir = str(cwd) if cwd is not None else (run.cwd or os.getcwd())
+        if not Path(workdir).is_dir():
+            raise StoreError(f"working directory {workdir} of run {run.name!r} does not exist",
+                             hint="recreate it, or pass another working directory")
+        full_env = dict(os.environ)
+        full_env.update(env_over)
+        full_env.update({"ROPD_STORE": str(self.store.path), "ROPD_RUN_ID": str(run.id), "ROPD_RUN_NAME": run.name,
+                         "PYTHONUNBUFFERED": "1"})
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "checkpoints").mkdir(exist_ok=True)
+        now = time.time()
+        self.store.update_run(
+            run.id, status="starting", cause=None, argv=base, env={k: v for k, v in env_over.items()
+                                                                  if not is_secret_name(k)},
+            cwd=workdir, host=hostname(), pid=None, proc_start=None, monitor_pid=None, monitor_start=None, sid=None,
+            stop_requested=False, exit_code=None, exit_signal=None, stderr_tail=None, started_at=now, ended_at=None)
+        kind = event or ("resumed" if resume else "started")
+        with open(run.log_path, "ab") as log:
+            log.write(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} {kind} attempt {run.attempt}: "
+                      f"{' '.join(command)}\n".encode())
+            log.flush()
+            monitor_cmd = [sys.executable, "-m", "engine.run_monitor", "--store", str(self.store.path),
+                           "--run", str(run.id), "--"] + command
+            try:
+                proc = subprocess.Popen(monitor_cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=workdir, env=full_env, start_new_session=True, close_fds=True)
+            except OSError as err:
+                self.store.update_run(run.id, status="failed", cause=f"could not start the run monitor: {err}",
+                                      ended_at=time.time())
+                raise StoreError(f"could not start run {run.name!r}: {err}") from None
+        self._children[proc.pid] = proc
+        start = procinfo.start_time(proc.pid)
+        # The monitor may already have written its own pid/status; only fill what is missing.
+        with self.store.write_transaction():
+            cur = self.store.get_run(run.id)
+            if cur.monitor_pid is None:
+                self.store.update_run(run.id, monitor_pid=proc.pid, monitor_start=start, sid=proc.pid)
+        self.store.add_event(run.id, kind, f"{kind} attempt {run.attempt} (monitor pid {proc.pid})",
+                             step=run.last_step if resume else None,
+                             data={"argv": command, "cwd": workdir, "attempt": run.attempt})
+        return self.store.get_run(run.id)
+
+    # -- watching -----------------------------------------------------------------------------------
+    def refresh(self, run: RunRecord | str | int) -> RunRecord:
+        """Re-check a run against its processes: flag stalls, record ends nobody recorded."""
+        run = self._run(run)
+        if not run.active or not self._local(run):
+            return run
+        self._reap()
+        if procinfo.is_alive(run.monitor_pid, run.monitor_start) or procinfo.is_alive(run.pid, run.proc_start):
+            return check_stall(self.store, run)
+        if run.status == "starting" and run.monitor_pid is None and time.time() - (run.started_at or 0) < STARTING_GRACE_S:
+            return run  # being launched right now
+        self._record_lost(run)
+        return self.store.get_run(run.id)
+
+    def _record_lost(self, run: RunRecord) -> None:
+        tail = log_tail(run.log_path)
+        if run.stop_requested:
+            status, cause = "stopped", "stopped by user"
+        else:
+            status = "failed"
+            cause = (f"lost: the run's monitor (pid {run.monitor_pid}) ended without recording an exit "
+                     "(killed, or the machine restarted)")
+            if tail:
+                cause += f"; last log line: {tail[-1][:300]}"
+        if self.store.transition(run.id, ACTIVE_STATUSES, status=status, cause=cause, ended_at=time.time(),
+                                 stderr_tail="\n".join(tail) or None):
+            self.store.add_event(run.id, status, cause, step=run.last_step)
+
+    def refresh_all(self) -> list[RunRecord]:
+        """Refresh every active run of this host; returns all runs."""
+        out = []
+        for run in self.store.runs():
+            out.append(self.refresh(run) if run.active else run)
+        return out
+
+    def wait(self, run: RunRecord | str | int, timeout: float | None = None, poll: float = 0.2) -> RunRecord:
+        """Block until the run is no longer active (or ``timeout`` passes); returns the latest record."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rec = self.refresh(run)
+        while rec.active and (deadline is None or time.monotonic() < deadline):
+            time.sleep(poll)
+            rec = self.refresh(rec)
+        return rec
+
+    def follow_log(self, run: RunRecord | str | int, *, from_start: bool = True, poll: float = 0.25,
+                   follow: bool = True) -> Iterator[str]:
+        """Yield the run's log lines; with ``follow``, keep yielding until the run ends and the log is drained."""
+        rec = self._run(run)
+        path = rec.log_path
+        pos = 0
+        if not from_start and path.exists():
+            pos = path.stat().st_size
+        buf = b""
+        while True:
+            chunk = b""
+            if path.exists():
+                with open(path, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                pos += len(chunk)
+            if chunk:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for ln in lines:
+                    yield ln.decode("utf-8", "replace")
+                continue
+            if not follow:
+                break
+            rec = self.refresh(rec)
+            if not rec.active:
+                # drain what the run wrote just before it ended
+                if path.exists() and path.stat().st_size > pos:
+                    continue
+                break
+            time.sleep(poll)
+        if buf:
+            yield buf.decode("utf-8", "replace")
+
+    # -- stopping -------------------------------------------------------------------------------------
+    def stop(self, run: RunRecord | str | int, *, grace: float | None = None) -> RunRecord:
+        """SIGTERM every process of the run's session, wait ``grace`` seconds, then SIGKILL the rest."""
+        run = self.refresh(run)
+        if not run.active:
+            return run
+        if not self._local(run):
+            raise StoreError(f"run {run.name!r} runs on host {run.host}, not here ({hostname()})",
+                             hint=f"stop it from {run.host}")
+        grace = supervisor_settings(run).stop_grace_s if grace is None else float(grace)
+        self.store.update_run(run.id, stop_requested=True)
+        self.store.add_event(run.id, "stopping", f"stop requested: SIGTERM, then SIGKILL after {grace:.0f} s",
+                             step=run.last_step)
+        monitor = run.monitor_pid if procinfo.is_alive(run.monitor_pid, run.monitor_start) else None
+
+        def workers() -> list[int]:
+            return [p.pid for p in run_processes(run) if p.pid != monitor]
+
+        procinfo.signal_pids(workers(), signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while workers() and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        for _ in range(20):  # SIGKILL until the session is empty (workers may fork while dying)
+            left = workers()
+            if not left:
+                break
+            procinfo.signal_pids(left, signal.SIGKILL)
+            time.sleep(0.05)
+        if monitor:  # let the monitor record the exit, then make sure it is gone too
+            end = time.monotonic() + 5.0
+            while procinfo.is_alive(monitor, run.monitor_start) and time.monotonic() < end:
+                self._reap()
+                time.sleep(0.05)
+            if procinfo.is_alive(monitor, run.monitor_start):
+                procinfo.signal_pids([monitor], signal.SIGKILL)
+        for _ in range(20):
+            left = [p.pid for p in run_processes(run)]
+            if not left:
+                break
+            procinfo.signal_pids(left, signal.SIGKILL)
+            time.sleep(0.05)
+        self._reap()
+        if self.store.transition(run.id, ACTIVE_STATUSES, status="stopped", cause="stopped by user",
+                                 ended_at=time.time()):
+            self.store.add_event(run.id, "stopped", "stopped by user", step=run.last_step)
+        return self.store.get_run(run.id)
+
+    # -- resume / restart / delete ----------------------------------------------------------------------
+    def resume(self, run: RunRecord | str | int, *, env: Mapping[str, str] | None = None) -> RunRecord:
+        """Run the recorded command again with ``--resume`` (continue from the latest checkpoint)."""
+        run = self.refresh(run)
+        if run.active:
+            raise StoreError(f"run {run.name!r} is {run.status}; nothing to resume",
+                             hint=f"stop it first: ropd-tui --headless stop {run.name}")
+        return self.launch(run, run.argv, env=env, resume=True)
+
+    def restart(self, run: RunRecord | str | int, *, env: Mapping[str, str] | None = None) -> RunRecord:
+        """Start from scratch as a new attempt (history and old checkpoints are kept)."""
+        run = self.refresh(run)
+        if run.active:
+            raise StoreError(f"run {run.name!r} is {run.status}; stop it before restarting",
+                             hint=f"ropd-tui --headless stop {run.name}")
+        old_attempt = run.attempt
+        ckpt = run.checkpoints_dir
+        if ckpt.is_dir() and any(ckpt.iterdir()):
+            dest = run.run_dir / "attempts" / str(old_attempt) / "checkpoints"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(ckpt, dest)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        self.store.start_attempt(run.id)
+        return self.launch(run.id, run.argv, env=env, resume=False, event="started")
+
+    def delete(self, run: RunRecord | str | int) -> None:
+        """Delete the run's rows and folder; refuses while it runs."""
+        run = self.refresh(run)
+        if run.active:
+            raise StoreError(f"run {run.name!r} is {run.status}; stop it before deleting it",
+                             hint=f"ropd-tui --headless stop {run.name}")
+        self.store.delete_run(run.id)

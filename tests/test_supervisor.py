@@ -1,0 +1,223 @@
+"""The supervisor against real subprocesses: the dummy trainers in tests/dummy_trainers/."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import procinfo
+from engine.errors import StoreError
+from engine.run_monitor import classify_exit
+from engine.store import RunStore
+from engine.supervisor import Supervisor
+
+DUMMY = Path(__file__).resolve().parent / "dummy_trainers"
+
+
+@pytest.fixture(autouse=True)
+def _fast_monitor(monkeypatch):
+    monkeypatch.setenv("ROPD_MONITOR_POLL_S", "0.1")
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = RunStore(tmp_path / "runs" / "ropd.db")
+    yield s
+    s.close()
+
+
+def _run(store: RunStore, name: str, script: str, *extra: str, supervisor: dict | None = None):
+    cfg = {"supervisor": supervisor or {}}
+    rec = store.create_run(name, "embedded", cfg)
+    argv = [sys.executable, str(DUMMY / script), "--store", str(store.path), "--run", str(rec.id), *extra]
+    store.update_run(rec.id, argv=argv)
+    return store.get_run(rec.id)
+
+
+def _wait_for(cond, timeout=20.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_finished_run_is_recorded_with_steps_log_and_events(store, tmp_path):
+    run = _run(store, "ok", "steps_ok.py", "--steps", "3")
+    sup = Supervisor(store)
+    launched = sup.launch(run, cwd=tmp_path)
+    assert launched.status in ("starting", "running")
+    assert launched.host and launched.started_at
+    done = sup.wait(run, timeout=30)
+    assert done.status == "finished" and done.exit_code == 0, (done.status, done.cause)
+    assert [s["step"] for s in store.steps(run.id)] == [1, 2, 3]
+    assert done.sid == done.monitor_pid and done.pid and done.proc_start
+    log = done.log_path.read_text()
+    assert "step 3" in log and "done" in log
+    kinds = [e["kind"] for e in store.events(run.id)]
+    assert kinds[:2] == ["created", "started"] and kinds[-1] == "finished"
+    assert "--resume" not in done.argv
+    assert list(sup.follow_log(run, follow=True))[-1].startswith("[ropd-tui]")
+
+
+def test_crash_is_failed_with_exit_code_and_last_lines(store, tmp_path):
+    run = _run(store, "crash", "crash.py")
+    sup = Supervisor(store)
+    sup.launch(run, cwd=tmp_path)
+    done = sup.wait(run, timeout=30)
+    assert done.status == "failed"
+    assert done.exit_code == 1
+    assert "boom" in done.cause and "exit code 1" in done.cause
+    assert "Traceback" in done.stderr_tail
+    assert store.events(run.id)[-1]["kind"] == "failed"
+
+
+def test_stop_kills_every_process_of_the_session(store, tmp_path):
+    pids_file = tmp_path / "pids"
+    run = _run(store, "stubborn", "stubborn.py", "--pids-file", str(pids_file))
+    sup = Supervisor(store)
+    rec = sup.launch(run, cwd=tmp_path)
+    pids = [int(p) for p in _wait_for(lambda: pids_file.exists() and pids_file.read_text().split(),
+                                      what="the stubborn trainer's pids")]
+    assert len(pids) == 3 and all(procinfo.is_alive(p) for p in pids)
+    rec = store.get_run(run.id)
+    groups = {procinfo.stat(p).pgid for p in pids}
+    assert len(groups) == 3, "the children must live in other process groups"
+    assert all(procinfo.stat(p).sid == rec.sid for p in pids)
+    stopped = sup.stop(run, grace=0.5)
+    assert stopped.status == "stopped"
+    assert stopped.cause.startswith("stopped by user")
+    _wait_for(lambda: not any(procinfo.is_alive(p) for p in pids), timeout=10, what="all processes gone")
+    assert not procinfo.is_alive(rec.monitor_pid, rec.monitor_start)
+    assert not procinfo.session_members(rec.sid)
+    assert "stopped" in [e["kind"] for e in store.events(run.id)]
+
+
+def test_stall_is_flagged_and_stop_ends_it(store, tmp_path):
+    run = _run(store, "stall", "stall.py", supervisor={"stall_after_start_s": 30, "stall_between_steps_s": 0.5})
+    sup = Supervisor(store)
+    sup.launch(run, cwd=tmp_path)
+    rec = _wait_for(lambda: (r := sup.refresh(run)).status == "stalled" and r, what="stalled status")
+    assert "since step 1" in rec.cause
+    assert any(e["kind"] == "stalled" for e in store.events(run.id))
+    # a new step clears the stall
+    store.write_metrics(run.id, 2, {"loss": 0.1})
+    assert store.get_run(run.id).status == "running"
+    stopped = sup.stop(run, grace=1.0)
+    assert stopped.status == "stopped"
+
+
+def test_reattach_after_the_supervising_process_exits(store, tmp_path):
+    run = _run(store, "detached", "steps_ok.py", "--steps", "4", "--sleep", "0.4")
+    code = ("import sys; from engine.store import RunStore; from engine.supervisor import Supervisor;"
+            f"s = RunStore({str(store.path)!r}); r = Supervisor(s).launch({run.id}, cwd={str(tmp_path)!r});"
+            "print(r.monitor_pid)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # the launcher is gone; a fresh store + supervisor (like a reopened TUI) re-attaches from the store
+    with RunStore(store.path) as other:
+        sup = Supervisor(other)
+        live = sup.refresh(run.name)
+        assert live.status in ("starting", "running")
+        assert procinfo.is_alive(live.monitor_pid, live.monitor_start)
+        done = sup.wait(run.name, timeout=30)
+        assert done.status == "finished"
+        assert [s["step"] for s in other.steps(run.id)] == [1, 2, 3, 4]
+
+
+def test_vanished_monitor_is_lost_and_a_reused_pid_is_not_the_run(store, tmp_path):
+    run = _run(store, "lost", "stall.py", supervisor={"stall_after_start_s": 600, "stall_between_steps_s": 600})
+    sup = Supervisor(store)
+    sup.launch(run, cwd=tmp_path)
+    rec = _wait_for(lambda: (r := store.get_run(run.id)).pid and r, what="child pid")
+    # a reused pid: the record points at a live process with another start time -> not the run
+    store.update_run(run.id, monitor_pid=os.getpid(), monitor_start=procinfo.start_time(os.getpid()) + 1)
+    for pid in (rec.monitor_pid, rec.pid):
+        os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: not procinfo.is_alive(rec.pid), what="child gone")
+    sup._reap()
+    lost = sup.refresh(run)
+    assert lost.status == "failed" and lost.cause.startswith("lost:")
+    assert procinfo.is_alive(os.getpid())  # we were not signalled
+
+
+def test_resume_restart_and_delete(store, tmp_path):
+    run = _run(store, "life", "steps_ok.py", "--steps", "2")
+    sup = Supervisor(store)
+    sup.launch(run, cwd=tmp_path)
+    assert sup.wait(run, timeout=30).status == "finished"
+    # resume continues after the last step with --resume, same attempt
+    store.update_run(run.id, argv=store.get_run(run.id).argv[:-2] + ["--steps", "4"])
+    sup.resume(run)
+    done = sup.wait(run, timeout=30)
+    assert done.status == "finished", done.cause
+    assert [s["step"] for s in store.steps(run.id)] == [1, 2, 3, 4]
+    assert "resuming after step 2" in done.log_path.read_text()
+    assert any(e["kind"] == "resumed" for e in store.events(run.id))
+    # restart: a new attempt from step 1; the old attempt and its checkpoints are kept
+    (done.checkpoints_dir / "step-4").mkdir(parents=True)
+    sup.restart(run)
+    again = sup.wait(run, timeout=30)
+    assert again.attempt == 2 and again.status == "finished"
+    assert [s["step"] for s in store.steps(run.id)] == [1, 2, 3, 4]
+    assert [s["step"] for s in store.steps(run.id, attempt=1)] == [1, 2, 3, 4]
+    assert (again.run_dir / "attempts" / "1" / "checkpoints" / "step-4").is_dir()
+    assert any(e["kind"] == "restarted" for e in store.events(run.id))
+    # delete refuses while running
+    pids_file = tmp_path / "pids2"
+    busy = _run(store, "busy", "stubborn.py", "--pids-file", str(pids_file))
+    sup.launch(busy, cwd=tmp_path)
+    with pytest.raises(StoreError, match="stop it"):
+        sup.delete(busy)
+    sup.stop(busy, grace=0.2)
+    sup.delete(busy)
+    assert store.find_run("busy") is None and not busy.run_dir.exists()
+    sup.delete(run)
+    assert store.find_run("life") is None
+
+
+def test_launch_refuses_a_running_run(store, tmp_path):
+    run = _run(store, "twice", "stall.py")
+    sup = Supervisor(store)
+    sup.launch(run, cwd=tmp_path)
+    try:
+        with pytest.raises(StoreError, match="already"):
+            sup.launch(run, cwd=tmp_path)
+        with pytest.raises(StoreError):
+            sup.resume(run)
+    finally:
+        sup.stop(run, grace=0.2)
+
+
+def test_missing_command_fails_clearly(store, tmp_path):
+    rec = store.create_run("nocmd", "embedded", {})
+    sup = Supervisor(store)
+    sup.launch(rec, ["/nonexistent/trainer-binary"], cwd=tmp_path)
+    done = sup.wait(rec, timeout=30)
+    assert done.status == "failed" and "cannot start" in done.cause
+
+
+@pytest.mark.parametrize("rc, stop, oom, status", [
+    (0, False, False, "finished"),
+    (1, False, False, "failed"),
+    (-signal.SIGKILL, False, False, "killed"),
+    (-signal.SIGKILL, False, True, "oom"),
+    (1, False, True, "oom"),
+    (-signal.SIGTERM, True, False, "stopped"),
+    (0, True, False, "stopped"),
+])
+def test_classify_exit(rc, stop, oom, status):
+    got, cause, code, sig = classify_exit(rc, stop_requested=stop, oom=oom, tail=["last words"])
+    assert got == status
+    if status == "failed":
+        assert "last words" in cause and code == 1
+    if rc < 0:
+        assert sig == -rc
