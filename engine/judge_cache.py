@@ -32,7 +32,7 @@ class CachingClient:
     """A JudgeClient whose ``complete`` answers identical requests from the store."""
 
     def __init__(self, inner: JudgeClient, cache: Any, *, force: bool = False,
-                 on_request: Callable[[bool], None] | None = None):
+                 on_request: Callable[[bool, str], None] | None = None):
         self.inner = inner
         self.cache = cache  # anything with cache_get(sha) / cache_put(sha, ...): engine.replay_store.ReplayStore
         self.force = force
@@ -51,14 +51,14 @@ class CachingClient:
             if row is not None:
                 self.hits += 1
                 if self.on_request:
-                    self.on_request(True)
+                    self.on_request(True, key)
                 return Completion(text=row["reply"], prompt_tokens=row["prompt_tokens"],
                                   completion_tokens=row["completion_tokens"], latency_s=0.0, attempts=0,
                                   model=row["model"] or self.inner.model, endpoint="cache", request_sha=key)
         comp = await self.inner.complete(messages, json_mode=json_mode, schema=schema)
         self.misses += 1
         if self.on_request:
-            self.on_request(False)
+            self.on_request(False, key)
         self.cache.cache_put(key, model=comp.model, role=self.inner.role, reply=comp.text,
                              prompt_tokens=comp.prompt_tokens, completion_tokens=comp.completion_tokens,
                              latency_s=comp.latency_s)
@@ -107,7 +107,7 @@ class CachingJudge:
     """A Judge whose judge requests go through the cache. Delegates everything to the wrapped judge."""
 
     def __init__(self, judge: Any, cache: Any, *, force: bool = False,
-                 on_request: Callable[[bool], None] | None = None):
+                 on_request: Callable[[bool, str], None] | None = None):
         self.judge = judge
         self.clients: list[CachingClient] = []
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 
 from .config import Config, build_config
 from .errors import ConfigError, StoreError, TemplateError, UserError
-from .replay_metrics import CriterionFlips, agreement_rate, auc, count_flips, mean, weighted_pass_rate
+from .replay_metrics import CriterionFlips, agreement_rate, auc, count_flips, mean
 from .replay_store import ReplayStore, StoredAnswer, StoredGroup
 from .templates import Template, resolve_template_path
 from .types import AnswerResult, GroupResult, JudgeCall, Rubric
@@ -334,12 +334,14 @@ class _Fixed:
 _group_stats: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("replay_group_stats", default=None)
 
 
-def note_judge_request(cached: bool) -> None:
+def note_judge_request(cached: bool, request_sha: str | None = None) -> None:
     """Called by the judge cache for every request: counts calls and cache hits per replayed group."""
     stats = _group_stats.get()
     if stats is not None:
         stats["calls"] += 1
         stats["cached"] += int(cached)
+        if cached and request_sha:
+            stats["hit_shas"].add(request_sha)
 
 
 def _pool(group: StoredGroup) -> list[StoredAnswer]:
@@ -370,20 +372,28 @@ async def _replay_group(judge: Any, cfg: Config, group: StoredGroup, mode: Rubri
                                                [a.text for a in group.students], ground_truth=group.ground_truth)
         calls += rcalls
         source = "induced"
-    pool = _pool(group)
-    size = max(1, cfg.scorer.verifier_chunk_size)
-    chunks = [pool[i:i + size] for i in range(0, len(pool), size)]
-    results = await asyncio.gather(*(judge.verify(group.question, rubric, [a.text for a in chunk]) for chunk in chunks))
+    from .scorer import REFERENCE_LABEL, chunked
+
+    def pool_text(a: StoredAnswer) -> str:  # as the scorer shows it: labelled only when not blind
+        return REFERENCE_LABEL + a.text if a.kind == "teacher" and not cfg.scorer.blind else a.text
+
+    chunks = chunked(_pool(group), cfg.scorer.verifier_chunk_size)
+    results = await asyncio.gather(*(judge.verify(group.question, rubric, [pool_text(a) for a in chunk])
+                                     for chunk in chunks))
     by_answer: dict[int, list[bool]] = {}
     for chunk, (verdicts, _scores, vcalls) in zip(chunks, results):
         calls += vcalls
         for answer, v in zip(chunk, verdicts):
             by_answer[answer.id] = [bool(x) for x in v]
+    from .scorer import weighted_reward
+
     points = [c.points for c in rubric.criteria]
     out = []
     for answer in group.answers:
         v = by_answer.get(answer.id)
-        out.append((answer, weighted_pass_rate(v, points, cfg.scorer.eps) if v is not None else None, v))
+        if v is not None and len(v) != len(points):
+            raise _GroupFailure("verifier", f"the judge returned {len(v)} verdicts for {len(points)} criteria", calls)
+        out.append((answer, weighted_reward(points, v, cfg.scorer.eps) if v is not None else None, v))
     return rubric, source, out, calls
 
 
@@ -431,6 +441,8 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
 
             judge = make_judge(cfg, templates=fixed)
         is_llm = cfg.judge_is_llm()
+        if is_llm and callable(getattr(judge, "preflight", None)):
+            await judge.preflight()  # a dead or misconfigured judge fails here, naming the URL and the cause
         cached_judge = CachingJudge(judge, rs, force=spec.force, on_request=note_judge_request) if is_llm else judge
         settings = {
             "run": run_row["name"], "steps": spec.steps, "prompts": spec.prompts, "failed_only": spec.failed_only,
@@ -452,7 +464,7 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
             async with sem:
                 if _is_cancelled(cancel):
                     return
-                stats = {"calls": 0, "cached": 0}
+                stats: dict[str, Any] = {"calls": 0, "cached": 0, "hit_shas": set()}
                 _group_stats.set(stats)
                 t0 = time.monotonic()
                 try:
@@ -473,6 +485,7 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
                 wall = time.monotonic() - t0
                 for call in calls:
                     call.template_sha = call.template_sha or versions.get(call.role)
+                    call.cached = bool(call.request_sha and call.request_sha in stats["hit_shas"])
                 if rubric is None and source == "stored":
                     rubric = group.rubric
                 rs.write_group(replay_id, group, _group_result(group, gstatus, stage, gcause, rubric, versions,

@@ -41,13 +41,6 @@ def mean(values: Iterable[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def weighted_pass_rate(verdicts: Sequence[bool], points: Sequence[int], eps: float = 1e-6) -> float:
-    """reward = sum(points * verdict) / (sum(points) + eps), clamped to [0, 1] (the ROPD reward)."""
-    total = sum(points)
-    got = sum(p for p, v in zip(points, verdicts) if v)
-    return min(1.0, max(0.0, got / (total + eps)))
-
-
 @dataclass
 class CriterionFlips:
     """How the verdicts on one criterion changed between the original scoring and the replay."""

@@ -307,7 +307,10 @@ class TemplateSet:
         if self._store is None:
             return
         try:
-            self._store.record_template(tpl.role, tpl.sha256, tpl.text, source=str(path) if path else None)
+            kwargs: dict[str, Any] = {}
+            if self._run_id is not None:  # the run used this version from this step on (curve marks)
+                kwargs = {"run_id": self._run_id, "step": self.step}
+            self._store.record_template(tpl.role, tpl.sha256, tpl.text, source=str(path) if path else None, **kwargs)
         except Exception as err:  # the store being busy must not break scoring
             log.warning("could not record %s template %s in the store: %s", tpl.role, tpl.sha256[:12], err)
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from engine.replay_metrics import CriterionFlips, agreement_rate, auc, count_flips, weighted_pass_rate
+from engine.replay_metrics import CriterionFlips, agreement_rate, auc, count_flips
 
 
 def _brute_auc(scores, labels):
@@ -49,9 +49,3 @@ def test_flips_and_agreement():
     assert (crits[1].judged, crits[1].agree, crits[1].false_to_true, crits[1].true_to_false) == (2, 1, 0, 1)
     assert agreement_rate(crits) == 0.5
     assert agreement_rate([]) is None
-
-
-def test_weighted_pass_rate_is_clamped_weighted_mean():
-    assert weighted_pass_rate([True, False, True], [5, 3, 2]) == pytest.approx(0.7, abs=1e-5)
-    assert weighted_pass_rate([False, False], [1, 1]) == 0.0
-    assert 0.0 <= weighted_pass_rate([True], [3]) <= 1.0
