@@ -100,21 +100,27 @@ class StepIngestor:
         self.last_step = int(start_step)
         self._pending: dict[int, list[GroupResult]] = defaultdict(list)
         self._next_index: dict[int, int] = defaultdict(int)
+        self._steps_with_groups: set[int] = set()
+        self._logged_steps: set[int] = set()
 
     def poll(self) -> list[StepReport]:
-        # Metrics first: every group of a logged step was appended before verl logged the step, so
-        # reading the side channel afterwards sees all of them.
-        lines = list(self.metrics.read())
+        # Every group of a step is appended before verl logs that step, so groups are read both before
+        # and after the metrics lines; a group of an already written step (read in the window between)
+        # is added to that step at once.
         self._read_groups()
         reports = []
-        for rec in lines:
+        for rec in list(self.metrics.read()):
             try:
                 step = int(rec.get("step"))
             except (TypeError, ValueError):
                 continue
             data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
             reports.append(self._write(step, map_metrics(data)))
+            self._logged_steps.add(step)
             self.last_step = max(self.last_step, step)
+        self._read_groups()
+        for step in sorted(s for s in self._pending if s in self._logged_steps):
+            reports.append(self._write(step, {}))
         return reports
 
     def flush(self) -> list[StepReport]:
@@ -140,7 +146,9 @@ class StepIngestor:
         gm = group_metrics(groups)
         metrics = {**metrics, **gm}
         if groups:
-            self.store.write_step(self.run_id, step, metrics, groups)
+            # a straggler group of a step already written is added to it, not replacing its groups
+            self.store.write_step(self.run_id, step, metrics, groups, append=step in self._steps_with_groups)
+            self._steps_with_groups.add(step)
         elif metrics:
             self.store.write_metrics(self.run_id, step, metrics)
         return StepReport(step, metrics, len(groups), failure_rate(groups))
