@@ -1,0 +1,96 @@
+"""``ropd-tui --headless export RUN --format csv|jsonl --what metrics|answers|verdicts [--out FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+METRIC_FIELDS = ["step", "key", "value", "wall_time"]
+ANSWER_FIELDS = ["step", "group_index", "uid", "group_status", "answer_id", "kind", "index", "pool_position",
+                 "reward", "correct", "truncated", "judge_score", "verdicts", "question", "ground_truth", "text"]
+VERDICT_FIELDS = ["step", "group_index", "answer_id", "kind", "index", "pool_position", "criterion_position",
+                  "points", "category", "passed", "criterion"]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a run's metrics, answers or verdicts as CSV or JSONL",
+                              description="Export one run (current attempt unless --attempt) to CSV or JSONL: "
+                              "metrics (one row per step and key), answers (student rollouts and teacher answers "
+                              "with reward, correctness and verdicts) or verdicts (one row per answer x criterion).")
+    p.add_argument("run", metavar="RUN", help="run name or numeric id")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl", help="output format (default jsonl)")
+    p.add_argument("--what", choices=("metrics", "answers", "verdicts"), default="metrics",
+                   help="what to export (default metrics)")
+    p.add_argument("--out", help="output file (default: standard output)")
+    p.add_argument("--attempt", type=int, help="attempt number (default: the current one)")
+    p.set_defaults(func=handler)
+
+
+def _metric_rows(store, run_id: int, attempt: int | None) -> Iterator[dict[str, Any]]:
+    for key in store.metric_keys(run_id) if attempt is None else _keys_of_attempt(store, run_id, attempt):
+        for step, value, wall in store.metric_series(run_id, key, attempt=attempt, with_time=True):
+            yield {"step": step, "key": key, "value": value, "wall_time": wall}
+
+
+def _keys_of_attempt(store, run_id: int, attempt: int) -> list[str]:
+    with store.read_snapshot() as c:
+        return [r[0] for r in c.execute("SELECT DISTINCT key FROM metrics WHERE run_id=? AND attempt=? ORDER BY key",
+                                        (run_id, attempt)).fetchall()]
+
+
+def _answer_rows(store, run_id: int, attempt: int | None, fmt: str) -> Iterator[dict[str, Any]]:
+    for s in store.steps(run_id, attempt=attempt):  # one step at a time: short read snapshots
+        for a in store.answers(run_id, [s["step"]], attempt=attempt, include_verdicts=True):
+            a.pop("prompt", None)
+            a.pop("group_id", None)
+            if fmt == "csv":
+                a["verdicts"] = "" if a["verdicts"] is None else "".join("1" if v else "0" for v in a["verdicts"])
+            yield {k: a.get(k) for k in ANSWER_FIELDS} if fmt == "csv" else a
+
+
+def _verdict_rows(store, run_id: int, attempt: int | None) -> Iterator[dict[str, Any]]:
+    for s in store.steps(run_id, attempt=attempt):
+        yield from store.verdicts(run_id, s["step"], attempt=attempt)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from ._runs_common import open_store
+
+    with open_store(args) as store:
+        rec = store.get_run(args.run)
+        if args.what == "metrics":
+            rows, fields = _metric_rows(store, rec.id, args.attempt), METRIC_FIELDS
+        elif args.what == "answers":
+            rows, fields = _answer_rows(store, rec.id, args.attempt, args.format), ANSWER_FIELDS
+        else:
+            rows, fields = _verdict_rows(store, rec.id, args.attempt), VERDICT_FIELDS
+        if args.out:
+            out_path = Path(args.out)
+            tmp = out_path.with_name(out_path.name + ".part")
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                n = _write(rows, fields, args.format, f)
+            os.replace(tmp, out_path)
+            print(f"exported {n} {args.what} rows of run {rec.name} to {out_path}", file=sys.stderr)
+        else:
+            _write(rows, fields, args.format, sys.stdout)
+    return 0
+
+
+def _write(rows, fields, fmt: str, f) -> int:
+    n = 0
+    if fmt == "csv":
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+            n += 1
+    else:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            n += 1
+    return n

@@ -1,0 +1,31 @@
+"""``ropd-tui --headless resume RUN``: start the run's recorded command again with ``--resume``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._output import add_json_flag, print_json
+from ._runs_common import add_run_arg, open_store
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("resume", help="resume an ended run from its latest checkpoint",
+                              description="Start the run's recorded training command again with --resume, in the "
+                              "background; the trainer continues from the latest checkpoint in the run folder. "
+                              "Follow it with: ropd-tui --headless logs RUN -f")
+    add_run_arg(p)
+    add_json_flag(p)
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from engine.supervisor import Supervisor
+
+    with open_store(args) as store:
+        rec = Supervisor(store).resume(args.run)
+    if args.json:
+        print_json({"id": rec.id, "name": rec.name, "status": rec.status, "monitor_pid": rec.monitor_pid,
+                    "attempt": rec.attempt, "log": str(rec.log_path)})
+    else:
+        print(f"resumed run {rec.name} (monitor pid {rec.monitor_pid}); log: {rec.log_path}")
+    return 0

@@ -1,0 +1,64 @@
+"""``ropd-tui --headless status RUN``: one run's state, processes, latest metrics and recent events."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._output import add_json_flag, print_json, print_table
+from ._runs_common import add_run_arg, fmt_age, fmt_time, open_store
+
+HEADLINE = ("reward/mean", "teacher_score/mean", "accuracy", "loss", "score/student_reward_mean",
+            "score/teacher_reward_mean", "score/student_accuracy", "judge/failure_rate", "score/group_failure_rate")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("status", help="show one run's status, processes and latest metrics",
+                              description="Show a run: status and cause, pids, host, attempt, last step, latest "
+                              "metrics and recent events. The status is re-checked against the run's processes.")
+    add_run_arg(p)
+    p.add_argument("--events", type=int, default=8, help="recent events to show (default 8)")
+    add_json_flag(p)
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from engine.supervisor import Supervisor
+
+    with open_store(args) as store:
+        rec = Supervisor(store).refresh(args.run)
+        latest = store.latest_metrics([rec.id]).get(rec.id, {})
+        events = store.events(rec.id)[-max(0, args.events):] if args.events else []
+    if args.json:
+        d = rec.to_dict()
+        d.update(log_path=str(rec.log_path), latest_metrics=latest, events=events)
+        print_json(d)
+        return 0
+    rows = [
+        ("run", f"{rec.name} (id {rec.id}, {rec.backend}, attempt {rec.attempt})"),
+        ("status", rec.status + (f" - {rec.cause}" if rec.cause and rec.cause != rec.status else "")),
+        ("host", rec.host or ""),
+        ("pids", f"trainer {rec.pid or '-'}, monitor {rec.monitor_pid or '-'}, session {rec.sid or '-'}"),
+        ("started", fmt_time(rec.started_at)),
+        ("ended", fmt_time(rec.ended_at)),
+        ("last step", "" if rec.last_step is None else f"{rec.last_step} ({fmt_age(rec.last_step_at)})"),
+        ("exit", "" if rec.exit_code is None and rec.exit_signal is None else
+         f"code {rec.exit_code}" + (f", signal {rec.exit_signal}" if rec.exit_signal else "")),
+        ("log", str(rec.log_path)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        if v:
+            print(f"{k.ljust(width)}  {v}")
+    shown = [(k, latest[k]) for k in HEADLINE if k in latest]
+    if shown:
+        print()
+        print_table(["METRIC", "LATEST"], shown)
+    if rec.stderr_tail and rec.status in ("failed", "killed", "oom"):
+        print("\nlast log lines:")
+        for line in rec.stderr_tail.splitlines()[-10:]:
+            print(f"  {line}")
+    if events:
+        print()
+        print_table(["TIME", "EVENT", "STEP", "MESSAGE"],
+                    [[fmt_time(e["ts"]), e["kind"], e["step"], e["message"]] for e in events])
+    return 0
