@@ -128,19 +128,26 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The innermost cause of a connection error, e.g. '[Errno 111] Connection refused'."""
-    seen = set()
-    cur: BaseException | None = exc
-    last = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        last = cur
-        cur = cur.__cause__ or cur.__context__
-    text = str(last).strip() or type(last).__name__
-    if isinstance(last, OSError) and last.errno:
-        reason = os.strerror(last.errno).lower()
-        text = reason if reason in text.lower() else f"{reason} ({text})"
-    return text
+    """The cause of a connection error in words, e.g. 'connection refused ([Errno 111] ...)'."""
+    chain: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(chain) < 30:  # breadth-first over causes, contexts and exception groups
+        cur = todo.pop(0)
+        if any(cur is c for c in chain):
+            continue
+        chain.append(cur)
+        todo += [e for e in (cur.__cause__, cur.__context__) if e is not None]
+        todo += list(getattr(cur, "exceptions", None) or [])
+    for e in chain:
+        if isinstance(e, OSError) and e.errno:
+            reason = os.strerror(e.errno).lower()
+            text = str(e).strip()
+            return reason if reason in text.lower() else f"{reason} ({text})"
+    for e in chain[1:]:
+        text = str(e).strip()
+        if text:
+            return text
+    return str(exc).strip() or type(exc).__name__
 
 
 _ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("ropd_judge_attempts", default=None)

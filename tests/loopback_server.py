@@ -297,10 +297,14 @@ class LoopbackJudgeServer:
         return self
 
     def stop(self) -> None:
+        if self._thread is None:
+            return
         if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread:
-            self._thread.join(10)
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # loop already closed
+                pass
+        self._thread.join(10)
         self._thread = None
 
     def __enter__(self) -> "LoopbackJudgeServer":
@@ -318,6 +322,11 @@ class LoopbackJudgeServer:
             self._error = e
             self._ready.set()
         finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:  # handlers still sleeping (hang faults)
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     async def _serve(self) -> None:
