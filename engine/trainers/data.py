@@ -1,0 +1,88 @@
+"""Training prompts for a run: the task's problems and the teacher index that goes with them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError, TeacherIndexError
+from ..types import Prompt
+
+
+def load_problems(cfg: Config) -> list[dict[str, Any]]:
+    """``[{"prompt": str | messages, "ground_truth": str | None, "data_source": str}]`` for ``cfg.task``."""
+    task = cfg.task
+    if task.name == "demo_math":
+        from ..tasks import demo_math
+
+        return [dict(p) for p in demo_math.make_problems(task.num_prompts, task.seed)]
+    if task.name == "jsonl":
+        if not task.train_file:
+            raise ConfigError("task.name is 'jsonl' but task.train_file is not set",
+                              hint="set task.train_file to a JSONL file with one {\"prompt\": ...} per line")
+        return read_jsonl_problems(Path(task.train_file))
+    raise ConfigError(f"task.name: unknown task '{task.name}'", hint="use demo_math or jsonl")
+
+
+def read_jsonl_problems(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"task.train_file not found: {path}", hint="check the path (relative to where you run)")
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict) or not _valid_prompt(row.get("prompt")):
+                raise ConfigError(f"{path}:{lineno}: each line needs a \"prompt\" (a string or a list of "
+                                  "chat messages with role and content)")
+            gt = row.get("ground_truth")
+            rows.append({"prompt": row["prompt"], "ground_truth": None if gt is None else str(gt),
+                         "data_source": str(row.get("data_source") or path.stem)})
+    if not rows:
+        raise ConfigError(f"{path}: no prompts in the file")
+    return rows
+
+
+def _valid_prompt(p: Any) -> bool:
+    if isinstance(p, str):
+        return bool(p.strip())
+    return isinstance(p, list) and bool(p) and all(isinstance(m, dict) and "role" in m and "content" in m for m in p)
+
+
+def chat_messages(prompt: Prompt, system_prompt: str | None) -> list[dict[str, Any]]:
+    """The prompt as chat messages for the policy's chat template (a string becomes one user turn)."""
+    if isinstance(prompt, str):
+        msgs = [{"role": "user", "content": prompt}]
+    else:
+        msgs = [dict(m) for m in prompt]
+    if system_prompt and not any(m.get("role") == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    return msgs
+
+
+def teacher_index_for(cfg: Config, problems: list[dict[str, Any]], *, build: bool = True, log=print):
+    """Load the teacher index (building it first for the demo task when allowed)."""
+    from ..teacher_index import TeacherIndex
+
+    if cfg.scorer.k == 0:  # no teacher answers wanted
+        return None
+    if not cfg.teacher.index:
+        raise TeacherIndexError("teacher.index is not set",
+                                hint="build one with `ropd-tui --headless index build ...` and set teacher.index")
+    path = Path(cfg.teacher.index)
+    if cfg.task.name == "demo_math" and cfg.teacher.build_if_missing and build:
+        from ..tasks import demo_math
+
+        if not path.exists():
+            log(f"building the demo teacher index at {path} ...")
+        demo_math.ensure_teacher_index(path, problems, cfg.scorer.k)
+    if not path.exists():
+        raise TeacherIndexError(f"teacher index not found: {path}",
+                                hint="build it with `ropd-tui --headless index build` (see README) or fix teacher.index")
+    return TeacherIndex.load(path)

@@ -1,0 +1,198 @@
+"""``ropd-tui --headless train [--config FILE] [--name NAME] [--detach] [key=value ...]``
+
+Validates the whole config first (unknown keys, model, teacher index, judge, verl installed): any
+problem is reported before a run exists (exit 2). Then creates the run in the store, launches the
+training worker through the supervisor and streams one line per step (reward, accuracy, judge
+failures, seconds per step) until the run ends. Ctrl-C stops the run cleanly and prints how to
+resume it. Exit code: 0 finished, 1 failed/killed, 2 bad input, 3 judge unreachable, 4 too many
+failed groups, 130 stopped by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 1.0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="start a training run and follow it",
+        description="Start a training run (embedded trainer or verl) from a config file plus key=value "
+                    "overrides, and stream its progress until it ends.")
+    p.add_argument("--config", "-c", help="run config YAML (e.g. configs/demo.yaml); defaults when omitted")
+    p.add_argument("--name", help="run name (default: run.name from the config, made unique with -2, -3, ...)")
+    p.add_argument("--detach", action="store_true", help="return right after the launch; follow with `status`/`logs`")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.steps=5")
+    p.set_defaults(func=handle)
+
+
+def _unique_name(store, base: str) -> str:
+    if store.find_run(base) is None:
+        return base
+    i = 2
+    while store.find_run(f"{base}-{i}") is not None:
+        i += 1
+    return f"{base}-{i}"
+
+
+def handle(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.errors import ConfigError
+    from engine.store import open_store
+    from engine.trainers.preflight import preflight
+
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"unexpected argument {bad[0]!r}: overrides are key=value (e.g. trainer.steps=5)")
+    overrides = list(args.overrides)
+    if args.name:
+        overrides.append(f"run.name={args.name}")
+    cfg = load_config(args.config, overrides)
+    for note in preflight(cfg):
+        print(note)
+    store = open_store(args.store, cfg)
+    name = args.name or _unique_name(store, cfg.run.name)
+    cfg.run.name = name
+    store_file = Path(store.path).resolve()
+    from engine.supervisor import Supervisor, worker_argv
+
+    run = store.create_run(name, cfg.run.backend, cfg.to_dict(), cwd=str(Path.cwd()))
+    sup = Supervisor(store)
+    run = sup.launch(run, worker_argv(store, run.id), cwd=str(Path.cwd()))
+    print(f"run {name} started (store {store_file}); log: {run.log_path}")
+    if args.detach:
+        print(f"follow it with: ropd-tui --headless status {name}   |   stop: ropd-tui --headless stop {name}")
+        return 0
+    return follow(store, sup, run)
+
+
+# ---------------------------------------------------------------------------------------------
+# following a run
+
+_SHOW_EVENTS = {"failed", "stopped", "stalled", "recovered", "template_changed", "template_rejected",
+                "scoring_failed", "resumed"}
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _first(metrics: dict[str, float], keys) -> float | None:
+    for k in keys:
+        if metrics.get(k) is not None:
+            return metrics[k]
+    return None
+
+
+class _Follower:
+    """Prints new steps (from the store) and notable events of one run."""
+
+    def __init__(self, store, run):
+        from engine.store import ACCURACY_KEYS, REWARD_KEYS
+
+        self.store = store
+        self.run = run
+        self.reward_keys, self.acc_keys = REWARD_KEYS, ACCURACY_KEYS
+        self.event_seq = max((e["seq"] for e in store.events(run.id)), default=0)
+        self.printed_step = 0
+        self.total = (run.config.get("trainer") or {}).get("steps") if run.backend == "embedded" else None
+        self.log_pos = 0
+        self.started = time.time()
+        self.first_step_at: float | None = None
+
+    def step_metrics(self, step: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key in (*self.reward_keys, *self.acc_keys, "judge/failed_groups", "judge/failure_rate",
+                    "time/step", "timing_s/step"):
+            try:
+                series = self.store.metric_series(self.run.id, key, since_step=step - 1)
+            except Exception:
+                continue
+            for point in series or []:
+                s, v = (point["step"], point["value"]) if isinstance(point, dict) else (point[0], point[1])
+                if s == step:
+                    out[key] = v
+        return out
+
+    def poll(self) -> None:
+        for e in self.store.events(self.run.id, after_seq=self.event_seq):
+            self.event_seq = e["seq"]
+            if e["kind"] in _SHOW_EVENTS:
+                print(f"[{e['kind']}] {e['message']}")
+        steps = self.store.steps(self.run.id)
+        for row in steps:
+            step = row["step"]
+            if step <= self.printed_step:
+                continue
+            self.printed_step = step
+            if self.first_step_at is None:
+                self.first_step_at = time.time()
+            m = self.step_metrics(step)
+            n_groups, n_failed = row.get("n_groups") or 0, row.get("n_failed") or 0
+            sps = _first(m, ("time/step", "timing_s/step"))
+            total = f"/{self.total}" if self.total else ""
+            print(f"step {step}{total}  reward {_fmt(_first(m, self.reward_keys))}  "
+                  f"accuracy {_fmt(_first(m, self.acc_keys))}  judge failures {n_failed}/{n_groups}  "
+                  f"{_fmt(sps, '.1f')} s/step", flush=True)
+
+    def echo_startup_log(self) -> None:
+        """Until the first step, show the worker's own start-up lines (model conversion, errors)."""
+        if self.printed_step or self.run.backend != "embedded":
+            return
+        path = Path(self.run.log_path)
+        if not path.exists():
+            return
+        with path.open("rb") as fh:
+            fh.seek(self.log_pos)
+            chunk = fh.read()
+        cut = chunk.rfind(b"\n") + 1
+        self.log_pos += cut
+        for line in chunk[:cut].decode("utf-8", "replace").splitlines():
+            line = line.rstrip()
+            if line and not line.startswith("step "):
+                print(f"  | {line}", flush=True)
+
+
+def follow(store, sup, run) -> int:
+    from engine.store import TERMINAL_STATUSES
+
+    f = _Follower(store, run)
+    stopping = False
+    while True:
+        try:
+            sup.refresh(run.id)
+            cur = store.get_run(run.id)
+            f.echo_startup_log()
+            f.poll()
+            if cur.status in TERMINAL_STATUSES:
+                return _outcome(cur, f, interrupted=stopping)
+            time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            if stopping:
+                print(f"no longer waiting; the run is still stopping. Check it with: ropd-tui --headless status {run.name}")
+                return 130
+            stopping = True
+            print(f"\nstopping {run.name} (the current step is aborted cleanly; Ctrl-C again to stop waiting) ...",
+                  flush=True)
+            sup.stop(run.id)
+
+
+def _outcome(cur, f: _Follower, *, interrupted: bool) -> int:
+    took = time.time() - f.started
+    if cur.status == "finished":
+        print(f"run {cur.name} finished: {cur.last_step or f.printed_step} steps in {took:.0f} s. "
+              f"Inspect it with: ropd-tui (UI) or ropd-tui --headless metrics {cur.name}")
+        return 0
+    if cur.status == "stopped":
+        print(f"run {cur.name} stopped after step {cur.last_step or 0}. Resume it with: "
+              f"ropd-tui --headless resume {cur.name}")
+        return 130 if interrupted else 1
+    cause = f": {cur.cause}" if cur.cause else ""
+    print(f"run {cur.name} {cur.status}{cause}", file=sys.stderr)
+    print(f"log: {cur.log_path}   (ropd-tui --headless logs {cur.name})", file=sys.stderr)
+    code = cur.exit_code if cur.exit_code in (2, 3, 4) else 1
+    return code
