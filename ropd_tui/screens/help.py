@@ -36,9 +36,9 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-body"):
-            yield Static(self._render(), id="help-text")
+            yield Static(self._keys_table(), id="help-text")
 
-    def _render(self) -> Table:
+    def _keys_table(self) -> Table:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column()

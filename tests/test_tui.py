@@ -1,0 +1,294 @@
+"""Pilot tests of the ropd-tui screens against generated fixture stores."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fixtures_store import INJECTION, build_store
+from tui_pilot import FROZEN_NOW, screen_text, wait_for, wait_screen
+
+from ropd_tui.app import RopdApp
+from ropd_tui.screens.compare import CompareScreen
+from ropd_tui.screens.errors import StoreProblemScreen
+from ropd_tui.screens.help import HelpScreen
+from ropd_tui.screens.inspector import InspectorScreen
+from ropd_tui.screens.new_run import NewRunScreen
+from ropd_tui.screens.run import RunScreen
+from ropd_tui.screens.runs import RunsScreen
+from ropd_tui.widgets.answers import AnswerCard
+from ropd_tui.widgets.curves import CurvePlot
+from ropd_tui.widgets.log_view import LogView
+from ropd_tui.widgets.verdicts import VerdictMatrix
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    path = tmp_path / "ropd.db"
+    build_store(path)
+    return path
+
+
+def make_app(path, **kw) -> RopdApp:
+    kw.setdefault("clock", lambda: FROZEN_NOW)
+    kw.setdefault("supervise", False)
+    kw.setdefault("configs_dir", ROOT / "configs")
+    return RopdApp(path, **kw)
+
+
+def table_names(screen: RunsScreen) -> list[str]:
+    return [r.name for r in screen.visible_rows()]
+
+
+async def open_run(pilot, name: str) -> RunScreen:
+    runs = await wait_screen(pilot, RunsScreen)
+    table = runs.query_one("#runs-table")
+    table.move_cursor(row=[r.name for r in runs.visible_rows()].index(name))
+    await pilot.press("enter")
+    return await wait_screen(pilot, RunScreen)
+
+
+async def test_runs_lists_every_run_with_status_and_filters(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        runs = await wait_screen(pilot, RunsScreen)
+        assert table_names(runs) == ["demo-baseline", "demo-lr-high", "verl-k1", "demo-stopped"]
+        text = screen_text(app)
+        for status in ("finished", "failed", "running", "stopped"):
+            assert status in text
+        assert "verl" in text and "6:05" in text  # elapsed of a finished run (frozen clock not needed)
+        # filter by name
+        await pilot.press("slash", *"demo-l")
+        await pilot.press("enter")
+        assert table_names(runs) == ["demo-lr-high"]
+        await pilot.press("escape")
+        assert len(table_names(runs)) == 4
+        # cycle the status filter: all -> active -> running
+        await pilot.press("f")
+        assert table_names(runs) == ["verl-k1"]
+        await pilot.press("f", "f")
+        assert table_names(runs) == ["demo-baseline"]  # finished
+
+
+async def test_compare_overlays_runs_and_diffs_configs(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        runs = await wait_screen(pilot, RunsScreen)
+        await pilot.press("space", "down", "space", "c")
+        cmp = await wait_screen(pilot, CompareScreen)
+        assert cmp.data.names == ["demo-baseline", "demo-lr-high"]
+        reward = cmp.query_one("#cmp-curve-0", CurvePlot)
+        assert [s.label for s in reward.series] == ["demo-baseline", "demo-lr-high"]
+        diff = dict(cmp.data.diff)
+        assert "trainer.learning_rate" in diff and "run.name" in diff
+        assert "scorer.k" not in diff  # equal values are not shown
+        assert runs.marked
+
+
+async def test_compare_needs_two_marked_runs(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_screen(pilot, RunsScreen)
+        await pilot.press("c")
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_run_screen_curves_markers_smoothing_axis_and_overview(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await open_run(pilot, "demo-baseline")
+        reward = run.query_one("#curve-0", CurvePlot)
+        labels = [s.label for s in reward.series]
+        assert labels == ["student", "teacher"]
+        assert reward.series[0].steps == [float(s) for s in range(12)]
+        assert reward.series[0].low is not None  # spread band from reward/std
+        kinds = sorted(k for _, _, k in run.data.markers)
+        assert kinds == ["resumed", "template_changed"]
+        assert reward.smoothing == 0.6
+        await pilot.press("m")
+        assert reward.smoothing == 0.9
+        await pilot.press("m")
+        assert reward.smoothing == 0.0
+        await pilot.press("x")
+        assert reward.x_axis == "wall"
+        for i in range(1, 6):  # every panel found its metric in the fixture
+            assert run.query_one(f"#curve-{i}", CurvePlot).series, i
+        await pilot.press("2")
+        text = screen_text(app)
+        assert "Key figures" in text and "exit code 0" in text
+
+
+async def test_run_screen_shows_exit_cause_of_failed_run(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await open_run(pilot, "demo-lr-high")
+        await pilot.press("2")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "failed" in text and "CUDA error" in text
+        assert "[bold]x[/]" in text  # the stderr tail is shown literally
+
+
+async def test_log_follow_pause_and_search(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await open_run(pilot, "demo-baseline")
+        await pilot.press("3")
+        log = run.query_one(LogView)
+        await wait_for(pilot, lambda: len(log.lines) == 12, what="log lines")
+        assert log.lines[0].startswith("step 0 reward 0.00 [bold]markup stays literal[/] red?")  # ANSI stripped
+        assert log.follow
+        await pilot.press("f")
+        assert not log.follow
+        await pilot.press("f")
+        assert log.follow
+        await pilot.press("slash", *"step 1", "enter")
+        assert log.search == "step 1"
+        assert log.matches() == [1, 10, 11]
+        assert log.current_match == 1 and not log.follow  # searching pauses following
+        await pilot.press("escape")  # closes the search bar, stays on the screen
+        assert isinstance(app.screen, RunScreen)
+        await pilot.press("n")
+        assert log.current_match == 10
+        await pilot.press("N")
+        assert log.current_match == 1
+        assert "3 matches" in screen_text(app)
+
+
+async def test_inspector_steps_prompts_sort_filter_and_run_wide(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await open_run(pilot, "demo-baseline")
+        await pilot.press("i")
+        insp = await wait_screen(pilot, InspectorScreen)
+        assert insp.data.step == 11 and insp.follow_latest
+        g = insp.group
+        assert g.group_index == 0 and g.ground_truth
+        matrix = insp.query_one(VerdictMatrix)
+        assert matrix.row_count == 6  # 2 teachers + 4 students
+        assert len(matrix.columns) == 3 + len(g.criteria)
+        assert len(insp.query(AnswerCard)) == 6
+        await pilot.press("left_square_bracket")
+        await wait_for(pilot, lambda: insp.data.step == 10, what="step 10")
+        assert not insp.follow_latest
+        await pilot.press("n")
+        assert insp.group.group_index == 1
+        await pilot.press("p", "p")
+        assert insp.group.group_index == 2  # wraps around
+        await pilot.press("o")  # reward descending
+        rewards = [insp.query_one(VerdictMatrix).get_row_at(i)[1].plain for i in range(matrix.row_count)]
+        assert rewards == sorted(rewards, reverse=True)
+        await pilot.press("F")  # answers failing criterion 1 only
+        crit = 0
+        shown = [c.answer for c in insp.query(AnswerCard)]
+        assert all(a.verdicts[crit] is False for a in shown)
+        assert matrix.row_count == len(shown)
+        await pilot.press("g", *"3", "enter")
+        await wait_for(pilot, lambda: insp.data.step == 3, what="step 3")
+        await pilot.press("w")
+        await wait_for(pilot, lambda: insp.run_wide is not None, what="run-wide stats")
+        rw = insp.run_wide
+        assert rw.n_total > 0 and sum(rw.counts.values()) == rw.n_total
+        assert rw.stats[0].verdict == "discriminates"
+        table = insp.query_one("#runwide-table")
+        assert table.row_count == min(200, rw.n_total)
+        # enter on a run-wide row jumps to that prompt
+        target = rw.stats[0]
+        table.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: insp.data.step == target.step, what="jump to the criterion's step")
+        assert insp.group.group_index == target.group_index
+
+
+async def test_model_output_markup_is_shown_literally(store):
+    """A rollout, criterion, question, stderr and log containing markup must render as typed."""
+    app = make_app(store)
+    async with app.run_test(size=(200, 60)) as pilot:
+        await open_run(pilot, "demo-baseline")
+        await pilot.press("i")
+        insp = await wait_screen(pilot, InspectorScreen)
+        student = [c for c in insp.query(AnswerCard) if c.answer.key == "student:0"][0]
+        assert INJECTION in student.render().plain
+        text = screen_text(app)
+        assert "[bold red]not bold[/] [/] [link=http://x]no link[/link]" in text
+        assert "[@click=app.quit]q[/]" in text
+        # rubric criterion and the question carry the same payload
+        rubric = insp.query_one("#insp-rubric")
+        last = rubric.get_row_at(rubric.row_count - 1)[-1]
+        assert INJECTION in last.plain
+        assert INJECTION in insp.query_one("#insp-question").render().plain
+        assert app.is_running  # nothing crashed, nothing quit via the injected @click
+
+
+async def test_help_and_palette(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 60)) as pilot:
+        runs = await wait_screen(pilot, RunsScreen)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        assert "Rubric inspector" in screen_text(app)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), what="back to runs")
+        titles = [c.title for c in app.get_system_commands(runs)]
+        for t in ("New run", "Open run demo-baseline", "Stop demo-baseline", "Delete demo-baseline",
+                  "Compare marked runs", "Toggle light/dark theme"):
+            assert t in titles
+        theme = app.theme
+        await pilot.press("ctrl+t")
+        assert app.theme != theme
+
+
+async def test_missing_store_explains_and_can_create(tmp_path):
+    path = tmp_path / "sub" / "ropd.db"
+    app = make_app(path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, StoreProblemScreen), what="problem screen")
+        text = screen_text(app)
+        assert "No run store at" in text and "press c" in text
+        assert not path.exists()
+        await pilot.press("c")
+        runs = await wait_screen(pilot, RunsScreen)
+        assert path.exists() and runs.rows == []
+        assert "no runs yet" in screen_text(app)
+
+
+async def test_newer_schema_is_reported_with_what_to_do(store):
+    conn = sqlite3.connect(store)
+    conn.execute("PRAGMA user_version=999")
+    conn.close()
+    app = make_app(store)
+    async with app.run_test(size=(240, 30)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, StoreProblemScreen), what="problem screen")
+        text = screen_text(app)
+        assert "schema version 999" in text and "upgrade" in text
+
+
+async def test_new_run_validates_config_and_overrides(store, tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "a.yaml").write_text("run:\n  name: a\ntrainer:\n  steps: 2\n")
+    (configs / "b.yaml").write_text("run:\n  name: b\n")
+    app = make_app(store, configs_dir=configs)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_screen(pilot, RunsScreen)
+        await pilot.press("n")
+        screen = await wait_screen(pilot, NewRunScreen)
+        assert [p.name for p in screen.configs] == ["a.yaml", "b.yaml"]
+        screen.query_one("#new-run-overrides").text = "trainer.stepz=3\n"
+        await pilot.press("ctrl+v")
+        text = screen_text(app)
+        assert "unknown config key 'trainer.stepz'" in text and "trainer.steps" in text
+        screen.query_one("#new-run-overrides").text = "# comment\ntrainer.steps=3\n"
+        screen.query_one("#new-run-name").value = "bad name!"
+        await pilot.press("ctrl+v")
+        assert "run name 'bad name!' is not valid" in screen_text(app)
+        screen.query_one("#new-run-name").value = "fresh"
+        await pilot.press("ctrl+v")
+        assert screen.valid_cfg is not None and screen.valid_cfg.trainer.steps == 3
+        assert screen.valid_cfg.run.name == "fresh"
+        assert "valid" in screen_text(app)
