@@ -13,7 +13,7 @@ How it imitates the method:
   ``scorer.min_criteria`` remain. Candidates, with points:
 
   - 5  the final answer is V (V = ground truth if known, else the teachers' majority final answer)
-  - 4  every result stated after "=" or "answer is" equals V (no conflicting final values)
+  - 4  no result other than V: the final number and every value after "=" / "answer is" equal V
   - 4/2  each quantity every teacher answer mentions: an intermediate value (4) or a given one (2)
   - 2  every number in the answer comes from the question or is V (no invented numbers)
   - 2  the answer ends with a line holding only the number (the answer format)
@@ -75,7 +75,9 @@ def _lines(text: str) -> list[str]:
 
 _BARE_NUMBER_LINE = re.compile(r"^\**\s*-?[\d,]*\.?\d+(?:/\d+)?\s*\.?\s*\**$")
 _STATED_RE = re.compile(r"(?:=|\banswer\s*(?:is|:))\s*\**\s*(-?[\d,]*\.?\d+(?:/\d+)?)", re.IGNORECASE)
-_ENDS_COMPLETE = re.compile(r"[\d.!?)\]\"'*`:]$")
+_ENDS_COMPLETE = re.compile(r"[\w.!?)\]\"'*`]$")
+_DANGLING = re.compile(r"(?:[,;:(\-]|\b(?:and|or|but|the|a|an|of|to|in|with|as|is|are|that|which|for|so|then|such as))$",
+                       re.IGNORECASE)
 
 
 def _ends_with_bare_number(text: str) -> bool:
@@ -92,6 +94,12 @@ def _stated_results(text: str) -> list[Fraction]:
     return out
 
 
+def _consistent(text: str, value: Fraction | None) -> bool:
+    """No conflicting result: the final number (if any) and every stated result equal ``value``."""
+    final = final_number(text)
+    return (final is None or final == value) and all(x == value for x in _stated_results(text))
+
+
 def _word_count(text: str) -> int:
     return len(strip_reasoning(text).split())
 
@@ -104,8 +112,17 @@ def _has_repeats(text: str) -> bool:
 
 
 def _is_complete(text: str) -> bool:
+    """False for an answer cut off mid-sentence: ends on a comma/connective, or a long last line without
+    closing punctuation."""
     lines = _lines(text)
-    return bool(lines) and bool(_ENDS_COMPLETE.search(lines[-1]))
+    if not lines:
+        return False
+    last = lines[-1]
+    if _DANGLING.search(last):
+        return False
+    if last[-1].isalpha() and len(last.split()) > 6:
+        return False
+    return bool(_ENDS_COMPLETE.search(last))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,11 +138,9 @@ class _Candidate:
 
 
 def _final_check(value: str) -> Callable[[str], bool]:
-    num = parse_number(value)
-    if num is not None:
-        return lambda a: final_number(a) == num
-    norm = normalise_text(value)
-    return lambda a: bool(norm) and (normalise_text(final_answer(a)) == norm or normalise_text(strip_reasoning(a)) == norm)
+    from .tasks import check_answer
+
+    return lambda a: check_answer(a, value)
 
 
 def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], Callable[[str], bool]]]]:
@@ -136,8 +151,9 @@ def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], Callable[[str], bool
 
     return [
         (re.compile(r"^The final answer is (.+)\.$", re.S), lambda m: _final_check(m.group(1))),
-        (re.compile(rf"^Every result the answer states after '=' or 'answer is' equals {num}\.$"),
-         lambda m: (lambda v: (lambda a: all(x == v for x in _stated_results(a))))(parse_number(m.group(1)))),
+        (re.compile(rf"^The answer gives no result other than {num}: its final number and every value after '=' or "
+                    rf"'answer is' equal {num}\.$"),
+         lambda m: (lambda v: (lambda a: _consistent(a, v)))(parse_number(m.group(1)))),
         (re.compile(rf"^The answer (?:works out the intermediate value|uses the quantity) {num}(?: from the question)?\.$"),
          lambda m: (lambda v: (lambda a: v in _num_set(strip_reasoning(a))))(parse_number(m.group(1)))),
         (re.compile(r"^Every number in the answer is one of: (.+)\.$"),
@@ -226,8 +242,8 @@ class OfflineJudge:
         add("final", f"The final answer is {value}.", 5, CAT_TASK)
         q_nums = _num_set(question)
         if num is not None:
-            add("consistent", f"Every result the answer states after '=' or 'answer is' equals {_fmt(num)}.", 4,
-                CAT_REASONING)
+            add("consistent", f"The answer gives no result other than {_fmt(num)}: its final number and every value "
+                f"after '=' or 'answer is' equal {_fmt(num)}.", 4, CAT_REASONING)
             if teacher_answers:
                 shared = set.intersection(*[_num_set(strip_reasoning(t)) for t in teacher_answers]) - {num}
                 # intermediate values (not given in the question) first, then given quantities
@@ -330,7 +346,7 @@ class OfflineJudge:
                 score += 2
             if _word_count(a) <= 40:
                 score += 1
-            if value is not None and all(x == value for x in _stated_results(a)):
+            if value is not None and _consistent(a, value):
                 score += 1
             out.append(score)
         return out

@@ -34,7 +34,8 @@ def test_problems_are_deterministic_distinct_and_easy():
     ("7", "7", True), ("3 + 4 = 7\n7", "7", True), ("The answer is 7.", "7", True),
     ("The answer is 7. I hope this helps with 2 things", "7", True), ("\\boxed{12}", "12", True),
     ("8", "7", False), ("seven", "7", False), ("", "7", False), ("7.0", "7", True), ("1,000", "1000", True),
-    ("<think>maybe 9</think>\n7", "7", True), ("It is Paris.", "paris", False), ("Paris.", "Paris", True),
+    ("<think>maybe 9</think>\n7", "7", True), ("It is Paris.", "paris", True), ("Paris.", "Paris", True),
+    ("Paris is not it; Lyon", "Paris", False), ("The capital of France is Paris.", "Paris", True),
 ])
 def test_check_answer(text, gt, ok):
     assert check_answer(text, gt) is ok

@@ -85,8 +85,8 @@ def check_answer(text: str, ground_truth: str | int | float | None) -> bool:
     """Rule-based correctness of ``text`` against ``ground_truth``.
 
     Numeric ground truth: the final number of the answer (see :func:`final_number`) must equal it.
-    Other ground truth: the normalised final answer (or the whole normalised answer) must equal the
-    normalised ground truth.
+    Other ground truth: the normalised final statement (last ``\\boxed{}`` or last line) must equal
+    the normalised ground truth or end with it ("The capital of France is Paris.").
     """
     if ground_truth is None or text is None:
         return False
@@ -99,4 +99,6 @@ def check_answer(text: str, ground_truth: str | int | float | None) -> bool:
     if not norm_gt:
         return False
     body = strip_reasoning(text)
-    return normalise_text(final_answer(body)) == norm_gt or normalise_text(body) == norm_gt
+    last = normalise_text(final_answer(body))
+    # "Paris" or "The capital of France is Paris." (the final statement ends with the answer)
+    return last == norm_gt or last.endswith(" " + norm_gt) or normalise_text(body) == norm_gt

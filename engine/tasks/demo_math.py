@@ -53,10 +53,10 @@ _SYMBOL = {"add": "+", "sub": "-", "mul": "*"}
 
 def _numbers(op: str, rng: random.Random) -> tuple[int, int]:
     if op == "add":
-        return rng.randint(1, 9), rng.randint(1, 9)
+        return rng.randint(2, 9), rng.randint(2, 9)
     if op == "sub":
-        a = rng.randint(3, 12)
-        return a, rng.randint(1, a - 1)
+        a = rng.randint(4, 12)
+        return a, rng.randint(2, a - 1)
     return rng.randint(2, 5), rng.randint(2, 5)
 
 
