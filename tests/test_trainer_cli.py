@@ -1,0 +1,83 @@
+"""``ropd-tui --headless train``: config errors before anything starts, and a whole tiny run through
+the supervisor (real subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ropd(*args: str, cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 300):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "ropd_tui.cli", "--headless", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from tiny_llama import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trainer.stepz=3"], "unknown config key 'trainer.stepz'"),
+    (["trainer.model=/no/such/model"], "trainer.model"),
+    (["judge.mode=llm"], "judge.rubricator.model"),
+    (["judge.mode=llm", "judge.rubricator.model=m", "judge.verifier.model=m"], "no judge configured"),
+    (["task.name=jsonl", f"task.train_file={ROOT / 'configs' / 'demo.yaml'}"], "not valid JSON"),
+    (["teacher.build_if_missing=false", "teacher.index=/no/such/index.jsonl"], "teacher index not found"),
+    (["run.backend=verl"], "verl"),
+])
+def test_config_errors_are_reported_before_a_run_exists(tmp_path, args, message):
+    store = tmp_path / "runs" / "ropd.db"
+    res = ropd("--store", str(store), "train", "--config", str(ROOT / "configs" / "demo.yaml"), *args, cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    if store.exists():
+        with RunStore(store) as s:
+            assert s.list_runs() == []
+
+
+def test_missing_config_file(tmp_path):
+    res = ropd("train", "--config", "nope.yaml", cwd=tmp_path)
+    assert res.returncode == 2 and "config file not found" in res.stderr
+
+
+def test_train_runs_to_the_end_and_streams_progress(tmp_path, tiny_model):
+    store = tmp_path / "runs" / "ropd.db"
+    res = ropd("--store", str(store), "train", "--config", str(ROOT / "configs" / "demo.yaml"),
+               f"trainer.model={tiny_model}", "trainer.steps=2", "trainer.prompts_per_step=2", "trainer.rollouts=2",
+               "trainer.max_new_tokens=4", "trainer.threads=1", "task.num_prompts=2",
+               f"teacher.index={tmp_path / 'teacher.jsonl'}", "judge.mode=offline", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert "step 1/2  reward" in out and "step 2/2  reward" in out
+    assert "judge failures 0/2" in out and "s/step" in out
+    assert "run demo finished" in out
+    with RunStore(store) as s:
+        runs = s.list_runs()
+        assert [(r["name"], r["status"], r["last_step"]) for r in runs] == [("demo", "finished", 2)]
+        assert runs[0]["reward"] is not None and runs[0]["accuracy"] is not None
+    # a second run of the same config gets a fresh name
+    res2 = ropd("--store", str(store), "train", "--config", str(ROOT / "configs" / "demo.yaml"), "--detach",
+                f"trainer.model={tiny_model}", "trainer.steps=1", "trainer.prompts_per_step=2", "trainer.rollouts=2",
+                "trainer.max_new_tokens=4", "task.num_prompts=2", f"teacher.index={tmp_path / 'teacher.jsonl'}",
+                "judge.mode=offline", cwd=tmp_path)
+    assert res2.returncode == 0, res2.stdout + res2.stderr
+    assert "run demo-2 started" in res2.stdout
+    from engine.store import RunStore as RS
+    from engine.supervisor import Supervisor
+
+    with RS(store) as s:
+        rec = Supervisor(s).wait("demo-2", timeout=240)
+        assert rec.status == "finished", (rec.cause, rec.stderr_tail)
