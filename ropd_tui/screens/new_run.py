@@ -1,14 +1,13 @@
 """New run: pick a config from configs/, edit overrides, validate (engine.config.load_config), launch.
 
-The launch goes through the same helper as ``ropd-tui --headless train`` when it exists
-(``ropd_tui.commands.train.launch_run``); otherwise the run is created in the store and the
-supervisor starts ``python -m engine.train_worker --store PATH --run ID`` (the documented argv).
+The launch does what ``ropd-tui --headless train --detach`` does: preflight checks, create the run in
+the store, and let the supervisor start ``python -m engine.train_worker --store PATH --run ID`` in its
+own session (so the run outlives the UI).
 """
 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,34 +57,34 @@ def validate(config_path: Path, overrides: list[str], name: str) -> Any:
     return load_config(config_path, ovs)
 
 
-def launch(cfg: Any, store_path: str, name: str, config_path: Path, overrides: list[str]) -> str:
-    """Create and start the run; returns its name. Raises UserError on bad input."""
-    try:
-        from ropd_tui.commands.train import launch_run  # D's helper: the same path as the headless command
-    except ImportError:
-        launch_run = None
-    if launch_run is not None:
-        run = launch_run(cfg, store_path, name)
-        return str(getattr(run, "name", name))
-    from engine.store import RunStore
-    from engine.supervisor import Supervisor
+def launch(cfg: Any, store_path: str, name: str) -> tuple[str, list[str]]:
+    """Check, create and start the run the way ``ropd-tui --headless train --detach`` does.
 
+    Returns (run name, preflight notes). Raises UserError (bad config, taken name, launch failure).
+    """
+    from engine.errors import ConfigError
+    from engine.store import RunStore
+    from engine.supervisor import Supervisor, worker_argv
+    from engine.trainers.preflight import preflight
+
+    notes = preflight(cfg)
     store = RunStore(store_path)
     try:
-        run = store.create_run(name, cfg.run.backend, cfg.to_dict())
-        argv = [sys.executable, "-m", "engine.train_worker", "--store", str(store_path), "--run", str(run.id)]
-        Supervisor(store).launch(run, argv, cwd=str(Path.cwd()))
-        return run.name
+        if store.find_run(name) is not None:
+            raise ConfigError(f"a run named {name!r} already exists", hint="type another run name")
+        cfg.run.name = name
+        cwd = str(Path.cwd())
+        run = store.create_run(name, cfg.run.backend, cfg.to_dict(), cwd=cwd)
+        Supervisor(store).launch(run, worker_argv(store, run.id), cwd=cwd)
+        return run.name, notes
     finally:
-        closer = getattr(store, "close", None)
-        if closer:
-            closer()
+        store.close()
 
 
 class NewRunScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Cancel"),
-        Binding("ctrl+v", "validate", "Validate"),
+        Binding("ctrl+v", "check", "Validate"),
         Binding("ctrl+l", "launch", "Launch"),
     ]
 
@@ -176,11 +175,50 @@ class NewRunScreen(Screen):
             self._result(t)
             return False
         self.valid_cfg = cfg
+        self._result(self._valid_text(cfg, None))
+        return True
+
+    @staticmethod
+    def _valid_text(cfg: Any, notes: list[str] | None) -> Text:
         t = Text("✓ valid: ", style="bold green")
         t.append_text(plain(f"run {cfg.run.name!r}, backend {cfg.run.backend}, "
                             f"judge {'llm' if cfg.judge_is_llm() else 'offline'}"))
-        self._result(t)
-        return True
+        if notes is None:
+            t.append("  (checking model, judge, templates…)", style="dim")
+        for note in notes or []:
+            t.append("\n  ")
+            t.append_text(plain(note, "dim"))
+        return t
+
+    def action_check(self) -> None:
+        """Validate, then run the preflight checks (model, judge, templates, teacher index) off the UI thread."""
+        if self.action_validate():
+            self._preflight(self.valid_cfg)
+
+    @work(thread=True, exclusive=True, group="preflight")
+    def _preflight(self, cfg: Any) -> None:
+        from engine.trainers.preflight import preflight
+
+        try:
+            notes = preflight(cfg)
+        except UserError as err:
+            self.app.call_from_thread(self._preflight_done, cfg, None, str(err))
+            return
+        except Exception as err:  # noqa: BLE001
+            self.app.call_from_thread(self._preflight_done, cfg, None, f"{type(err).__name__}: {err}")
+            return
+        self.app.call_from_thread(self._preflight_done, cfg, notes, None)
+
+    def _preflight_done(self, cfg: Any, notes: list[str] | None, error: str | None) -> None:
+        if cfg is not self.valid_cfg:
+            return  # the form changed meanwhile
+        if error is not None:
+            self.valid_cfg = None
+            t = Text("✗ ", style="bold red")
+            t.append_text(plain(error, "red"))
+            self._result(t)
+            return
+        self._result(self._valid_text(cfg, notes))
 
     def action_launch(self) -> None:
         if not self.action_validate():
@@ -194,7 +232,7 @@ class NewRunScreen(Screen):
     @work(thread=True, exclusive=True, group="launch")
     def _launch(self, cfg: Any, path: Path, overrides: list[str]) -> None:
         try:
-            name = launch(cfg, self.app.store_path, cfg.run.name, path, overrides)
+            name, _notes = launch(cfg, self.app.store_path, cfg.run.name)
         except UserError as err:
             self.app.call_from_thread(self._launch_failed, str(err))
             return
@@ -216,6 +254,6 @@ class NewRunScreen(Screen):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "new-run-validate":
-            self.action_validate()
+            self.action_check()
         elif event.button.id == "new-run-launch":
             self.action_launch()

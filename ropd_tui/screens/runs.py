@@ -209,7 +209,7 @@ class RunsScreen(LiveScreen):
             self.app.run_operation("resume", run.id, run.name)
 
     def action_restart(self) -> None:
-        self._confirm_op("restart", "Restart run {name} from scratch? Its checkpoints are replaced.")
+        self._confirm_op("restart", "Restart run {name} from scratch as a new attempt? (the old attempt's steps and checkpoints are kept)")
 
     def action_delete(self) -> None:
         self._confirm_op("delete", "Delete run {name} with all its steps, verdicts and files? This cannot be undone.")

@@ -1,0 +1,123 @@
+"""The app follows the store live: steps written by other processes appear, and run operations
+(stop, delete) on a real supervised subprocess work from the UI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures_store import build_store
+from tui_pilot import FROZEN_NOW, wait_for, wait_screen
+
+from engine.store import RunStore
+from ropd_tui.app import RopdApp
+from ropd_tui.screens.confirm import ConfirmScreen
+from ropd_tui.screens.inspector import InspectorScreen
+from ropd_tui.screens.run import RunScreen
+from ropd_tui.screens.runs import RunsScreen
+from ropd_tui.widgets.curves import CurvePlot
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+WRITER = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from engine.store import RunStore
+from fixtures_store import write_fixture_step
+store = RunStore({path!r}, create=False)
+write_fixture_step(store, {run_id}, {step})
+store.close()
+"""
+
+
+def write_step_in_subprocess(path: Path, run_id: int, step: int) -> None:
+    code = WRITER.format(root=str(ROOT), tests=str(TESTS), path=str(path), run_id=run_id, step=step)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.fixture
+def store(tmp_path) -> tuple[Path, dict[str, int]]:
+    path = tmp_path / "ropd.db"
+    return path, build_store(path)
+
+
+def row(screen: RunsScreen, name: str):
+    return next(r for r in screen.rows if r.name == name)
+
+
+async def test_step_written_by_another_process_shows_up(store):
+    path, ids = store
+    rid = ids["verl-k1"]
+    app = RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        runs = await wait_screen(pilot, RunsScreen)
+        assert row(runs, "verl-k1").step == 8
+        write_step_in_subprocess(path, rid, 9)
+        await wait_for(pilot, lambda: row(runs, "verl-k1").step == 9, what="step 9 in the runs list")
+        table = runs.query_one("#runs-table")
+        table.move_cursor(row=[r.name for r in runs.visible_rows()].index("verl-k1"))
+        await pilot.press("enter")
+        run = await wait_screen(pilot, RunScreen)
+        reward = run.query_one("#curve-0", CurvePlot)
+        assert reward.series[0].steps[-1] == 9
+        write_step_in_subprocess(path, rid, 10)
+        await wait_for(pilot, lambda: reward.series[0].steps[-1] == 10, what="step 10 on the reward curve")
+        await pilot.press("i")
+        insp = await wait_screen(pilot, InspectorScreen)
+        assert insp.data.step == 10 and insp.follow_latest
+        write_step_in_subprocess(path, rid, 11)
+        await wait_for(pilot, lambda: insp.data.step == 11, what="the inspector to follow step 11")
+        assert insp.data.steps[-1] == 11
+
+
+SLEEPER = """
+import sys, time
+sys.path[:0] = [{root!r}, {tests!r}]
+from engine.store import RunStore
+from fixtures_store import write_fixture_step
+store = RunStore({path!r}, create=False)
+write_fixture_step(store, {run_id}, 0)
+print("step 0 written", flush=True)
+time.sleep(120)
+"""
+
+
+async def test_stop_then_delete_a_supervised_run_from_the_ui(tmp_path):
+    from engine.supervisor import Supervisor
+
+    path = tmp_path / "ropd.db"
+    store = RunStore(path)
+    run = store.create_run("sleeper", "embedded", {"run": {"name": "sleeper"}}, cwd=str(ROOT))
+    code = SLEEPER.format(root=str(ROOT), tests=str(TESTS), path=str(path), run_id=run.id)
+    sup = Supervisor(store)
+    sup.launch(run, [sys.executable, "-c", code], cwd=str(ROOT))
+    try:
+        app = RopdApp(path, supervise=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            runs = await wait_screen(pilot, RunsScreen)
+            await wait_for(pilot, lambda: row(runs, "sleeper").status == "running"
+                           and row(runs, "sleeper").step == 0, timeout=30, what="the run to be running")
+            await pilot.press("s")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="stop confirmation")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: row(runs, "sleeper").status == "stopped", timeout=30,
+                           what="the run to be stopped")
+            assert not sup.is_running(run.id)
+            await pilot.press("d")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="delete confirmation")
+            await pilot.press("n")  # "no" keeps it
+            await pilot.pause(0.3)
+            assert [r.name for r in runs.rows] == ["sleeper"]
+            await pilot.press("d")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="delete confirmation")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: runs.rows == [], timeout=30, what="the run to be deleted")
+            assert not run.run_dir.exists()
+    finally:
+        if store.find_run("sleeper") is not None and sup.is_running("sleeper"):
+            sup.stop("sleeper", grace=1)
+        store.close()
