@@ -42,10 +42,13 @@ def _old_verdict(answer: str, crit: Criterion, right: str) -> bool:
     return judge_criterion(answer, crit.text)
 
 
+MARKUP = "[bold red]not markup[/]"  # untrusted text that a UI must show literally
+
+
 def make_group(step: int, gi: int, *, failed: bool = False) -> GroupResult:
     a, b = 3 + step * 7 + gi, 5 + gi * 2
     right = str(a + b)
-    question = f"What is {a} + {b}?"
+    question = f"What is {a} + {b}? {MARKUP}"
     students = [
         f"{a} + {b} = {right}. The answer is {right}.",
         f"{right}",
@@ -75,11 +78,21 @@ def make_group(step: int, gi: int, *, failed: bool = False) -> GroupResult:
 
 
 def make_store(path: Path, *, steps: int = 2, groups: int = 3, failed: set[tuple[int, int]] = frozenset(),
-               name: str = "r1") -> RunStore:
-    """A store at ``path`` with run ``name``: ``steps`` steps (1..steps) of ``groups`` groups each."""
+               name: str = "r1", templates_dir: Path | None = None) -> RunStore:
+    """A store at ``path`` with run ``name``: ``steps`` steps (1..steps) of ``groups`` groups each.
+    ``templates_dir``: copy the shipped templates there and configure the run with them."""
     store = RunStore(path)
     cfg = Config()
     cfg.run.name = name
+    if templates_dir is not None:
+        import shutil
+
+        from engine.templates import PROMPTS_DIR
+
+        templates_dir.mkdir(parents=True, exist_ok=True)
+        for role in ("rubricator", "verifier", "scalar_judge"):
+            shutil.copy(PROMPTS_DIR / f"{role}.txt", templates_dir / f"{role}.txt")
+            setattr(cfg.templates, role, str(templates_dir / f"{role}.txt"))
     run = store.create_run(name, "embedded", cfg.to_dict())
     for r in ("rubricator", "verifier"):
         t = Template.default(r)
