@@ -22,9 +22,12 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from engine.types import GroupInput, GroupResult, prompt_text
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +253,7 @@ def gatherer_name(run_id: Any) -> str:
     return f"ropd_gatherer_{run_id}"
 
 
-def start_gatherer(cfg, side_channel_path: str, *, name: str, namespace: str, group_timeout_s: float,
+def start_gatherer(cfg: "Config | dict[str, Any]", side_channel_path: str, *, name: str, namespace: str, group_timeout_s: float,
                    node_id: str | None = None, ready_timeout_s: float = 300.0):
     """Create the run's gatherer actor on ``node_id`` (default: this process's node) and wait until it
     is up. Needs ``ray.init`` done. Constructor errors (bad config, missing teacher index) are raised here
@@ -270,7 +273,7 @@ def start_gatherer(cfg, side_channel_path: str, *, name: str, namespace: str, gr
         max_concurrency=100_000,  # every rollout of a step waits inside submit()
         max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-    ).remote(cfg.to_dict(), str(side_channel_path), float(group_timeout_s))
+    ).remote(cfg if isinstance(cfg, dict) else cfg.to_dict(), str(side_channel_path), float(group_timeout_s))
     try:
         ray.get(handle.ready.remote(), timeout=ready_timeout_s)
     except Exception as e:  # noqa: BLE001

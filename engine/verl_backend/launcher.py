@@ -234,8 +234,9 @@ def run(cfg: Config, store, run, resume: bool) -> int:
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     proc = None
     try:
-        start_gatherer(_absolute_paths(cfg), str(paths.groups), name=name, namespace=GATHERER_NAMESPACE,
-                       group_timeout_s=cfg.verl.group_timeout_s)
+        # the handle must stay referenced: a non-detached actor dies with its last handle
+        gatherer = start_gatherer(_absolute_paths(cfg), str(paths.groups), name=name, namespace=GATHERER_NAMESPACE,
+                                  group_timeout_s=cfg.verl.group_timeout_s)
         env = dict(os.environ, RAY_ADDRESS=ray_address, VERL_FILE_LOGGER_PATH=str(paths.metrics),
                    PYTHONUNBUFFERED="1")
         _log(f"attempt {paths.attempt}: {' '.join(argv)}")
@@ -271,7 +272,7 @@ def run(cfg: Config, store, run, resume: bool) -> int:
                 return 130 if stop.signum == signal.SIGINT else 143
             time.sleep(POLL_S)
         rc = proc.returncode
-        _log(f"verl exited with code {rc}")
+        _log(f"verl exited with code {rc}; gatherer: {_gatherer_stats(gatherer)}")
         return 0 if rc == 0 else (rc if rc and rc > 0 else 1)
     finally:
         if proc is not None and proc.poll() is None:
@@ -279,6 +280,15 @@ def run(cfg: Config, store, run, resume: bool) -> int:
         for s, h in old.items():
             signal.signal(s, h)
         ray.shutdown()
+
+
+def _gatherer_stats(gatherer) -> str:
+    import ray
+
+    try:
+        return str(ray.get(gatherer.stats.remote(), timeout=30))
+    except Exception as e:  # noqa: BLE001 - only for the log line
+        return f"unavailable ({type(e).__name__})"
 
 
 def _prepare_data(cfg: Config, paths: AttemptPaths) -> tuple[str, str]:

@@ -1,0 +1,251 @@
+"""ROPD inside verl's own reward loop (Ray, CPU).
+
+verl's ``RewardLoopManager`` starts its ``RewardLoopWorker`` actors, which load our manager through the
+``importlib`` wiring of configs/verl/ropd_grpo.yaml; each worker gets single rollouts, and the run's
+``GroupGatherer`` actor turns them into ONE rubricator request per prompt holding all of its rollouts,
+sent over real HTTP to the loopback judge server. One Ray session for the whole module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("verl")
+ray = pytest.importorskip("ray")
+torch = pytest.importorskip("torch")
+
+from loopback_server import LoopbackJudgeServer, loopback_config  # noqa: E402
+
+from engine.teacher_index import IndexWriter, make_row  # noqa: E402
+from engine.verl_backend.gatherer import GroupCollector, start_gatherer  # noqa: E402
+from engine.verl_backend.side_channel import JsonlTail, group_from_dict  # noqa: E402
+from engine.types import GroupResult  # noqa: E402
+
+pytestmark = pytest.mark.slow
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "verl"
+NAMESPACE = "ropd"
+
+PROMPTS = {
+    "u-add": ("What is 3 + 4?", "7", ["3 + 4 = 7 . The answer is 7 .", "We add : 3 + 4 = 7 . The answer is 7 ."]),
+    "u-sub": ("What is 10 - 6?", "4", ["10 - 6 = 4 . The answer is 4 .", "Take 6 from 10 : 10 - 6 = 4 . The answer is 4 ."]),
+    "u-mul": ("What is 2 * 5?", "10", ["2 * 5 = 10 . The answer is 10 .", "The answer is 10 ."]),
+}
+ROLLOUTS = {
+    "u-add": ["3 + 4 = 7 . The answer is 7 .", "The answer is 8 .", "3 + 4 = 7", "I do not know the answer ."],
+    "u-sub": ["10 - 6 = 4 . The answer is 4 .", "10 - 6 = 5 . The answer is 5 .", "The answer is 4 .", "no"],
+    "u-mul": ["2 * 5 = 10 . The answer is 10 .", "The answer is 7 .", "2 * 5 = 10", "ten"],
+}
+
+
+def make_tokenizer(path: Path):
+    """A word-level tokenizer saved as a local HF tokenizer dir (the hubs are unreachable)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {w for texts in ROLLOUTS.values() for t in texts for w in t.split()}
+    words |= {w for q, _, _ in PROMPTS.values() for w in q.split()}
+    vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2}
+    for w in sorted(words):
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def verl_config(tok_dir: Path, gatherer: str, timeout_s: float, *extra: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="ropd_grpo", overrides=[
+            f"actor_rollout_ref.model.path={tok_dir}", "reward.num_workers=2", "actor_rollout_ref.rollout.n=4",
+            f"ropd.gatherer_name={gatherer}", f"ropd.group_timeout_s={timeout_s}", *extra])
+
+
+def make_batch(tok, samples: list[tuple[str, int, str]], *, split: str = "train", step: int | None = 1):
+    """A DataProto like verl's: left-padded prompts, right-padded responses (with EOS), masks, non-tensors."""
+    from verl import DataProto
+
+    prompt_ids = [tok.encode(PROMPTS[uid][0]) for uid, _, _ in samples]
+    resp_ids = [tok.encode(text) + [tok.eos_token_id] for _, _, text in samples]
+    P, R = max(map(len, prompt_ids)), max(map(len, resp_ids)) + 2
+    prompts = torch.zeros(len(samples), P, dtype=torch.long)
+    responses = torch.zeros(len(samples), R, dtype=torch.long)
+    attn = torch.zeros(len(samples), P + R, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, resp_ids)):
+        prompts[i, P - len(p):] = torch.tensor(p)
+        responses[i, :len(r)] = torch.tensor(r)
+        attn[i, P - len(p):P + len(r)] = 1
+    input_ids = torch.cat([prompts, responses], dim=1)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+
+    def obj(values):
+        a = np.empty(len(values), dtype=object)
+        a[:] = values
+        return a
+
+    non = {
+        "uid": np.array([uid for uid, _, _ in samples], dtype=object),
+        "session_id": np.array([i for _, i, _ in samples], dtype=object),
+        "data_source": np.array(["demo_math"] * len(samples), dtype=object),
+        "reward_model": obj([{"ground_truth": PROMPTS[uid][1], "style": "rule"} for uid, _, _ in samples]),
+        "extra_info": obj([{"index": 0, "split": split, "ropd_prompt": json.dumps(PROMPTS[uid][0])}
+                           for uid, _, _ in samples]),
+        "raw_prompt": obj([[{"role": "user", "content": PROMPTS[uid][0]}] for uid, _, _ in samples]),
+    }
+    if step is not None:
+        non["global_steps"] = np.array([step] * len(samples), dtype=object)
+    data = DataProto.from_dict(tensors={"prompts": prompts, "responses": responses, "attention_mask": attn,
+                                        "input_ids": input_ids, "position_ids": position_ids}, non_tensors=non)
+    valid = [len(r) for r in resp_ids]
+    return data, valid
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("verl_reward")
+    tok = make_tokenizer(tmp / "tokenizer")
+    index = tmp / "teacher_index.jsonl"
+    with IndexWriter(index) as w:
+        for q, _, answers in PROMPTS.values():
+            w.write(make_row(q, answers, {"model": "test-teacher"}))
+    ray.init(num_cpus=4, namespace=NAMESPACE, include_dashboard=False, object_store_memory=150 * 1024 * 1024,
+             log_to_driver=False)
+    with LoopbackJudgeServer() as srv:
+        yield {"tmp": tmp, "tok": tok, "index": index, "srv": srv}
+    ray.shutdown()
+
+
+def test_reward_loop_scores_each_prompt_in_one_rubricator_call(env):
+    from verl.experimental.reward_loop import RewardLoopManager
+
+    srv, tmp = env["srv"], env["tmp"]
+    cfg = loopback_config(srv, "scorer.k=2", f"teacher.index={env['index']}")
+    side = tmp / "groups.jsonl"
+    # keep the handle: a non-detached actor dies with its last handle
+    gatherer = start_gatherer(cfg.to_dict(), str(side), name="g-main", namespace=NAMESPACE, group_timeout_s=60)
+    manager = RewardLoopManager(verl_config(tmp / "tokenizer", "g-main", 60))
+
+    # interleaved, so each of the two workers (4 samples each) holds rollouts of both prompts
+    samples = [(uid, i, ROLLOUTS[uid][i]) for i in range(4) for uid in ("u-add", "u-sub")]
+    data, valid = make_batch(env["tok"], samples)
+    srv.requests.clear()
+    out = manager.compute_rm_score(data)
+
+    # exactly one rubricator request per prompt, holding all 4 of its rollouts
+    rub = srv.requests_for("rubricator")
+    assert len(rub) == 2
+    assert ray.get(gatherer.stats.remote())["groups_ok"] == 2
+    for req in rub:
+        text = "\n".join(str(m.get("content", "")) for m in req.messages)
+        blocks = re.findall(r'<student_answer id="\d+">\n(.*?)\n</student_answer>', text, re.DOTALL)
+        uid = "u-add" if "3 + 4" in text.split("<student_answer")[0] else "u-sub"
+        assert sorted(blocks) == sorted(ROLLOUTS[uid])
+
+    # rewards sit on the last valid response token, nowhere else
+    rm = out.batch["rm_scores"]
+    assert rm.shape == data.batch["responses"].shape
+    rewards = rm.sum(-1)
+    for i, n in enumerate(valid):
+        others = torch.cat([rm[i, :n - 1], rm[i, n:]])
+        assert torch.all(others == 0)
+        assert rm[i, n - 1] == rewards[i]
+
+    keys = out.meta_info["reward_extra_keys"]
+    assert keys == ["acc", "rubric_reward", "group_failed", "teacher_mean"]
+    info = {k: out.non_tensor_batch[k].astype(float) for k in keys}
+    assert np.all(info["group_failed"] == 0)
+    assert np.allclose(info["rubric_reward"], rewards.numpy())
+    expect_acc = {("u-add", 0): 1, ("u-add", 1): 0, ("u-add", 2): 1, ("u-add", 3): 0,
+                  ("u-sub", 0): 1, ("u-sub", 1): 0, ("u-sub", 2): 1, ("u-sub", 3): 0}
+    assert [info["acc"][i] for i in range(8)] == [expect_acc[(u, i)] for u, i, _ in samples]
+    # the judged rubric prefers the right answers; teacher answers anchor near the top
+    for uid in ("u-add", "u-sub"):
+        r = {i: float(rewards[k]) for k, (u, i, _) in enumerate(samples) if u == uid}
+        assert r[0] > r[1] and r[0] > r[3]
+    assert np.all(info["teacher_mean"] > 0.5)
+
+    # both groups reached the side channel, with their step, rubric and verdicts
+    recs = list(JsonlTail(side).read())
+    assert len(recs) == 2 and {r["step"] for r in recs} == {1}
+    groups = [group_from_dict(r["group"]) for r in recs]
+    assert {g.uid for g in groups} == {"u-add", "u-sub"}
+    for g in groups:
+        assert g.status in ("ok", "recovered") and g.rubric is not None
+        assert [a.text for a in g.student_answers] == ROLLOUTS[g.uid]
+        assert len(g.teacher_answers) == 2
+
+
+def test_missing_rollout_fails_the_group_instead_of_hanging(env):
+    """Gatherer looked up by name from another process (here the test driver), 3 of 4 rollouts."""
+    from engine.verl_backend.reward_manager import ROPDRewardManager
+
+    srv, tmp = env["srv"], env["tmp"]
+    cfg = loopback_config(srv, "scorer.k=2", f"teacher.index={env['index']}")
+    side = tmp / "groups-timeout.jsonl"
+    gatherer = start_gatherer(cfg.to_dict(), str(side), name="g-timeout", namespace=NAMESPACE, group_timeout_s=2)
+    vcfg = verl_config(tmp / "tokenizer", "g-timeout", 2)
+    mgr = ROPDRewardManager(vcfg, env["tok"], None)
+    srv.requests.clear()
+
+    data, _ = make_batch(env["tok"], [("u-mul", i, ROLLOUTS["u-mul"][i]) for i in range(3)])
+    vdata, _ = make_batch(env["tok"], [("u-add", 0, ROLLOUTS["u-add"][0])], split="val", step=None)
+
+    async def go():
+        train = [mgr.run_single(data[i:i + 1]) for i in range(3)]
+        return await asyncio.gather(mgr.run_single(vdata[0:1]), *train)
+
+    val, *outs = mgr.loop.run_until_complete(go())
+    for o in outs:
+        assert o["reward_score"] == 0.0
+        assert o["reward_extra_info"]["group_failed"] == 1.0
+    assert sorted(o["reward_extra_info"]["acc"] for o in outs) == [0.0, 1.0, 1.0]
+    # validation: rule-based correctness, the same keys, no judge involved
+    assert val == {"reward_score": 1.0, "reward_extra_info": {"acc": 1.0, "rubric_reward": 0.0,
+                                                               "group_failed": 0.0, "teacher_mean": 0.0}}
+    assert srv.requests_for("rubricator") == []
+    assert ray.get(gatherer.stats.remote())["timeouts"] == 1
+
+    (rec,) = list(JsonlTail(side).read())
+    g = group_from_dict(rec["group"])
+    assert g.status == "failed" and g.failure_stage == "scorer"
+    assert "only 3 of 4 rollouts" in g.failure_cause and g.rollouts_raw == ROLLOUTS["u-mul"][:3]
+
+
+# -- the gathering logic without Ray ------------------------------------------------------------------
+
+def _ok_group(gi) -> GroupResult:
+    from engine.types import AnswerResult
+
+    return GroupResult(group_index=0, prompt=gi.prompt, question=str(gi.prompt), rollouts_raw=list(gi.rollouts),
+                       status="ok", ground_truth=gi.ground_truth, uid=gi.uid,
+                       answers=[AnswerResult("student", i, t, reward=i / 10) for i, t in enumerate(gi.rollouts)])
+
+
+async def test_collector_late_rollout_and_scorer_crash_become_failed_groups():
+    recorded = []
+
+    async def score(gi):
+        if gi.uid == "boom":
+            raise RuntimeError("judge exploded")
+        return _ok_group(gi)
+
+    c = GroupCollector(score, group_timeout_s=0.3, on_result=lambda g, step: recorded.append((g.uid, g.status, step)))
+    sample = lambda uid, i: {"uid": uid, "index": i, "text": f"t{i}", "prompt": "q", "n": 2, "step": 5}
+    ok = await asyncio.gather(c.submit(sample("a", 1)), c.submit(sample("a", 0)))
+    assert [o["reward"] for o in ok] == [0.1, 0.0] and not any(o["failed"] for o in ok)
+    crashed = await asyncio.gather(c.submit(sample("boom", 0)), c.submit(sample("boom", 1)))
+    assert all(o["failed"] and o["reward"] == 0.0 for o in crashed)
+    timed_out = await c.submit(sample("lonely", 0))
+    assert timed_out["failed"]
+    late = await c.submit(sample("lonely", 1))  # its group is closed: failed at once, not a new group
+    assert late["failed"] and c.stats()["pending"] == 0
+    assert recorded == [("a", "ok", 5), ("boom", "failed", 5), ("lonely", "failed", 5)]
