@@ -114,7 +114,8 @@ def _remove_trailing_commas(s: str) -> str:
 def _balanced_objects(s: str) -> Iterable[str]:
     """Top-level ``{...}`` spans of ``s`` with balanced braces (string-aware), left to right."""
     i, n = 0, len(s)
-    while i < n:
+    unbalanced = 0
+    while i < n and unbalanced < 64:  # bounded: a reply full of stray braces cannot make this quadratic
         start = s.find("{", i)
         if start < 0:
             return
@@ -140,6 +141,7 @@ def _balanced_objects(s: str) -> Iterable[str]:
                     end = j
                     break
         if end < 0:  # unbalanced from here on: try the next opening brace
+            unbalanced += 1
             i = start + 1
             continue
         yield s[start:end + 1]

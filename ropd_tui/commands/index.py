@@ -51,6 +51,9 @@ def build_handler(args: argparse.Namespace) -> int:
         raise ConfigError(f"--answers must be >= 1, got {args.answers}")
     cfg = load_config(args.config, overrides)
     ep = cfg.judge.teacher
+    if not ep.model:
+        raise ConfigError("no teacher model given",
+                          hint="pass --teacher-model MODEL (or set ROPD_TEACHER_MODEL / judge.teacher.model)")
     print(f"building teacher index {args.out} from {args.prompts}: {args.answers} answers per prompt from "
           f"{ep.model or '?'}", file=sys.stderr)
     summary = build_index(args.prompts, args.out, ep, args.answers, judge_cfg=cfg.judge,
