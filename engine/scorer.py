@@ -162,6 +162,30 @@ class Scorer:
             return [str(t) for t in group.teacher_answers][:k], "input"
         return [str(t) for t in self.teacher_index.lookup(group.prompt, k)], "index"
 
+    async def preflight(self) -> list[dict[str, Any]]:
+        """Check the judge endpoints before a run (JudgeError naming the URL and cause); [] for the offline judge."""
+        check = getattr(self.judge, "preflight", None)
+        if self.judge_kind != "llm" or not callable(check):
+            return []
+        return list(await check() or [])
+
+    def preflight_sync(self) -> list[dict[str, Any]]:
+        """:meth:`preflight` from synchronous code."""
+        from .judge_client import aclose_loop_clients
+
+        async def main() -> list[dict[str, Any]]:
+            try:
+                return await self.preflight()
+            finally:
+                await aclose_loop_clients()
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(main())
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ropd-preflight") as ex:
+            return ex.submit(asyncio.run, main()).result()
+
     # -- batch -----------------------------------------------------------------------------------
 
     async def score_batch(self, groups: Sequence[GroupInput]) -> BatchResult:

@@ -252,3 +252,14 @@ def test_server_log_and_usage_are_json(judge_server):
     stats = judge_server.stats()
     assert stats["requests"] == 1 and stats["by_role"] == {"chat": 1}
     json.dumps(stats)
+
+
+def test_max_tokens_is_renamed_when_the_server_asks_for_max_completion_tokens(judge_server):
+    judge_server.fail_next(1, status=400, message="Unsupported parameter: 'max_tokens' is not supported with this "
+                           "model. Use 'max_completion_tokens' instead.")
+    comp = run(client(judge_server).complete(PROMPT))
+    assert comp.attempts == 2
+    first, second = judge_server.requests
+    assert "max_tokens" in first.body and "max_completion_tokens" not in first.body
+    assert second.body["max_completion_tokens"] == 4096 and "max_tokens" not in second.body
+    assert second.body["response_format"] == {"type": "json_object"}  # only the named parameter changed

@@ -386,3 +386,14 @@ def test_offline_judge_when_no_llm_is_configured():
     for g in batch.groups:
         assert g.judge_kind == "offline" and g.status == "ok"
         assert g.student_rewards[0] > g.student_rewards[1]
+
+
+def test_preflight_names_a_dead_judge(judge_server):
+    from engine.errors import JudgeError
+
+    assert Scorer(loopback_config(judge_server)).preflight_sync()[0]["url"] == judge_server.base_url
+    judge_server.stop()
+    with pytest.raises(JudgeError) as ei:
+        Scorer(loopback_config(judge_server)).preflight_sync()
+    assert judge_server.base_url in str(ei.value)
+    assert Scorer(load_config(None, [])).preflight_sync() == []  # offline judge: nothing to check
