@@ -46,7 +46,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
 from .config import EndpointConfig, JudgeConfig
@@ -150,6 +149,26 @@ def _root_cause(exc: BaseException) -> str:
         if text:
             return text
     return str(exc).strip() or type(exc).__name__
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _chat_reply(data: Any) -> tuple[str, int | None, int | None, str | None]:
+    """(text, prompt tokens, completion tokens, finish reason) of a chat-completions JSON body."""
+    if not isinstance(data, dict):
+        return "", None, None, None
+    choices = data.get("choices") or []
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") or {}
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list):  # content parts
+        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    usage = data.get("usage") or {}
+    usage = usage if isinstance(usage, dict) else {}
+    return (content if isinstance(content, str) else "", _int_or_none(usage.get("prompt_tokens")),
+            _int_or_none(usage.get("completion_tokens")), choice.get("finish_reason"))
 
 
 _ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("ropd_judge_attempts", default=None)
@@ -408,12 +427,8 @@ class JudgeClient:
             usage = getattr(resp, "usage", None)
             return (text, getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None),
                     getattr(resp, "status", None))
-        resp = await client.post("/chat/completions", body=params, cast_to=ChatCompletion)
-        choice = resp.choices[0] if resp.choices else None
-        text = (choice.message.content if choice and choice.message else None) or ""
-        usage = resp.usage
-        return (text, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None),
-                getattr(choice, "finish_reason", None))
+        data = await client.post("/chat/completions", body=params, cast_to=dict)
+        return _chat_reply(data)
 
     # -- public API ----------------------------------------------------------------------------
 
