@@ -69,6 +69,14 @@ def _fmt(v: Fraction) -> str:
     return str(v.numerator) if v.denominator == 1 else (f"{float(v):g}" if (v * 10**6).denominator == 1 else str(v))
 
 
+_TRUNCATION_RE = re.compile(r"\s*\[\.\.\. truncated: \d+ more characters not shown \.\.\.\]\s*$")
+
+
+def _clean(text: str) -> str:
+    """The answer as the rules read it: no reasoning block, no truncation marker (its count is no answer)."""
+    return _TRUNCATION_RE.sub("", strip_reasoning(str(text)))
+
+
 def _lines(text: str) -> list[str]:
     return [ln.strip() for ln in strip_reasoning(text).strip().splitlines() if ln.strip()]
 
@@ -266,6 +274,8 @@ class OfflineJudge:
 
     def build_rubric(self, question: str, teacher_answers: Sequence[str], student_answers: Sequence[str],
                      ground_truth: str | None = None) -> Rubric:
+        teacher_answers = [_clean(t) for t in teacher_answers]
+        student_answers = [_clean(a) for a in student_answers]
         value = _reference_value(teacher_answers, ground_truth)
         if value is None:
             raise ValueError("the offline judge needs a ground truth or teacher answers with a final answer "
@@ -310,7 +320,7 @@ class OfflineJudge:
     # -- verification ----------------------------------------------------------------------------
     def judge_matrix(self, rubric: Rubric, answers: Sequence[str]) -> list[list[bool]]:
         checks = [criterion_check(c.text) for c in rubric.criteria]
-        return [[bool(chk(a)) for chk in checks] for a in answers]
+        return [[bool(chk(a)) for chk in checks] for a in map(_clean, answers)]
 
     async def verify(self, question: str, rubric: Rubric, answers: Sequence[str]
                      ) -> tuple[list[list[bool]], list[float | None], list[JudgeCall]]:
@@ -338,7 +348,7 @@ class OfflineJudge:
             finals = [f for f in (final_number(a) for a in answers) if f is not None]
             value = Counter(finals).most_common(1)[0][0] if finals else None
         out = []
-        for a in answers:
+        for a in map(_clean, answers):
             score = 0.0
             if value is not None and final_number(a) == value:
                 score += 6

@@ -152,3 +152,12 @@ def test_rewards_vary_on_demo_problems(seed):
         matrix, scores, _ = run(judge.verify(q, rubric, students))
         assert scores[0] > scores[1] and scores[0] > scores[3]
         assert len(set(scores)) >= 3
+
+
+def test_truncation_marker_is_not_read_as_the_answer():
+    from engine.scorer import TRUNCATION_MARKER
+
+    judge = OfflineJudge()
+    rubric = judge.build_rubric(QUESTION, TEACHERS, STUDENTS, "4")
+    cut = "9 - 5 = 4\n4" + TRUNCATION_MARKER.format(n=1234)
+    assert judge.judge_matrix(rubric, [cut])[0][0] is True  # "The final answer is 4." still holds

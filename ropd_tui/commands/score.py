@@ -259,7 +259,7 @@ def handler(args: argparse.Namespace) -> int:
                     "summary": [dict(zip(("group", "status", "prompt", "criteria", "rewards", "teacher_mean",
                                           "correct"), row)) for row in summary_rows(records)]})
     else:
-        print(judge_line.split(";")[0])
+        print(judge_line if is_llm else "judge: offline (rule-based stand-in for an LLM judge)")
         print_table(["group", "status", "prompt", "criteria", "rollout rewards", "teacher", "correct"],
                     summary_rows(records))
         for r in records:
