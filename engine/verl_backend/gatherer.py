@@ -225,7 +225,7 @@ class GroupGatherer:
         from .side_channel import SideChannelWriter, group_to_record
 
         self._cfg = build_config(cfg_dict, source="run config (group gatherer)")
-        self._scorer = Scorer(self._cfg)
+        self._scorer = Scorer(self._cfg, templates=_live_templates(self._cfg))
         self._writer = SideChannelWriter(side_channel_path)
         self._to_record = group_to_record
         self._collector = GroupCollector(self._score, group_timeout_s=group_timeout_s, on_result=self._record)
@@ -247,6 +247,16 @@ class GroupGatherer:
 
     async def stats(self) -> dict[str, Any]:
         return self._collector.stats()
+
+
+def _live_templates(cfg: "Config"):
+    """Watched templates (edits reload into the running scorer) when ``templates.watch`` is on; else None
+    (the scorer's static templates). Changes are logged to this actor's output."""
+    if not cfg.templates.watch:
+        return None
+    from engine.template_set import TemplateSet
+
+    return TemplateSet(cfg).start()
 
 
 def gatherer_name(run_id: Any) -> str:

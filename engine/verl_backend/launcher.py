@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,6 +40,8 @@ from .metrics_ingest import StepIngestor, StepReport
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "verl"
 MAIN_MODULE = "verl.trainer.main_ppo"
+# Replaces `python -m verl.trainer.main_ppo` (e.g. another environment's python, or a dry-run stand-in).
+MAIN_CMD_ENV = "ROPD_VERL_MAIN_CMD"
 POLL_S = 1.0
 _SAFE_VALUE = re.compile(r"^[\w./:@+\-]+$")
 
@@ -55,14 +58,16 @@ class AttemptPaths:
     hydra_dir: Path
 
     @classmethod
-    def new(cls, run_dir: str | os.PathLike) -> "AttemptPaths":
+    def new(cls, run_dir: str | os.PathLike, checkpoints: str | os.PathLike | None = None) -> "AttemptPaths":
+        """A new attempt folder ``<run_dir>/verl/attempt-N``; checkpoints default to ``<run_dir>/checkpoints``."""
         root = Path(run_dir).resolve() / "verl"
         root.mkdir(parents=True, exist_ok=True)
         existing = [int(m.group(1)) for p in root.glob("attempt-*") if (m := re.match(r"attempt-(\d+)$", p.name))]
         n = max(existing, default=0) + 1
         attempt_dir = root / f"attempt-{n}"
         attempt_dir.mkdir(parents=True)
-        return cls(root, n, root / "checkpoints", root / "data", attempt_dir, attempt_dir / "metrics.jsonl",
+        ckpt = Path(checkpoints).resolve() if checkpoints else Path(run_dir).resolve() / "checkpoints"
+        return cls(root, n, ckpt, root / "data", attempt_dir, attempt_dir / "metrics.jsonl",
                    attempt_dir / "groups.jsonl", attempt_dir / "hydra")
 
 
@@ -114,9 +119,13 @@ def config_location(cfg: Config) -> tuple[Path, str]:
 def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_files: str, val_files: str,
                   gatherer: str, resume_from: Path | None) -> list[str]:
     """The ``main_ppo`` command line of one attempt (user overrides from ``verl.overrides`` come last)."""
-    if not cfg.verl.model_path:
+    model = cfg.verl.model_path
+    if not model:
         raise ConfigError("verl.model_path is not set", hint="set it to a local HF model dir or a hub id, "
                           "e.g. verl.model_path=Qwen/Qwen3-1.7B")
+    if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+        raise ConfigError(f"verl.model_path: {model} does not exist",
+                          hint="point it at a local HF model dir (on every node of a multi-node cluster)")
     config_dir, config_name = config_location(cfg)
     ov = {
         "actor_rollout_ref.model.path": cfg.verl.model_path,
@@ -138,7 +147,8 @@ def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_file
     }
     if resume_from:
         ov["trainer.resume_from_path"] = resume_from
-    argv = [sys.executable, "-m", MAIN_MODULE, "--config-path", str(config_dir), "--config-name", config_name]
+    main = shlex.split(os.environ[MAIN_CMD_ENV]) if os.environ.get(MAIN_CMD_ENV) else [sys.executable, "-m", MAIN_MODULE]
+    argv = main + ["--config-path", str(config_dir), "--config-name", config_name]
     argv += [f"{k}={hydra_value(v)}" for k, v in ov.items()]
     argv += list(cfg.verl.overrides)
     return argv
@@ -210,8 +220,13 @@ def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
 
 def run(cfg: Config, store, run, resume: bool) -> int:
     """Run (or resume) one verl training run; returns the process exit code for the train worker."""
+    import importlib.util
+
+    if importlib.util.find_spec("verl") is None and not os.environ.get(MAIN_CMD_ENV):
+        raise ConfigError(f"run.backend is verl but verl is not installed in {sys.executable}",
+                          hint="pip install -e '.[verl]' (verl[verl-core]==0.9.1; GPU nodes also need vLLM)")
     run_id = run.id
-    paths = AttemptPaths.new(run.run_dir)
+    paths = AttemptPaths.new(run.run_dir, getattr(run, "checkpoints_dir", None))
     resume_from, start_step = None, 0
     if resume:
         found = latest_checkpoint(paths.checkpoints)
