@@ -158,7 +158,7 @@ def _int_or_none(value: Any) -> int | None:
 def _chat_reply(data: Any) -> tuple[str, int | None, int | None, str | None]:
     """(text, prompt tokens, completion tokens, finish reason) of a chat-completions JSON body."""
     if not isinstance(data, dict):
-        return "", None, None, None
+        raise ValueError(f"the body is {str(data)[:120]!r}, not a chat-completions JSON object")
     choices = data.get("choices") or []
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
@@ -473,6 +473,13 @@ class JudgeClient:
                     rate_entry[1] = float((ptok or 0) + (ctok or 0))
         except openai.OpenAIError as e:
             raise self._translate(e, counter[0], time.perf_counter() - t0) from None
+        except ValueError as e:  # a 200 whose body is not JSON (a proxy's HTML page, a wrong URL)
+            raise JudgeCallError(
+                f"the {self.role} judge at {self.url} (model '{model}') sent a response that is not JSON: "
+                f"{scrub(str(e)[:200])}",
+                hint=f"check that judge.{self.role}.base_url points at an OpenAI-compatible API (usually ending in /v1)",
+                role=self.role, endpoint=self.url, model=model, attempts=counter[0],
+                latency_s=time.perf_counter() - t0, kind="bad_response") from None
         finally:
             _ATTEMPTS.reset(token)
         remembered |= unsupported

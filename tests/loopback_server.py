@@ -180,7 +180,7 @@ def default_chat(prompt: str) -> str:
 
 @dataclass
 class Fault:
-    kind: str  # status | hang | reply | wrong_count | drop
+    kind: str  # status | hang | reply | wrong_count | drop | raw
     remaining: int = 1
     role: str | None = None  # only requests of this role consume it
     status: int = 500
@@ -381,6 +381,11 @@ class LoopbackJudgeServer:
     def wrong_count_next(self, n: int = 1, *, role: str | None = "verifier") -> Fault:
         return self.add_fault("wrong_count", n, role)
 
+    def raw_next(self, body: str = "<html>not an API</html>", n: int = 1, *, status: int = 200,
+                 role: str | None = None) -> Fault:
+        """Reply with a non-JSON body (e.g. a proxy's HTML page)."""
+        return self.add_fault("raw", n, role, status=status, text=body)
+
     def drop_next(self, n: int = 1, *, role: str | None = None) -> Fault:
         """Close the connection without replying (a transport error)."""
         return self.add_fault("drop", n, role)
@@ -483,6 +488,8 @@ class LoopbackJudgeServer:
                 headers["Retry-After"] = f"{fault.retry_after:g}"
             return _error(fault.status, fault.text or "error", "server_error" if fault.status >= 500 else
                           "rate_limit_error" if fault.status == 429 else "invalid_request_error", headers=headers)
+        if fault and fault.kind == "raw":
+            return web.Response(status=fault.status, text=fault.text or "", content_type="text/html")
         if fault and fault.kind == "drop":
             if request.transport is not None:
                 request.transport.close()

@@ -263,3 +263,20 @@ def test_max_tokens_is_renamed_when_the_server_asks_for_max_completion_tokens(ju
     assert "max_tokens" in first.body and "max_completion_tokens" not in first.body
     assert second.body["max_completion_tokens"] == 4096 and "max_tokens" not in second.body
     assert second.body["response_format"] == {"type": "json_object"}  # only the named parameter changed
+
+
+def test_non_json_response_is_a_judge_error(judge_server):
+    judge_server.raw_next("<html>login page</html>")
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(judge_server).complete(PROMPT))
+    assert ei.value.kind == "bad_response" and "not JSON" in str(ei.value) and "/v1" in str(ei.value)
+
+
+def test_chat_reply_reader_is_lenient_about_shapes():
+    from engine.judge_client import _chat_reply
+
+    assert _chat_reply({"choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"text": "b"}]}}]}) == \
+        ("ab", None, None, None)
+    assert _chat_reply({"choices": []}) == ("", None, None, None)
+    assert _chat_reply({"choices": [{"message": {"content": None}, "finish_reason": "length"}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 0}}) == ("", 3, 0, "length")
