@@ -277,7 +277,13 @@ def _v2_judge_cache(conn: sqlite3.Connection) -> None:
     )""")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache]
+def _v3_criteria_rates_index(conn: sqlite3.Connection) -> None:
+    """Pass-rate aggregates over a whole run (by step/category) read only this covering index."""
+    conn.execute("CREATE INDEX idx_criteria_rates ON criteria(group_id, category, points, student_pass_rate,"
+                 " teacher_pass_rate)")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index]
 
 
 def schema_version() -> int:

@@ -18,6 +18,8 @@ DERIVED_KEYS = (
     "score/student_accuracy",
     "score/groups",
     "score/group_failure_rate",
+    "score/criterion_pass_rate_student",  # mean over the step's criteria of the students' pass rate
+    "score/criterion_pass_rate_teacher",
 )
 
 
@@ -79,89 +81,113 @@ def delete_group_rows(c: sqlite3.Connection, where: str, params: tuple) -> None:
         c.execute(f"DELETE FROM groups WHERE seq IN ({marks})", chunk)
 
 
-def _insert_group(c: sqlite3.Connection, run_id: int, attempt: int, step: int, g: GroupResult, now: float) -> None:
-    phash = prompt_hash(g.prompt)
-    c.execute("INSERT OR IGNORE INTO prompts(hash, question, prompt_json) VALUES (?,?,?)",
-              (phash, g.question or "", canonical_prompt(g.prompt)))
-    students = [a for a in g.answers if a.kind == "student"]
-    teachers = [a for a in g.answers if a.kind == "teacher"]
-    ok = g.status != "failed"
-    s_mean = _mean(a.reward for a in students) if ok else None
-    t_mean = _mean(a.reward for a in teachers) if ok else None
-    acc = _mean(float(a.correct) for a in students if a.correct is not None)
-    cur = c.execute(
-        "INSERT INTO groups(run_id, attempt, step, group_index, uid, prompt_hash, ground_truth, status, failure_stage,"
-        " failure_cause, judge_kind, reward_mode, wall_s, n_students, n_teachers, student_reward_mean,"
+class _IdAllocator:
+    """Row ids for AUTOINCREMENT tables, reserved inside the write transaction (which holds the
+    database's write lock, so nobody else can take them): lets a step be inserted with executemany."""
+
+    def __init__(self, c: sqlite3.Connection):
+        self.c = c
+        self.next: dict[str, int] = {}
+
+    def take(self, table: str, col: str) -> int:
+        if table not in self.next:
+            row = self.c.execute("SELECT seq FROM sqlite_sequence WHERE name=?", (table,)).fetchone()
+            top = self.c.execute(f"SELECT max({col}) FROM {table}").fetchone()[0]
+            self.next[table] = max(row[0] if row else 0, top or 0) + 1
+        value = self.next[table]
+        self.next[table] = value + 1
+        return value
+
+
+def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, groups: list[GroupResult],
+                   now: float) -> None:
+    ids = _IdAllocator(c)
+    prompts, group_rows, rubric_rows, crit_rows, answer_rows, verdict_rows, call_rows, tmpl = [], [], [], [], [], [], [], {}
+    for g in groups:
+        phash = prompt_hash(g.prompt)
+        prompts.append((phash, g.question or "", canonical_prompt(g.prompt)))
+        students = [a for a in g.answers if a.kind == "student"]
+        teachers = [a for a in g.answers if a.kind == "teacher"]
+        ok = g.status != "failed"
+        gid = ids.take("groups", "seq")
+        group_rows.append((
+            gid, run_id, attempt, step, g.group_index, g.uid, phash, g.ground_truth, g.status, g.failure_stage,
+            scrub_text(g.failure_cause) if g.failure_cause else None, g.judge_kind, g.reward_mode, _num(g.wall_s),
+            len(students) or len(g.rollouts_raw), len(teachers),
+            _mean(a.reward for a in students) if ok else None, _mean(a.reward for a in teachers) if ok else None,
+            _mean(float(a.correct) for a in students if a.correct is not None),
+            _json(g.template_versions or {}), _json(g.meta) if g.meta else None))
+        rubricator_sha = (g.template_versions or {}).get("rubricator")
+        crit_ids: list[int] = []
+        if g.rubric is not None:
+            crits = g.rubric.criteria
+            rubric_rows.append((gid, g.rubric.schema_version, g.rubric.maximum_score, g.rubric.total_points,
+                                len(crits), rubricator_sha))
+            s_votes = [a.verdicts for a in students if a.verdicts]
+            t_votes = [a.verdicts for a in teachers if a.verdicts]
+            for pos, cr in enumerate(crits):
+                cid = ids.take("criteria", "id")
+                crit_ids.append(cid)
+                s_pass = _mean(float(v[pos]) for v in s_votes if pos < len(v))
+                t_pass = _mean(float(v[pos]) for v in t_votes if pos < len(v))
+                crit_rows.append((cid, gid, pos, cr.id, cr.text, int(cr.points), cr.category, rubricator_sha,
+                                  s_pass, t_pass))
+        for a in g.answers:
+            raw = None
+            if a.kind == "student" and 0 <= a.index < len(g.rollouts_raw) and g.rollouts_raw[a.index] != a.text:
+                raw = g.rollouts_raw[a.index]
+            aid = ids.take("answers", "id")
+            answer_rows.append((aid, gid, a.kind, a.index, a.pool_position, a.text or "", raw, int(bool(a.truncated)),
+                                _num(a.reward), _num(a.judge_score),
+                                None if a.correct is None else int(bool(a.correct))))
+            if a.verdicts and crit_ids:
+                verdict_rows.extend((gid, aid, cid, int(bool(v))) for cid, v in zip(crit_ids, a.verdicts))
+        if not g.answers and g.rollouts_raw:  # failed before any answer was judged: keep the rollouts
+            for i, text in enumerate(g.rollouts_raw):
+                answer_rows.append((ids.take("answers", "id"), gid, "student", i, None, text, None, 0, None, None, None))
+        call_rows.extend(_call_row(k, run_id, gid, None, now) for k in g.calls)
+        for role, sha in (g.template_versions or {}).items():
+            if sha:
+                tmpl[sha] = role
+    c.executemany("INSERT OR IGNORE INTO prompts(hash, question, prompt_json) VALUES (?,?,?)", prompts)
+    c.executemany(
+        "INSERT INTO groups(seq, run_id, attempt, step, group_index, uid, prompt_hash, ground_truth, status,"
+        " failure_stage, failure_cause, judge_kind, reward_mode, wall_s, n_students, n_teachers, student_reward_mean,"
         " teacher_reward_mean, student_accuracy, template_versions_json, meta_json)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (run_id, attempt, step, g.group_index, g.uid, phash, g.ground_truth, g.status, g.failure_stage,
-         scrub_text(g.failure_cause) if g.failure_cause else None, g.judge_kind, g.reward_mode, _num(g.wall_s),
-         len(students) or len(g.rollouts_raw), len(teachers), s_mean, t_mean, acc,
-         _json(g.template_versions or {}), _json(g.meta) if g.meta else None),
-    )
-    gid = cur.lastrowid
-    rubricator_sha = (g.template_versions or {}).get("rubricator")
-
-    crit_ids: list[int] = []
-    if g.rubric is not None:
-        crits = g.rubric.criteria
-        c.execute("INSERT INTO rubrics(group_id, schema_version, maximum_score, total_points, n_criteria, template_sha)"
-                  " VALUES (?,?,?,?,?,?)",
-                  (gid, g.rubric.schema_version, g.rubric.maximum_score, g.rubric.total_points, len(crits),
-                   rubricator_sha))
-        for pos, cr in enumerate(crits):
-            s_pass = _mean(float(a.verdicts[pos]) for a in students if a.verdicts and pos < len(a.verdicts))
-            t_pass = _mean(float(a.verdicts[pos]) for a in teachers if a.verdicts and pos < len(a.verdicts))
-            cur = c.execute(
-                "INSERT INTO criteria(group_id, position, crit_key, text, points, category, template_sha,"
-                " student_pass_rate, teacher_pass_rate) VALUES (?,?,?,?,?,?,?,?,?)",
-                (gid, pos, cr.id, cr.text, int(cr.points), cr.category, rubricator_sha, s_pass, t_pass),
-            )
-            crit_ids.append(cur.lastrowid)
-
-    verdict_rows = []
-    for a in g.answers:
-        raw = None
-        if a.kind == "student" and 0 <= a.index < len(g.rollouts_raw) and g.rollouts_raw[a.index] != a.text:
-            raw = g.rollouts_raw[a.index]
-        cur = c.execute(
-            "INSERT INTO answers(group_id, kind, idx, pool_position, text, raw_text, truncated, reward, judge_score,"
-            " correct) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (gid, a.kind, a.index, a.pool_position, a.text or "", raw, int(bool(a.truncated)), _num(a.reward),
-             _num(a.judge_score), None if a.correct is None else int(bool(a.correct))),
-        )
-        aid = cur.lastrowid
-        if a.verdicts and crit_ids:
-            verdict_rows.extend((gid, aid, cid, int(bool(v))) for cid, v in zip(crit_ids, a.verdicts))
-    if not g.answers and g.rollouts_raw:  # a failed group before any answer was judged: keep the rollouts
-        for i, text in enumerate(g.rollouts_raw):
-            c.execute("INSERT INTO answers(group_id, kind, idx, text) VALUES (?,?,?,?)", (gid, "student", i, text))
-    if verdict_rows:
-        c.executemany("INSERT INTO verdicts(group_id, answer_id, criterion_id, passed) VALUES (?,?,?,?)",
-                      verdict_rows)
-    if g.calls:
-        insert_calls(c, g.calls, run_id=run_id, group_id=gid, now=now)
-    for role, sha in (g.template_versions or {}).items():
-        if not sha:
-            continue
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", group_rows)
+    c.executemany("INSERT INTO rubrics(group_id, schema_version, maximum_score, total_points, n_criteria, template_sha)"
+                  " VALUES (?,?,?,?,?,?)", rubric_rows)
+    c.executemany("INSERT INTO criteria(id, group_id, position, crit_key, text, points, category, template_sha,"
+                  " student_pass_rate, teacher_pass_rate) VALUES (?,?,?,?,?,?,?,?,?,?)", crit_rows)
+    c.executemany("INSERT INTO answers(id, group_id, kind, idx, pool_position, text, raw_text, truncated, reward,"
+                  " judge_score, correct) VALUES (?,?,?,?,?,?,?,?,?,?,?)", answer_rows)
+    c.executemany("INSERT INTO verdicts(group_id, answer_id, criterion_id, passed) VALUES (?,?,?,?)", verdict_rows)
+    if call_rows:
+        c.executemany(_CALL_SQL, call_rows)
+    for sha, role in tmpl.items():
         c.execute("INSERT OR IGNORE INTO template_versions(sha, role, text, source, first_seen, first_run_id)"
                   " VALUES (?,?,NULL,NULL,?,?)", (sha, role, now, run_id))
         c.execute("INSERT OR IGNORE INTO run_templates(run_id, sha, role, first_step, first_seen) VALUES (?,?,?,?,?)",
                   (run_id, sha, role, step, now))
 
 
+_CALL_SQL = (
+    "INSERT INTO judge_calls(run_id, group_id, replay_id, role, model, endpoint, status, latency_s, attempts,"
+    " prompt_tokens, completion_tokens, error_class, error, raw_reply, template_sha, request_sha, cached, created_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
+def _call_row(k, run_id, group_id, replay_id, now) -> tuple:
+    return (run_id, group_id, replay_id, k.role, k.model, scrub_text(k.endpoint) if k.endpoint else None, k.status,
+            _num(k.latency_s), k.attempts, k.prompt_tokens, k.completion_tokens, k.error_class,
+            scrub_text(k.error) if k.error else None, k.raw_reply, k.template_sha, k.request_sha, int(bool(k.cached)),
+            now)
+
+
 def insert_calls(c: sqlite3.Connection, calls, *, run_id: int | None = None, group_id: int | None = None,
                  replay_id: int | None = None, now: float | None = None) -> None:
     now = time.time() if now is None else now
-    c.executemany(
-        "INSERT INTO judge_calls(run_id, group_id, replay_id, role, model, endpoint, status, latency_s, attempts,"
-        " prompt_tokens, completion_tokens, error_class, error, raw_reply, template_sha, request_sha, cached, created_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        [(run_id, group_id, replay_id, k.role, k.model, scrub_text(k.endpoint) if k.endpoint else None, k.status,
-          _num(k.latency_s), k.attempts, k.prompt_tokens, k.completion_tokens, k.error_class,
-          scrub_text(k.error) if k.error else None, k.raw_reply, k.template_sha, k.request_sha, int(bool(k.cached)),
-          now) for k in calls],
-    )
+    c.executemany(_CALL_SQL, [_call_row(k, run_id, group_id, replay_id, now) for k in calls])
 
 
 def _derived_metrics(c: sqlite3.Connection, run_id: int, attempt: int, step: int) -> dict[str, float]:
@@ -185,6 +211,14 @@ def _derived_metrics(c: sqlite3.Connection, run_id: int, attempt: int, step: int
         (run_id, attempt, step)).fetchone()[0]
     if v is not None:
         out["score/student_accuracy"] = v
+    s_pass, t_pass = c.execute(
+        "SELECT avg(cr.student_pass_rate), avg(cr.teacher_pass_rate) FROM criteria cr JOIN groups g"
+        " ON cr.group_id = g.seq WHERE g.run_id=? AND g.attempt=? AND g.step=? AND g.status != 'failed'",
+        (run_id, attempt, step)).fetchone()
+    if s_pass is not None:
+        out["score/criterion_pass_rate_student"] = s_pass
+    if t_pass is not None:
+        out["score/criterion_pass_rate_teacher"] = t_pass
     return out
 
 
@@ -194,8 +228,8 @@ def write_step_rows(c: sqlite3.Connection, run_id: int, attempt: int, step: int,
     now = time.time()
     if groups and not append:
         delete_group_rows(c, "run_id=? AND attempt=? AND step=?", (run_id, attempt, step))
-    for g in groups:
-        _insert_group(c, run_id, attempt, step, g, now)
+    if groups:
+        _insert_groups(c, run_id, attempt, step, groups, now)
     derived: dict[str, float] = {}
     if groups:
         derived = {k: v for k, v in _derived_metrics(c, run_id, attempt, step).items() if k not in metrics}
