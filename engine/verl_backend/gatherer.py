@@ -230,6 +230,17 @@ class GroupGatherer:
         self._to_record = group_to_record
         self._collector = GroupCollector(self._score, group_timeout_s=group_timeout_s, on_result=self._record)
 
+    def _template_set(self):
+        """Templates reloaded live from their files (this actor runs on the launch node, where the user
+        edits them). Versions and change events are recorded in the store by the launcher's own
+        TemplateSet on the same files; this one writes nothing."""
+        from engine.template_set import TemplateSet
+
+        ts = TemplateSet(self._cfg)
+        if self._cfg.templates.watch:
+            ts.start()
+        return ts
+
     async def _score(self, gi: GroupInput) -> GroupResult:
         batch = await self._scorer.score_batch([gi])
         return batch.groups[0]
@@ -241,8 +252,10 @@ class GroupGatherer:
         return await self._collector.submit(sample)
 
     async def ready(self) -> dict[str, Any]:
+        """Up and the judge answers (JudgeError naming the URL otherwise)."""
         import ray
 
+        await self._scorer.preflight()
         return {"node_id": ray.get_runtime_context().get_node_id(), **self._collector.stats()}
 
     async def stats(self) -> dict[str, Any]:
@@ -287,13 +300,27 @@ def start_gatherer(cfg: "Config | dict[str, Any]", side_channel_path: str, *, na
     try:
         ray.get(handle.ready.remote(), timeout=ready_timeout_s)
     except Exception as e:  # noqa: BLE001
-        cause = e
-        for _ in range(4):  # Ray wraps the constructor's exception (ActorDiedError -> RayTaskError -> ...)
-            if isinstance(cause, UserError):
-                raise cause from None
-            nxt = getattr(cause, "cause", None) or getattr(cause, "__cause__", None)
-            if nxt is None:
-                break
-            cause = nxt
+        user_error = _innermost_user_error(e, UserError)
+        if user_error is not None:
+            ray.kill(handle)
+            raise user_error from None
         raise
     return handle
+
+
+def _innermost_user_error(err: BaseException, user_error_cls: type) -> BaseException | None:
+    """The UserError a Ray error wraps (ActorDiedError -> RayTaskError -> the constructor's error)."""
+    found, cur = None, err
+    for _ in range(8):
+        if isinstance(cur, user_error_cls):
+            found = cur
+        nxt = getattr(cur, "cause", None) or cur.__cause__
+        if nxt is None or nxt is cur:
+            break
+        cur = nxt
+    if found is not None and type(found).__module__.startswith("ray"):
+        # Ray's RayTaskError(UserError) subclass: rebuild the plain error so the message stays clean
+        for klass in type(found).__mro__[1:]:
+            if issubclass(klass, user_error_cls) and not klass.__module__.startswith("ray"):
+                return klass(getattr(found, "message", str(found)), hint=getattr(found, "hint", None))
+    return found
