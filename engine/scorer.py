@@ -378,7 +378,8 @@ class Scorer:
                 verdicts, scores, vc = await self._verify_pool(res.question, rubric, pool)
                 calls += vc
             except (JudgeStageError, _StageFailure) as e:
-                raise _StageFailure(e.stage, str(e.cause), calls + [c for c in e.calls if c not in calls]) from None
+                raise _StageFailure(e.stage, str(e.cause),
+                                    calls + [c for c in e.calls if not any(c is x for x in calls)]) from None
             points = [c.points for c in rubric.criteria]
             by_kind = {a.kind: (v, sc) for a, v, sc in zip(pool, verdicts, scores)}
             sv, ssc = by_kind["student"]

@@ -397,3 +397,23 @@ def test_preflight_names_a_dead_judge(judge_server):
         Scorer(loopback_config(judge_server)).preflight_sync()
     assert judge_server.base_url in str(ei.value)
     assert Scorer(load_config(None, [])).preflight_sync() == []  # offline judge: nothing to check
+
+
+def test_one_failed_chunk_fails_the_group_and_keeps_every_call(judge_server):
+    judge_server.malformed_next(1, role="verifier", text="not json at all")
+    cfg = loopback_config(judge_server, "scorer.k=2", "scorer.verifier_chunk_size=3", "judge.reask_attempts=0")
+    g = score(cfg, make_groups(1)).groups[0]
+    assert g.status == "failed" and g.failure_stage == "verifier"
+    assert "still invalid after 1 attempt(s)" in g.failure_cause
+    assert sorted((c.role, c.status) for c in g.calls) == [("rubricator", "ok"), ("verifier", "error"),
+                                                           ("verifier", "ok")]
+    assert all(a.reward is None for a in g.answers)
+
+
+def test_pair_scope_failure_is_recorded_with_its_stage(judge_server):
+    judge_server.malformed_next(1, role="rubricator", text="no json")
+    cfg = loopback_config(judge_server, "scorer.k=1", "scorer.rubric_scope=pair", "judge.reask_attempts=0")
+    g = score(cfg, make_groups(1, rollouts=2, k=1)).groups[0]
+    assert g.status == "failed" and g.failure_stage == "rubricator"
+    assert g.student_rewards == [None, None]
+    assert len([c for c in g.calls if c.role == "rubricator"]) == 2  # the failed pair's call and the other pair's
