@@ -45,6 +45,11 @@ def test_screens_are_registered():
 async def test_template_editor_validates_saves_diffs_and_reverts(store, tmp_path):
     vfile = tmp_path / "prompts" / "verifier.txt"
     original = vfile.read_text(encoding="utf-8")
+    from engine.store import RunStore
+
+    with RunStore(store) as st:  # what a running run's watcher records for a broken edit
+        st.add_event(1, "template_rejected", "verifier template rejected: unknown placeholder '{x}' [red]",
+                     step=2, data={"role": "verifier", "file": str(vfile), "line": 3, "placeholder": "x"})
     app = make_app(store)
     async with app.run_test(size=(140, 45)) as pilot:
         scr = await open_screen(pilot, "templates", TemplatesScreen)
@@ -57,6 +62,7 @@ async def test_template_editor_validates_saves_diffs_and_reverts(store, tmp_path
         # the preview is rendered against a stored group, with model text shown literally
         text = screen_text(app)
         assert "valid verifier template" in text and MARKUP in text
+        assert "the running run rejected the last edit" in text and "'{x}' [red]" in text
         # an invalid edit is not saved
         editor.focus()
         editor.move_cursor((0, 0))

@@ -102,6 +102,7 @@ class TemplatesScreen(Screen):
         self.marked: str | None = None
         self.preview_group: dict[str, Any] | None = None
         self.last_validation: Any = None
+        self.run_events: list[dict[str, Any]] = []  # the run's template_changed / template_rejected events
         self.loaded = False
         self._confirm_overwrite = False
 
@@ -130,6 +131,28 @@ class TemplatesScreen(Screen):
         table = self.query_one("#tpl-history", DataTable)
         table.add_columns("version", "first seen", "run step", "source", "")
         self.load_context()
+        if self.run_id is not None and getattr(self.app, "live", True):
+            self.set_interval(2.0, self._poll_events)  # a running run's accept/reject shows up here
+
+    @work(thread=True, exclusive=True, group="tpl-events", exit_on_error=False)
+    def _poll_events(self) -> None:
+        from engine.store import RunStore
+
+        after = self.run_events[-1]["seq"] if self.run_events else 0
+        try:
+            with RunStore(self.store_path, create=False) as store:
+                new = store.events(self.run_id, after_seq=after, kinds=["template_changed", "template_rejected"])
+        except Exception:  # noqa: BLE001 - the next poll tries again
+            return
+        if new:
+            self.app.call_from_thread(self._new_events, new)
+
+    def _new_events(self, events: list[dict[str, Any]]) -> None:
+        self.run_events.extend(events)
+        for e in events:
+            if e["kind"] == "template_rejected":
+                self.app.notify(clean(e.get("message") or ""), severity="error", timeout=10)
+        self._refresh_status()
 
     # -- loading -------------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="tpl-load", exit_on_error=False)
@@ -148,6 +171,7 @@ class TemplatesScreen(Screen):
         run_name = None
         history: list[dict[str, Any]] = []
         run_versions: dict[str, dict[str, Any]] = {}
+        events: list[dict[str, Any]] = []
         group = None
         try:
             if store is not None:
@@ -156,6 +180,7 @@ class TemplatesScreen(Screen):
                     run_name = run.name
                     paths = run_template_paths(run)
                     run_versions = {v["sha"]: v for v in store.templates(run.id)}
+                    events = store.events(run.id, kinds=["template_changed", "template_rejected"])
                     steps = store.steps(run.id)
                     if steps:
                         last = steps[-1]["step"] if isinstance(steps[-1], dict) else steps[-1]
@@ -173,9 +198,11 @@ class TemplatesScreen(Screen):
                 texts[role] = p.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 texts[role] = ""
-        self.app.call_from_thread(self._apply_context, run_name, paths, texts, history, run_versions, group, err_text)
+        self.app.call_from_thread(self._apply_context, run_name, paths, texts, history, run_versions, group, err_text,
+                                  events)
 
-    def _apply_context(self, run_name, paths, texts, history, run_versions, group, err_text) -> None:
+    def _apply_context(self, run_name, paths, texts, history, run_versions, group, err_text, events=()) -> None:
+        self.run_events = list(events)
         self.run_name = run_name
         self.paths = paths
         self.history = history
@@ -247,6 +274,10 @@ class TemplatesScreen(Screen):
         line.append("  ● modified" if self.dirty else "  saved", style="yellow" if self.dirty else "green")
         if used:
             line.append(f"  (used by {self.run_name} from step {used.get('first_step')})", style="dim")
+        last = next((e for e in reversed(self.run_events) if (e.get("data") or {}).get("role") == self.role), None)
+        if last is not None and last["kind"] == "template_rejected":
+            line.append("\nthe running run rejected the last edit: ", style="bold red")
+            line.append_text(plain(last.get("message") or "", limit=300))
         self.query_one("#tpl-file", Static).update(line)
 
     def action_validate(self) -> None:
