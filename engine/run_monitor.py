@@ -135,12 +135,37 @@ def main(argv: list[str] | None = None) -> int:
     tail = log_tail(run.log_path)
     status, cause, code, sig = classify_exit(rc, stop_requested=run.stop_requested, oom=oom and rc != 0, tail=tail)
     note(f"run ended: {status} ({cause})")
-    if store.transition(run.id, ("starting", "running", "stalled"), status=status, cause=cause, exit_code=code,
-                        exit_signal=sig, stderr_tail="\n".join(tail) or None, ended_at=time.time()):
-        store.add_event(run.id, status, cause, step=run.last_step,
-                        data={"exit_code": code, "signal": procinfo.signal_name(sig) or None})
+    record_end(store, run.id, status=status, cause=cause, exit_code=code, exit_signal=sig, tail=tail)
     store.close()
     return 0
+
+
+def record_end(store: RunStore, run_id: int, *, status: str, cause: str, exit_code: int | None,
+               exit_signal: int | None, tail: list[str]) -> None:
+    """Write the end, unless a newer launch owns the run now. When the trainer already recorded its
+    own end (a more specific cause), only fill in what it left out (exit code, signal, last lines)."""
+    me = os.getpid()
+    with store.write_transaction():
+        run = store.get_run(run_id)
+        if run.monitor_pid not in (None, me):
+            return  # the run was launched again meanwhile; that launch's monitor owns it
+        if run.active:
+            store.update_run(run_id, status=status, cause=cause, exit_code=exit_code, exit_signal=exit_signal,
+                             stderr_tail="\n".join(tail) or None, ended_at=time.time())
+            store.add_event(run_id, status, cause, step=run.last_step,
+                            data={"exit_code": exit_code, "signal": procinfo.signal_name(exit_signal) or None})
+            return
+        fill = {}
+        if run.exit_code is None and exit_code is not None:
+            fill["exit_code"] = exit_code
+        if run.exit_signal is None and exit_signal is not None:
+            fill["exit_signal"] = exit_signal
+        if not run.stderr_tail and tail:
+            fill["stderr_tail"] = "\n".join(tail)
+        if run.ended_at is None:
+            fill["ended_at"] = time.time()
+        if fill:
+            store.update_run(run_id, **fill)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ class Supervisor:
         if run.active:
             raise StoreError(f"run {run.name!r} is already {run.status} (pid {run.pid or run.monitor_pid})",
                              hint=f"stop it first: ropd-tui --headless stop {run.name}")
+        self._wait_previous_monitor(run)
         base = [str(a) for a in (argv if argv is not None else (run.argv or worker_argv(self.store, run.id)))]
         base = [a for a in base if a != RESUME_FLAG]
         command = base + ([RESUME_FLAG] if resume else [])
@@ -203,6 +204,17 @@ class Supervisor:
                              step=run.last_step if resume else None,
                              data={"argv": command, "cwd": workdir, "attempt": run.attempt})
         return self.store.get_run(run.id)
+
+    def _wait_previous_monitor(self, run: RunRecord, timeout: float = 10.0) -> None:
+        """The trainer may record its end a moment before its monitor exits; never run two at once."""
+        if not self._local(run):
+            return  # its processes, if any, live on another machine
+        end = time.monotonic() + timeout
+        while self.monitor_alive(run) and time.monotonic() < end:
+            time.sleep(0.05)
+        if self.monitor_alive(run):
+            raise StoreError(f"run {run.name!r} ended but its processes are still exiting (monitor pid {run.monitor_pid})",
+                             hint=f"wait a few seconds, or stop it: ropd-tui --headless stop {run.name}")
 
     # -- watching -----------------------------------------------------------------------------------
     def refresh(self, run: RunRecord | str | int) -> RunRecord:
@@ -286,7 +298,7 @@ class Supervisor:
     def stop(self, run: RunRecord | str | int, *, grace: float | None = None) -> RunRecord:
         """SIGTERM every process of the run's session, wait ``grace`` seconds, then SIGKILL the rest."""
         run = self.refresh(run)
-        if not run.active:
+        if not run.active and not (self._local(run) and self.monitor_alive(run)):
             return run
         if not self._local(run):
             raise StoreError(f"run {run.name!r} runs on host {run.host}, not here ({hostname()})",

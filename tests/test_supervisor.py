@@ -221,3 +221,20 @@ def test_classify_exit(rc, stop, oom, status):
         assert "last words" in cause and code == 1
     if rc < 0:
         assert sig == -rc
+
+
+def test_trainer_recorded_end_is_kept_and_completed_by_the_monitor(store, tmp_path):
+    run = _run(store, "self", "self_report.py")
+    sup = Supervisor(store)
+    sup.launch(run, cwd=tmp_path)
+    rec = sup.wait(run, timeout=30)
+    # the monitor may still be finishing its bookkeeping: wait for it, then check the record
+    _wait_for(lambda: not procinfo.is_alive(rec.monitor_pid, rec.monitor_start), what="monitor exit")
+    rec = store.get_run(run.id)
+    assert rec.status == "failed" and rec.cause.startswith("scoring failure rate")
+    assert rec.exit_code == 4 and "recorded my own end" in rec.stderr_tail
+    # a relaunch right away is allowed once the monitor is gone, and gets its own record
+    store.update_run(run.id, argv=[sys.executable, str(DUMMY / "steps_ok.py"), "--store", str(store.path),
+                                   "--run", str(run.id), "--steps", "1"])
+    sup.launch(run, cwd=tmp_path)
+    assert sup.wait(run, timeout=30).status == "finished"
