@@ -96,6 +96,7 @@ class RunScreen(LiveScreen):
                     yield Static("", id="run-exit")
                     yield Static("", id="run-events")
                     yield Static("", id="run-config")
+                    yield Static("", id="run-metrics")
             with TabPane("Log", id="log"):
                 with Horizontal(id="log-searchbar", classes="-hidden"):
                     yield Input(placeholder="search the log (enter: next match, esc: close)", id="log-search")
@@ -161,15 +162,20 @@ class RunScreen(LiveScreen):
         self.query_one("#run-summary", Static).update(summary)
 
         figures = Text("Key figures\n", style="bold")
-        first = d.series[0][0] if d.series[0] else None
-        if first and first.values:
-            figures.append(f"  reward   last {first.values[-1]:.3f}   best {max(first.values):.3f}"
-                           f"   steps logged {len(first.values)}\n", style="")
-        for key in sorted(d.latest)[:40]:
-            value = d.latest[key]
-            if isinstance(value, dict):
-                value = value.get("value")
-            figures.append_text(plain(f"  {key:<32} {fmt_num(value, 4)}\n"))
+        for panel, lines in zip(PANELS, d.series):
+            for line in lines:
+                if not line.values:
+                    continue
+                vals = line.values
+                name = panel.title.split(" (")[0] + ("" if len(lines) == 1 else f" ({line.label})")
+                figures.append_text(plain(f"  {name:<28} last {vals[-1]:<10.4g} min {min(vals):<10.4g} "
+                                          f"max {max(vals):.4g}\n"))
+        if not any(d.series):
+            figures.append("  no metrics logged yet\n", style="dim")
+        metrics = Text("\nLatest value of every metric\n", style="bold")
+        for key in sorted(d.latest):
+            metrics.append_text(plain(f"  {key:<36} {fmt_num(d.latest[key], 4)}\n"))
+        self.query_one("#run-metrics", Static).update(metrics)
         self.query_one("#run-figures", Static).update(figures)
 
         exit_text = Text()
