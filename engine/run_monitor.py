@@ -46,6 +46,32 @@ def classify_exit(returncode: int, *, stop_requested: bool, oom: bool, tail: lis
     return "failed", cause, code, sig
 
 
+def become_subreaper() -> bool:
+    """Make orphaned descendants (e.g. daemons that called setsid after their parent died) reparent
+    to this monitor instead of init, so they stay findable and killable as the run's processes."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_adopted(main_child: int) -> None:
+    """Collect exited orphans we adopted as subreaper (never the training command: Popen waits for it)."""
+    me = os.getpid()
+    for pid in procinfo.all_pids():
+        if pid == main_child:
+            continue
+        st = procinfo.stat(pid)
+        if st is not None and st.ppid == me and st.state == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
 def _kill_leftovers(run: RunRecord, grace: float) -> int:
     """SIGTERM, then SIGKILL, any process still in this session after the training command ended."""
     me = os.getpid()
@@ -96,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         note(f"monitor cannot open the run: {err}")
         return 2
     me = os.getpid()
+    become_subreaper()
     store.update_run(run.id, monitor_pid=me, monitor_start=procinfo.start_time(me), sid=os.getsid(0))
     oom_file = procinfo.cgroup_memory_events()
     oom_before = procinfo.oom_kill_count(oom_file)
@@ -119,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         except subprocess.TimeoutExpired:
             pass
+        reap_adopted(child.pid)
         if time.monotonic() - last_check >= max(args.poll, 1.0):
             last_check = time.monotonic()
             try:
@@ -128,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = store.get_run(run.id)
     _kill_leftovers(run, min(supervisor_settings(run).stop_grace_s, 10.0))
+    reap_adopted(child.pid)
     oom_after = procinfo.oom_kill_count(oom_file)
     oom = (oom_before is not None and oom_after is not None and oom_after > oom_before) or (
         rc == -signal.SIGKILL and procinfo.dmesg_mentions_oom(child.pid))

@@ -308,9 +308,18 @@ class Supervisor:
         self.store.add_event(run.id, "stopping", f"stop requested: SIGTERM, then SIGKILL after {grace:.0f} s",
                              step=run.last_step)
         monitor = run.monitor_pid if procinfo.is_alive(run.monitor_pid, run.monitor_start) else None
+        # Remember every process seen now (pid + start time): one that escapes the session or the
+        # process tree while the others die is still killed.
+        seen = {p.pid: p.start for p in run_processes(run)}
 
         def workers() -> list[int]:
-            return [p.pid for p in run_processes(run) if p.pid != monitor]
+            now = {p.pid for p in run_processes(run)}
+            now |= {pid for pid, start in seen.items() if procinfo.is_alive(pid, start)}
+            for pid in now:
+                st = procinfo.stat(pid)
+                if st is not None:
+                    seen.setdefault(pid, st.start)
+            return sorted(pid for pid in now if pid != monitor)
 
         procinfo.signal_pids(workers(), signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -331,7 +340,8 @@ class Supervisor:
             if procinfo.is_alive(monitor, run.monitor_start):
                 procinfo.signal_pids([monitor], signal.SIGKILL)
         for _ in range(20):
-            left = [p.pid for p in run_processes(run)]
+            left = [p.pid for p in run_processes(run)] + [pid for pid, st in seen.items() if procinfo.is_alive(pid, st)]
+            left = sorted(set(left) - {os.getpid()})
             if not left:
                 break
             procinfo.signal_pids(left, signal.SIGKILL)

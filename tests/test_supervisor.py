@@ -87,11 +87,12 @@ def test_stop_kills_every_process_of_the_session(store, tmp_path):
     rec = sup.launch(run, cwd=tmp_path)
     pids = [int(p) for p in _wait_for(lambda: pids_file.exists() and pids_file.read_text().split(),
                                       what="the stubborn trainer's pids")]
-    assert len(pids) == 3 and all(procinfo.is_alive(p) for p in pids)
+    assert len(pids) == 5 and all(procinfo.is_alive(p) for p in pids)
     rec = store.get_run(run.id)
-    groups = {procinfo.stat(p).pgid for p in pids}
+    groups = {procinfo.stat(p).pgid for p in pids[:3]}
     assert len(groups) == 3, "the children must live in other process groups"
-    assert all(procinfo.stat(p).sid == rec.sid for p in pids)
+    assert all(procinfo.stat(p).sid == rec.sid for p in pids[:4])
+    assert procinfo.stat(pids[4]).sid != rec.sid, "the grandchild must have left the session"
     stopped = sup.stop(run, grace=0.5)
     assert stopped.status == "stopped"
     assert stopped.cause.startswith("stopped by user")
@@ -238,3 +239,14 @@ def test_trainer_recorded_end_is_kept_and_completed_by_the_monitor(store, tmp_pa
                                    "--run", str(run.id), "--steps", "1"])
     sup.launch(run, cwd=tmp_path)
     assert sup.wait(run, timeout=30).status == "finished"
+
+
+def test_monitor_kills_a_daemon_left_behind_by_a_finished_run(store, tmp_path):
+    pids_file = tmp_path / "daemon"
+    run = _run(store, "daemon", "daemonizes.py", "--pids-file", str(pids_file), supervisor={"stop_grace_s": 0.5})
+    sup = Supervisor(store)
+    sup.launch(run, cwd=tmp_path)
+    rec = sup.wait(run, timeout=30)
+    assert rec.status == "finished"
+    daemon = int(pids_file.read_text())
+    _wait_for(lambda: not procinfo.is_alive(daemon), timeout=15, what="the daemon killed by the monitor")
