@@ -122,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
                      timed(lambda: store.step_groups(big.id, last, include_calls=False), 20))
         ok &= report("criterion_pass_rates by step (whole run)",
                      timed(lambda: store.criterion_pass_rates(big.id, by="step"), 10))
+        ok &= report("criterion_pass_rates of one step (per criterion)",
+                     timed(lambda: store.criterion_pass_rates(big.id, step=last), 20))
         ok &= report("data_version (change check)", timed(store.data_version, 200))
+        n_crit = len(store.criterion_pass_rates(big.id))
+        report(f"(info) criterion_pass_rates, whole run per criterion ({n_crit:,} rows)",
+               timed(lambda: store.criterion_pass_rates(big.id), 3))
         print(f"  (load average now {os.getloadavg()[0]:.1f})")
         size = sum(p.stat().st_size for p in workdir.glob("ropd.db*"))
         print(f"\nstore size: {size / 1e6:.0f} MB")

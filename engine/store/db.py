@@ -66,6 +66,7 @@ class Connection:
             raise StoreError(f"the run store {self.path} cannot use WAL mode (got {mode!r})",
                              hint="put the store on a local file system (not NFS)")
         c.execute("PRAGMA synchronous=NORMAL")
+        c.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL file back to 64 MB after checkpoints
         c.execute("PRAGMA foreign_keys=OFF")
         c.execute("PRAGMA temp_store=MEMORY")
         c.execute("PRAGMA cache_size=-32000")
