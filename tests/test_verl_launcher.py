@@ -85,6 +85,7 @@ def test_launch_ingest_and_resume(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "verl-e2e" / "verl" / "data" / "val.parquet").exists()
     assert (tmp_path / "teacher_index.jsonl").exists()  # demo task: built on first use
     assert [e["kind"] for e in store.events(run.id)][-1] == "started"
+    assert {"rubricator", "verifier"} <= {t["role"] for t in store.templates(run.id)}
 
     # resume: the latest checkpoint is passed explicitly, a new metrics file, steps continue at 3
     assert launcher.run(cfg, store, run, resume=True) == 0

@@ -220,6 +220,16 @@ def test_missing_rollout_fails_the_group_instead_of_hanging(env):
     assert "only 3 of 4 rollouts" in g.failure_cause and g.rollouts_raw == ROLLOUTS["u-mul"][:3]
 
 
+def test_gatherer_start_fails_fast_with_a_clear_error(env, tmp_path):
+    from engine.errors import TeacherIndexError
+
+    cfg = loopback_config(env["srv"], "scorer.k=2", f"teacher.index={tmp_path / 'missing.jsonl'}")
+    with pytest.raises(TeacherIndexError) as ei:
+        start_gatherer(cfg.to_dict(), str(tmp_path / "g.jsonl"), name="g-bad", namespace=NAMESPACE,
+                       group_timeout_s=5)
+    assert "missing.jsonl" in str(ei.value) and "Traceback" not in str(ei.value)
+
+
 # -- the gathering logic without Ray ------------------------------------------------------------------
 
 def _ok_group(gi) -> GroupResult:

@@ -226,20 +226,11 @@ class GroupGatherer:
 
         self._cfg = build_config(cfg_dict, source="run config (group gatherer)")
         self._scorer = Scorer(self._cfg, templates=_live_templates(self._cfg))
+        if self._cfg.scorer.k > 0:
+            self._scorer.teacher_index  # noqa: B018 - load now: a missing index fails the launch, not every group
         self._writer = SideChannelWriter(side_channel_path)
         self._to_record = group_to_record
         self._collector = GroupCollector(self._score, group_timeout_s=group_timeout_s, on_result=self._record)
-
-    def _template_set(self):
-        """Templates reloaded live from their files (this actor runs on the launch node, where the user
-        edits them). Versions and change events are recorded in the store by the launcher's own
-        TemplateSet on the same files; this one writes nothing."""
-        from engine.template_set import TemplateSet
-
-        ts = TemplateSet(self._cfg)
-        if self._cfg.templates.watch:
-            ts.start()
-        return ts
 
     async def _score(self, gi: GroupInput) -> GroupResult:
         batch = await self._scorer.score_batch([gi])
@@ -264,7 +255,9 @@ class GroupGatherer:
 
 def _live_templates(cfg: "Config"):
     """Watched templates (edits reload into the running scorer) when ``templates.watch`` is on; else None
-    (the scorer's static templates). Changes are logged to this actor's output."""
+    (the scorer's static templates). Changes are logged to this actor's output; versions and change
+    events reach the store through the launcher's own TemplateSet on the same files (same node), since
+    only the launcher writes the store."""
     if not cfg.templates.watch:
         return None
     from engine.template_set import TemplateSet
@@ -287,6 +280,8 @@ def start_gatherer(cfg: "Config | dict[str, Any]", side_channel_path: str, *, na
 
     from engine.errors import UserError
 
+    cfg_dict = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    check_scoring_setup(cfg_dict)
     node_id = node_id or ray.get_runtime_context().get_node_id()
     actor_cls = ray.remote(GroupGatherer)
     handle = actor_cls.options(
@@ -296,7 +291,7 @@ def start_gatherer(cfg: "Config | dict[str, Any]", side_channel_path: str, *, na
         max_concurrency=100_000,  # every rollout of a step waits inside submit()
         max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-    ).remote(cfg if isinstance(cfg, dict) else cfg.to_dict(), str(side_channel_path), float(group_timeout_s))
+    ).remote(cfg_dict, str(side_channel_path), float(group_timeout_s))
     try:
         ray.get(handle.ready.remote(), timeout=ready_timeout_s)
     except Exception as e:  # noqa: BLE001
@@ -306,6 +301,19 @@ def start_gatherer(cfg: "Config | dict[str, Any]", side_channel_path: str, *, na
             raise user_error from None
         raise
     return handle
+
+
+def check_scoring_setup(cfg_dict: dict[str, Any]) -> None:
+    """What the actor's constructor would fail on (config, templates, teacher index), checked here on the
+    launch node first: Ray keeps only the text of a constructor's exception, not the error itself."""
+    from engine.config import build_config
+    from engine.scorer import Scorer
+    from engine.template_set import TemplateSet
+
+    cfg = build_config(cfg_dict, source="run config (group gatherer)")
+    scorer = Scorer(cfg, templates=TemplateSet(cfg))
+    if cfg.scorer.k > 0:
+        scorer.teacher_index  # noqa: B018 - raises TeacherIndexError naming the file
 
 
 def _innermost_user_error(err: BaseException, user_error_cls: type) -> BaseException | None:

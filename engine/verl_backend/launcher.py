@@ -244,6 +244,13 @@ def run(cfg: Config, store, run, resume: bool) -> int:
 
     from .gatherer import start_gatherer
 
+    from engine.template_set import TemplateSet
+
+    # Records the template versions in use and every live edit (accepted or rejected) in the store; the
+    # gatherer watches the same files on this node and scores with them (it never writes the store).
+    templates = TemplateSet(cfg, store, run_id)
+    if cfg.templates.watch:
+        templates.start()
     ray_address = _connect_ray(cfg)
     stop = _Stop()
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -262,6 +269,7 @@ def run(cfg: Config, store, run, resume: bool) -> int:
         ingest = StepIngestor(store, run_id, paths.metrics, paths.groups, start_step=start_step)
         threshold = cfg.scorer.failure_threshold
         while True:
+            templates.step = ingest.last_step + 1
             done = proc.poll() is not None
             reports = ingest.flush() if done else ingest.poll()
             for r in reports:
@@ -294,6 +302,7 @@ def run(cfg: Config, store, run, resume: bool) -> int:
             _terminate(proc, cfg.supervisor.stop_grace_s)
         for s, h in old.items():
             signal.signal(s, h)
+        templates.stop()
         ray.shutdown()
 
 
