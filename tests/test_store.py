@@ -33,6 +33,16 @@ def test_new_store_is_wal_and_versioned(store):
     c.close()
 
 
+def test_schema_introspection_through_sqlite_utils(store):
+    rec = store.create_run("r", "embedded", {})
+    store.write_step(rec.id, 1, {"loss": 1.0}, make_step(1, 2, students=2, teachers=1, criteria=3))
+    db = store.db
+    assert {"run_id", "attempt", "step", "key", "value"} <= set(db["metrics"].columns_dict)
+    assert any(ix.columns == ["run_id", "attempt", "key", "step"] and ix.unique for ix in db["metrics"].indexes)
+    assert db["verdicts"].count == 2 * 3 * 3
+    assert [r["name"] for r in db["runs"].rows_where("backend = ?", ["embedded"])] == ["r"]
+
+
 def test_newer_schema_is_refused_with_upgrade_hint(tmp_path):
     path = tmp_path / "ropd.db"
     RunStore(path).close()

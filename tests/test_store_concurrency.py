@@ -13,7 +13,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 from engine.store import DERIVED_KEYS, RunStore
 

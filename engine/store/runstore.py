@@ -127,6 +127,16 @@ class RunStore:
         return self._db.conn
 
     @property
+    def db(self):
+        """A ``sqlite_utils.Database`` on the same connection, for introspection and ad-hoc reads
+        (``store.db["runs"].rows_where(...)``, ``store.db.table_names()``). Do not write through it:
+        sqlite-utils commits on its own, outside the store's transactions. Hold ``store.lock`` when
+        other threads share this store."""
+        import sqlite_utils  # imported lazily: it pulls in click, not needed on the hot paths
+
+        return sqlite_utils.Database(self._db.conn)
+
+    @property
     def lock(self):
         return self._db.lock
 
