@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 note(f"stall check failed: {err}")
 
     run = store.get_run(run.id)
-    _kill_leftovers(run, min(supervisor_settings(run).stop_grace_s, 10.0))
+    # after a user's stop the grace period has been given already: kill leftovers at once
+    _kill_leftovers(run, 0.0 if run.stop_requested else min(supervisor_settings(run).stop_grace_s, 10.0))
     reap_adopted(child.pid)
     oom_after = procinfo.oom_kill_count(oom_file)
     oom = (oom_before is not None and oom_after is not None and oom_after > oom_before) or (

@@ -335,8 +335,11 @@ class Supervisor:
         if monitor:  # let the monitor record the exit, then make sure it is gone too
             end = time.monotonic() + 5.0
             while procinfo.is_alive(monitor, run.monitor_start) and time.monotonic() < end:
+                # orphans the monitor adopts (it is a subreaper) while their parents die
+                procinfo.signal_pids(workers(), signal.SIGKILL)
                 self._reap()
                 time.sleep(0.05)
+            procinfo.signal_pids(workers(), signal.SIGKILL)
             if procinfo.is_alive(monitor, run.monitor_start):
                 procinfo.signal_pids([monitor], signal.SIGKILL)
         for _ in range(20):

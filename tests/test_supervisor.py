@@ -50,6 +50,30 @@ def _wait_for(cond, timeout=20.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _leftovers(marker: Path) -> list[int]:
+    """Live processes whose command line mentions ``marker`` (every dummy trainer process, forks included)."""
+    out = []
+    for pid in procinfo.all_pids():
+        try:
+            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(marker).encode() in cmd and procinfo.is_alive(pid):
+            out.append(pid)
+    return out
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4, 0.8])
+def test_stop_at_any_moment_leaves_no_process(store, tmp_path, delay):
+    """Stopping while the trainer is still forking its workers (races included) kills them all."""
+    run = _run(store, f"early-{delay}", "stubborn.py", "--pids-file", str(tmp_path / "pids"))
+    sup = Supervisor(store)
+    sup.launch(run, cwd=tmp_path)
+    time.sleep(delay)
+    assert sup.stop(run, grace=0.2).status == "stopped"
+    _wait_for(lambda: not _leftovers(tmp_path), timeout=10, what="no process of the run left")
+
+
 def test_finished_run_is_recorded_with_steps_log_and_events(store, tmp_path):
     run = _run(store, "ok", "steps_ok.py", "--steps", "3")
     sup = Supervisor(store)
@@ -179,6 +203,7 @@ def test_resume_restart_and_delete(store, tmp_path):
     with pytest.raises(StoreError, match="stop it"):
         sup.delete(busy)
     sup.stop(busy, grace=0.2)
+    _wait_for(lambda: not _leftovers(pids_file.parent / "runs"), timeout=10, what="no process of the busy run left")
     sup.delete(busy)
     assert store.find_run("busy") is None and not busy.run_dir.exists()
     sup.delete(run)
