@@ -44,7 +44,10 @@ FAKE_MAIN = textwrap.dedent('''
         for row in rows[:2]:
             gt = row["reward_model"]["ground_truth"]
             assert row["extra_info"]["split"] == "train"
-            for i, text in enumerate([f"The answer is {gt}.", "The answer is 123456."]):
+            texts = [f"The answer is {gt}.", "The answer is 123456."]
+            if os.environ.get("FAKE_DROP_ROLLOUT"):  # a rollout that never reaches the reward loop
+                texts = texts[:1]
+            for i, text in enumerate(texts):
                 refs.append(gatherer.submit.remote({
                     "uid": f"{step}-{row['extra_info']['index']}", "index": i, "text": text, "n": 2, "step": step,
                     "prompt": json.loads(row["extra_info"]["ropd_prompt"]), "ground_truth": gt,
@@ -95,4 +98,28 @@ def test_launch_ingest_and_resume(tmp_path, monkeypatch):
     assert [s["step"] for s in store.steps(run.id)] == [1, 2, 3, 4]
     resumed = [e for e in store.events(run.id) if e["kind"] == "resumed"]
     assert resumed and resumed[0]["step"] == 2
+    store.close()
+
+
+def test_failed_groups_over_threshold_stop_the_run(tmp_path, monkeypatch):
+    script = tmp_path / "fake_main_ppo.py"
+    script.write_text(FAKE_MAIN)
+    monkeypatch.setenv(launcher.MAIN_CMD_ENV, f"{sys.executable} {script}")
+    monkeypatch.setenv("FAKE_DROP_ROLLOUT", "1")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    model = tmp_path / "student-model"
+    model.mkdir()
+    cfg = load_config(None, ["run.backend=verl", "run.name=verl-fail", "judge.mode=offline", "task.num_prompts=4",
+                             "scorer.k=2", f"teacher.index={tmp_path / 'teacher_index.jsonl'}",
+                             f"verl.model_path={model}", "verl.group_timeout_s=1"])
+    store = RunStore(tmp_path / "runs" / "ropd.db")
+    run = store.create_run("verl-fail", "verl", cfg.to_dict())
+
+    assert launcher.run(cfg, store, run, resume=False) == 4  # ScoringFailureRateError's exit code
+    steps = store.steps(run.id)  # stopped at the first step (groups of a step 2 in flight are kept)
+    assert steps[0]["step"] == 1 and steps[0]["n_failed"] == 2 and len(steps) <= 2
+    causes = {g["failure_cause"] for g in store.step_groups(run.id, 1)}
+    assert all("only 1 of 2 rollouts" in c for c in causes)
+    stopped = [e for e in store.events(run.id) if e["kind"] == "stopped"]
+    assert stopped and "scorer.failure_threshold" in stopped[0]["message"]
     store.close()
