@@ -48,6 +48,7 @@ class JudgeConfig:
     max_retries: int = 4  # transport retries (429/5xx/timeouts), done by the openai SDK
     retry_initial_delay_s: float = 0.5  # SDK backoff base (doubles per retry, 0-25% jitter); Retry-After wins
     retry_max_delay_s: float = 8.0  # cap of one backoff sleep
+    http_backend: Literal["auto", "httpx", "aiohttp"] = "auto"  # SDK transport; auto: aiohttp when installed
     reask_attempts: int = 2  # re-asks with the validation error after an unparseable reply
     rubricator: EndpointConfig = field(default_factory=EndpointConfig)
     verifier: EndpointConfig = field(default_factory=EndpointConfig)

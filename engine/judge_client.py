@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import hashlib
 import json
 import logging
@@ -171,6 +172,27 @@ def _chat_reply(data: Any) -> tuple[str, int | None, int | None, str | None]:
             _int_or_none(usage.get("completion_tokens")), choice.get("finish_reason"))
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect failed outright (refused, unreachable, unknown host) rather than timing out.
+
+    The SDK's aiohttp transport reports every connect failure as a ConnectTimeout; the OSError
+    underneath tells the truth.
+    """
+    todo: list[BaseException] = [exc]
+    seen: list[BaseException] = []
+    while todo and len(seen) < 30:
+        cur = todo.pop(0)
+        if any(cur is s for s in seen):
+            continue
+        seen.append(cur)
+        if isinstance(cur, OSError) and cur.errno and cur.errno != errno.ETIMEDOUT:
+            return True
+        if type(cur).__name__ == "ClientConnectorDNSError":
+            return True
+        todo += [x for x in (cur.__cause__, cur.__context__) if x is not None]
+    return False
+
+
 _ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("ropd_judge_attempts", default=None)
 
 
@@ -251,6 +273,30 @@ class _LoopState:
     def __init__(self) -> None:
         self.limiters: dict[tuple[str, str], EndpointLimiter] = {}
         self.clients: dict[tuple[Any, ...], _SDKClient] = {}
+        self.closer: Any = None  # an async generator the loop finalises at shutdown (closes the clients)
+
+    async def close_clients(self) -> None:
+        clients, self.clients = list(self.clients.values()), {}
+        for client in clients:
+            try:
+                await client.close()
+            except Exception:  # pragma: no cover - best effort on shutdown
+                pass
+
+
+async def _close_at_loop_shutdown(state: _LoopState):
+    """Suspended for the loop's lifetime; ``asyncio.run`` finalises async generators before closing the
+    loop, which runs the ``finally`` here, so HTTP clients are closed even when callers forget to."""
+    try:
+        yield
+    finally:
+        await state.close_clients()
+
+
+async def _ensure_closer(state: _LoopState) -> None:
+    if state.closer is None:
+        state.closer = _close_at_loop_shutdown(state)
+        await state.closer.__anext__()
 
 
 _LOOPS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
@@ -283,16 +329,30 @@ async def aclose_loop_clients() -> None:
     state = _LOOPS.pop(loop, None)
     if state is None:
         return
-    for client in state.clients.values():
-        try:
-            await client.close()
-        except Exception:  # pragma: no cover - best effort on shutdown
-            pass
+    await state.close_clients()
+    if state.closer is not None:
+        await state.closer.aclose()
+        state.closer = None
 
 
 def forget_unsupported_params() -> None:
     """Forget which endpoints rejected which parameters (tests)."""
     _UNSUPPORTED.clear()
+
+
+def _http_client_kwargs(backend: str, timeout: float) -> dict[str, Any]:
+    """The SDK's aiohttp transport (its documented option for high concurrency: about half the client
+    CPU per request of the default) when asked for or, with "auto", when installed."""
+    if backend == "httpx":
+        return {}
+    try:
+        return {"http_client": openai.DefaultAioHttpClient(timeout=timeout)}
+    except (RuntimeError, AttributeError, ImportError):
+        if backend == "aiohttp":
+            raise JudgeCallError("judge.http_backend=aiohttp needs the openai SDK's aiohttp extra",
+                                 hint="pip install 'openai[aiohttp]', or set judge.http_backend=httpx",
+                                 kind="config") from None
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +410,8 @@ class JudgeClient:
             async def api_key() -> str:
                 return self._api_key()
 
-            client = _SDKClient(api_key=api_key, base_url=self.base_url, max_retries=retries, timeout=tmo)
+            client = _SDKClient(api_key=api_key, base_url=self.base_url, max_retries=retries, timeout=tmo,
+                                **_http_client_kwargs(self.judge.http_backend, tmo))
             client.ropd_initial_delay = self.judge.retry_initial_delay_s
             client.ropd_max_delay = self.judge.retry_max_delay_s
             state.clients[key] = client
@@ -445,6 +506,7 @@ class JudgeClient:
         unsupported = set(remembered)
         limiter = endpoint_limiter(self.base_url, model, self.judge)
         client = self._sdk()
+        await _ensure_closer(_loop_state())
         counter = [0]
         token = _ATTEMPTS.set(counter)
         t0 = time.perf_counter()
@@ -497,6 +559,7 @@ class JudgeClient:
         model = self.model
         self._api_key()
         client = self._sdk(max_retries=0, timeout=min(self.endpoint.timeout_s, _PREFLIGHT_TIMEOUT_S))
+        await _ensure_closer(_loop_state())
         counter = [0]
         token = _ATTEMPTS.set(counter)
         t0 = time.perf_counter()
@@ -537,12 +600,13 @@ class JudgeClient:
         server_msg = server_msg if len(server_msg) <= 400 else server_msg[:400] + "..."
         tries = f"after {attempts} attempt(s)" if attempts else ""
         hint = None
-        if isinstance(e, openai.APITimeoutError):
+        refused = _refused(e)
+        if isinstance(e, openai.APITimeoutError) and not refused:
             kind = "timeout"
             msg = f"{who} did not reply within {self.endpoint.timeout_s:g} s {tries}"
             hint = (f"the server is hung or overloaded: raise judge.{self.role}.timeout_s, lower judge.concurrency, "
                     "or check the server")
-        elif isinstance(e, openai.APIConnectionError):
+        elif isinstance(e, openai.APIConnectionError):  # (APITimeoutError is one: a refused connect lands here)
             kind = "connection"
             msg = f"cannot connect to {who}: {_root_cause(e)} ({tries})" if tries else \
                 f"cannot connect to {who}: {_root_cause(e)}"

@@ -336,6 +336,7 @@ class LoopbackJudgeServer:
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/_stats", self._stats)
+        app.router.add_get("/_requests", self._request_log)
         app.router.add_post("/_reset", self._reset)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
@@ -419,6 +420,11 @@ class LoopbackJudgeServer:
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.stats())
+
+    async def _request_log(self, request: web.Request) -> web.StreamResponse:
+        """Timing of every request (CLOCK_MONOTONIC, comparable with time.monotonic() in other processes)."""
+        return web.json_response([{"role": r.role, "path": r.path, "status": r.status, "t_start": r.t_start,
+                                   "t_end": r.t_end} for r in list(self.requests)])
 
     async def _reset(self, request: web.Request) -> web.StreamResponse:
         try:
