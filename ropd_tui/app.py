@@ -87,13 +87,15 @@ class RopdApp(App[int]):
 
     def __init__(self, store_path: str | os.PathLike, *, live: bool = True,
                  clock: Callable[[], float] = time.time, supervise: bool = True,
-                 configs_dir: str | os.PathLike = "configs") -> None:
+                 configs_dir: str | os.PathLike = "configs",
+                 start: tuple[str, dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.store_path = str(store_path)
         self.live = live
         self.clock = clock
         self.supervise = supervise
         self.configs_dir = Path(configs_dir)
+        self.start = start  # (screen name, kwargs) to open on top of the runs, e.g. ("run", {"run_id": 3})
         self.gateway = StoreGateway(self.store_path)
         self.theme = DARK_THEME
         self.sub_title = self.store_path
@@ -117,6 +119,9 @@ class RopdApp(App[int]):
             await self.push_screen(StoreProblemScreen(self.store_path, error=f"{type(err).__name__}: {err}"))
             return
         await self.push_screen(SCREENS["runs"](self))
+        if self.start is not None:
+            name, kwargs = self.start
+            self.open_screen(name, **kwargs)
 
     def on_unmount(self) -> None:
         self.gateway.close()

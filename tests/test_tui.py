@@ -161,6 +161,11 @@ async def test_log_follow_pause_and_search(store):
 
 
 async def test_inspector_steps_prompts_sort_filter_and_run_wide(store):
+    from engine.store import RunStore
+    from ropd_tui.screens.views import criterion_stats
+
+    with RunStore(store) as s:
+        all_rates = s.criterion_pass_rates(s.get_run("demo-baseline").id)
     app = make_app(store)
     async with app.run_test(size=(100, 30)) as pilot:
         run = await open_run(pilot, "demo-baseline")
@@ -194,11 +199,12 @@ async def test_inspector_steps_prompts_sort_filter_and_run_wide(store):
         await wait_for(pilot, lambda: insp.run_wide is not None, what="run-wide stats")
         rw = insp.run_wide
         assert rw.n_total > 0 and sum(rw.counts.values()) == rw.n_total
-        assert rw.stats[0].verdict == "discriminates"
+        assert rw.top[0].verdict == "discriminates"
+        assert rw.counts["discriminates"] == sum(1 for s in criterion_stats(all_rates) if s.verdict == "discriminates")
         table = insp.query_one("#runwide-table")
         assert table.row_count == min(200, rw.n_total)
         # enter on a run-wide row jumps to that prompt
-        target = rw.stats[0]
+        target = rw.top[0]
         table.focus()
         await pilot.press("enter")
         await wait_for(pilot, lambda: insp.data.step == target.step, what="jump to the criterion's step")

@@ -83,7 +83,7 @@ class LiveScreen(Screen):
     :meth:`apply` (runs on the UI thread). Call :meth:`reload` after changing what to show.
     """
 
-    POLL_INTERVAL = 0.5
+    POLL_INTERVAL = 0.3
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,6 +92,7 @@ class LiveScreen(Screen):
         self._force_pending = False
         self._timer: Timer | None = None
         self._last_error: str | None = None
+        self.loading_version: Any = None  # the data_version the running load() reads at
         self.loaded = False  # True once the first load was applied (used by tests and the bench)
 
     # -- to implement ----------------------------------------------------------------------------
@@ -163,6 +164,7 @@ class LiveScreen(Screen):
         if not force and version == self._seen_version and self.loaded:
             extra = self.tick(store)
             return UNCHANGED if extra is None else extra
+        self.loading_version = version
         data = self.load(store)
         self._seen_version = version
         return data

@@ -17,7 +17,7 @@ from ..widgets.answers import AnswerPanes
 from ..widgets.safe import one_line, plain
 from ..widgets.verdicts import AnswerView, VerdictMatrix
 from .base import LiveScreen
-from .views import CriterionStat, GroupView, criterion_stats, group_view
+from .views import VERDICT_ORDER, GroupView, RunWide, group_view, run_wide_stats
 
 SORTS = ["pool", "reward ↓", "reward ↑"]
 STAT_LIMIT = 200  # rows per run-wide list (the most telling ones); never the whole run
@@ -28,13 +28,6 @@ class StepData:
     steps: list[int]
     step: int | None
     groups: list[GroupView]
-
-
-@dataclass
-class RunWideData:
-    stats: list[CriterionStat]
-    counts: dict[str, int]
-    n_total: int
 
 
 def order_answers(answers: list[AnswerView], sort: str, failed_criterion: int | None) -> list[AnswerView]:
@@ -49,15 +42,6 @@ def order_answers(answers: list[AnswerView], sort: str, failed_criterion: int | 
     else:
         out.sort(key=lambda a: (a.kind != "teacher", a.index))
     return out
-
-
-def rank_stats(stats: list[CriterionStat]) -> RunWideData:
-    counts: dict[str, int] = {}
-    for s in stats:
-        counts[s.verdict] = counts.get(s.verdict, 0) + 1
-    order = {"discriminates": 0, "never passes": 1, "always passes": 2, "students ahead": 3, "weak": 4}
-    ranked = sorted(stats, key=lambda s: (order.get(s.verdict, 9), -(abs(s.gap or 0.0))))
-    return RunWideData(stats=ranked[:STAT_LIMIT], counts=counts, n_total=len(stats))
 
 
 class InspectorScreen(LiveScreen):
@@ -86,7 +70,8 @@ class InspectorScreen(LiveScreen):
         self.failed_criterion: int | None = None
         self.data: StepData | None = None
         self._want_run_wide = False
-        self.run_wide: RunWideData | None = None
+        self.run_wide: RunWide | None = None
+        self._run_wide_version: Any = None
         self._quiet_until = 0.0  # highlight events caused by a re-render don't scroll the page
 
     def compose(self) -> ComposeResult:
@@ -127,8 +112,9 @@ class InspectorScreen(LiveScreen):
             step = steps[-1] if (self.follow_latest or step is None) and steps else self._nearest(steps, step)
         groups = [group_view(step, g) for g in store.step_groups(self.run_id, step, include_calls=False)] if step is not None else []
         data = StepData(steps=steps, step=step, groups=groups)
-        if self._want_run_wide:
-            return data, rank_stats(criterion_stats(store.criterion_pass_rates(self.run_id)))
+        if self._want_run_wide and (self.run_wide is None or self._run_wide_version != self.loading_version):
+            self._run_wide_version = self.loading_version
+            return data, run_wide_stats(store, self.run_id, STAT_LIMIT)
         return data
 
     @staticmethod
@@ -227,14 +213,21 @@ class InspectorScreen(LiveScreen):
         if rw is None:
             return
         t = Text("Per-criterion pass rates over the whole run: teacher vs students\n", style="bold")
-        for verdict in ("discriminates", "never passes", "always passes", "students ahead", "weak"):
-            t.append(f"  {verdict}: {rw.counts.get(verdict, 0)}")
-        t.append(f"   (of {rw.n_total} criteria; showing the {min(STAT_LIMIT, rw.n_total)} most telling)", style="dim")
+        for verdict in VERDICT_ORDER:
+            if rw.counts.get(verdict):
+                t.append(f"  {verdict}: {rw.counts[verdict]}")
+        t.append(f"   (of {rw.n_total} criteria; below: the {min(STAT_LIMIT, rw.n_total)} most telling)", style="dim")
+        for cat in rw.categories:
+            t.append("\n  ")
+            t.append_text(one_line(cat.get("category") or "(no category)", 30))
+            t.append(f"  teacher {_pct(cat.get('teacher_pass_rate')).plain.strip()}"
+                     f"  students {_pct(cat.get('student_pass_rate')).plain.strip()}"
+                     f"  ({cat.get('n_criteria', 0)} criteria)", style="dim")
         self.query_one("#runwide-summary", Static).update(t)
         table = self.query_one("#runwide-table", DataTable)
         table.clear()
         styles = {"discriminates": "green", "never passes": "red", "always passes": "yellow", "students ahead": "magenta"}
-        for i, s in enumerate(rw.stats):
+        for i, s in enumerate(rw.top):
             table.add_row(plain(s.verdict, styles.get(s.verdict, "dim")), _pct(s.teacher_rate), _pct(s.student_rate),
                           str(s.step if s.step is not None else "-"),
                           str(s.group_index + 1 if s.group_index is not None else "-"),
@@ -248,7 +241,7 @@ class InspectorScreen(LiveScreen):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "runwide-table" and self.run_wide:
-            s = self.run_wide.stats[event.cursor_row]
+            s = self.run_wide.top[event.cursor_row]
             if s.step is not None:
                 self.step, self.follow_latest = int(s.step), False
                 self.group_pos = int(s.group_index or 0)

@@ -253,6 +253,11 @@ def group_view(step: int, g: dict[str, Any]) -> GroupView:
                      template_versions=dict(g.get("template_versions") or {}))
 
 
+EDGE = 0.001  # a pass rate within this of 0 or 1 counts as "never" / "always"
+GAP = 0.25  # teacher minus student pass rate at which a criterion "discriminates"
+VERDICT_ORDER = ("discriminates", "never passes", "always passes", "students ahead", "weak", "no data")
+
+
 @dataclass
 class CriterionStat:
     step: int | None
@@ -275,13 +280,13 @@ class CriterionStat:
         t, s = self.teacher_rate, self.student_rate
         if s is None:
             return "no data"
-        if s >= 0.999 and (t is None or t >= 0.999):
+        if s >= 1 - EDGE and (t is None or t >= 1 - EDGE):
             return "always passes"
-        if s <= 0.001 and (t is None or t <= 0.001):
+        if s <= EDGE and (t is None or t <= EDGE):
             return "never passes"
-        if t is not None and t - s >= 0.25:
+        if t is not None and t - s >= GAP:
             return "discriminates"
-        if t is not None and s - t >= 0.25:
+        if t is not None and s - t >= GAP:
             return "students ahead"
         return "weak"
 
@@ -317,3 +322,51 @@ def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: s
     if len(out) > 1 and main is not None:
         main.label = "student" if panel.companion_label == "teacher" else "prompt"
     return out
+
+
+@dataclass
+class RunWide:
+    """Run-wide criterion statistics: counts per verdict, per-category rates, the most telling criteria."""
+
+    counts: dict[str, int]
+    n_total: int
+    top: list[CriterionStat]
+    categories: list[dict[str, Any]]
+
+
+_VERDICT_SQL = f"""CASE
+    WHEN s IS NULL THEN 'no data'
+    WHEN s >= {1 - EDGE} AND (t IS NULL OR t >= {1 - EDGE}) THEN 'always passes'
+    WHEN s <= {EDGE} AND (t IS NULL OR t <= {EDGE}) THEN 'never passes'
+    WHEN t IS NOT NULL AND t - s >= {GAP} THEN 'discriminates'
+    WHEN t IS NOT NULL AND s - t >= {GAP} THEN 'students ahead'
+    ELSE 'weak' END"""
+
+
+def run_wide_stats(store: Any, run_id: int, limit: int = 200) -> RunWide:
+    """Counts and the ``limit`` most telling criteria, aggregated in SQL (a long run has 100k criteria;
+    they are never all loaded). Falls back to ``store.criterion_pass_rates`` if the schema differs."""
+    categories = list(store.criterion_pass_rates(run_id, by="category"))
+    base = ("SELECT g.step AS step, g.group_index AS gi, cr.crit_key AS k, cr.text AS text, cr.points AS points,"
+            " cr.teacher_pass_rate AS t, cr.student_pass_rate AS s"
+            " FROM groups g JOIN criteria cr ON cr.group_id = g.seq"
+            " WHERE g.run_id = ? AND g.attempt = (SELECT attempt FROM runs WHERE id = ?)")
+    order = " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(VERDICT_ORDER))
+    try:
+        with store.read_snapshot() as c:
+            counts = {v: n for v, n in c.execute(
+                f"SELECT {_VERDICT_SQL} AS v, count(*) FROM ({base}) GROUP BY v", (run_id, run_id))}
+            rows = c.execute(
+                f"SELECT step, gi, k, text, points, t, s, {_VERDICT_SQL} AS v FROM ({base})"
+                f" ORDER BY CASE v {order} END, abs(coalesce(t, 0) - coalesce(s, 0)) DESC, step, gi"
+                f" LIMIT ?", (run_id, run_id, limit)).fetchall()
+    except Exception:  # noqa: BLE001 - schema drift: the slower, API-only path
+        stats = criterion_stats(store.criterion_pass_rates(run_id))
+        counts = {}
+        for st in stats:
+            counts[st.verdict] = counts.get(st.verdict, 0) + 1
+        ranked = sorted(stats, key=lambda x: (VERDICT_ORDER.index(x.verdict), -abs(x.gap or 0.0)))
+        return RunWide(counts=counts, n_total=len(stats), top=ranked[:limit], categories=categories)
+    top = [CriterionStat(step=r[0], group_index=r[1], criterion=str(r[2] or "?"), text=str(r[3] or ""),
+                         points=int(r[4] or 0), teacher_rate=r[5], student_rate=r[6]) for r in rows]
+    return RunWide(counts=counts, n_total=sum(counts.values()), top=top, categories=categories)

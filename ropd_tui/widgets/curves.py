@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from textual.app import RenderResult
+
 from textual_plotext import PlotextPlot
 
 # A stable palette so a run keeps its colour across plots and screens.
@@ -80,7 +82,10 @@ class CurvePlot(PlotextPlot):
         self._markers: list[tuple[float, float | None, str]] = []  # (step, wall, kind)
         self.smoothing = 0.0
         self.x_axis = "step"
-        self._signature: object = None
+        self._version = 0  # bumped by replot(); the render cache key includes it
+        self._has_data = False
+        self._plotted_width = 0
+        self._cache: tuple[object, object] | None = None
 
     @property
     def series(self) -> list[Series]:
@@ -94,13 +99,25 @@ class CurvePlot(PlotextPlot):
             self.x_axis = x_axis
         self._series = series
         self._markers = list(markers or [])
+        self._has_data = True
         self.replot()
 
+    def render(self) -> RenderResult:
+        """Build the plot only when something changed: data/options (version), size or theme."""
+        if not self._has_data:
+            return ""
+        key = (self._version, self.size, self.app.theme, self.theme)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, super().render())
+        return self._cache[1]
+
     def replot(self) -> None:
+        self._version += 1
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
         plt.title(self.title)
+        self._plotted_width = self.size.width
         width = max(20, self.size.width or 80)
         max_points = width * 2
         origin = None
@@ -142,4 +159,5 @@ class CurvePlot(PlotextPlot):
         self.refresh()
 
     def on_resize(self) -> None:
-        self.replot()
+        if self._has_data and self.size.width != self._plotted_width:
+            self.replot()
