@@ -14,7 +14,7 @@ pytest.importorskip("verl")
 
 from engine.config import load_config  # noqa: E402
 from engine.verl_backend.launcher import (AttemptPaths, build_command, hydra_value,  # noqa: E402
-                                          latest_checkpoint)
+                                          latest_checkpoint, local_num_cpus)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "verl" / "ropd_grpo.yaml"
@@ -35,9 +35,12 @@ def test_shipped_config_defaults():
 
 
 def test_launcher_command_composes_with_reward_wiring_and_resume(tmp_path):
-    cfg = load_config(None, ["run.backend=verl", "verl.model_path=/models/student model", "verl.nnodes=2",
+    model = tmp_path / "student model"
+    model.mkdir()
+    cfg = load_config(None, ["run.backend=verl", f"verl.model_path={model}", "verl.nnodes=2",
                              "verl.n_gpus_per_node=8", "verl.group_timeout_s=123",
-                             "verl.overrides=[trainer.total_training_steps=3, data.train_batch_size=16]"])
+                             "verl.overrides=[trainer.total_training_steps=3, data.train_batch_size=16, "
+                             "ray_kwargs.ray_init.num_cpus=12]"])
     paths = AttemptPaths.new(tmp_path / "run dir")
     ckpt = paths.checkpoints / "global_step_4"
     (ckpt / "actor").mkdir(parents=True)
@@ -54,7 +57,7 @@ def test_launcher_command_composes_with_reward_wiring_and_resume(tmp_path):
     assert c["algorithm"]["norm_adv_by_std_in_grpo"] is False
     assert c["actor_rollout_ref"]["actor"]["optim"]["lr"] == pytest.approx(1e-6)
     assert c["actor_rollout_ref"]["rollout"]["n"] == 8
-    assert c["actor_rollout_ref"]["model"]["path"] == "/models/student model"
+    assert c["actor_rollout_ref"]["model"]["path"] == str(model)
     assert c["data"]["train_batch_size"] == 16  # the user's override wins over the config's 32
     assert c["trainer"]["logger"] == ["console", "file"]
     assert c["trainer"]["total_training_steps"] == 3
@@ -65,6 +68,9 @@ def test_launcher_command_composes_with_reward_wiring_and_resume(tmp_path):
     assert c["ropd"]["gatherer_name"] == "ropd_gatherer_7_1"
     assert c["ropd"]["gatherer_namespace"] == "ropd"
     assert c["ropd"]["group_timeout_s"] == 123
+    # main_ppo joins the launcher's cluster, where ray.init must not get num_cpus; the launcher uses it
+    assert c["ray_kwargs"]["ray_init"]["num_cpus"] is None
+    assert local_num_cpus(cfg) == 12
     env_vars = c["ray_kwargs"]["ray_init"]["runtime_env"]["env_vars"]
     assert env_vars["VERL_FILE_LOGGER_PATH"] == str(paths.metrics)
     # a fresh run never resumes
@@ -79,11 +85,16 @@ def test_hydra_value_quoting():
     assert hydra_value("it's") == "'it\\'s'"
 
 
-def test_missing_model_path_is_a_config_error(tmp_path):
+@pytest.mark.parametrize("override,message", [
+    ("verl.model_path=null", "verl.model_path is not set"),
+    ("verl.model_path=/no/such/model", "/no/such/model does not exist"),
+    ("verl.config_name=nope", "no nope.yaml in"),
+])
+def test_bad_verl_settings_are_config_errors(tmp_path, override, message):
     from engine.errors import ConfigError
 
-    cfg = load_config(None, ["run.backend=verl"])
-    with pytest.raises(ConfigError, match="verl.model_path"):
+    cfg = load_config(None, ["run.backend=verl", f"verl.model_path={tmp_path}", override])
+    with pytest.raises(ConfigError, match=message):
         build_command(cfg, run_name="x", paths=AttemptPaths.new(tmp_path), train_files="a", val_files="b",
                       gatherer="g", resume_from=None)
 

@@ -151,7 +151,19 @@ def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_file
     argv = main + ["--config-path", str(config_dir), "--config-name", config_name]
     argv += [f"{k}={hydra_value(v)}" for k, v in ov.items()]
     argv += list(cfg.verl.overrides)
+    # main_ppo always joins the cluster the launcher connected to (RAY_ADDRESS), and ray.init refuses
+    # num_cpus when joining; a user's ray_kwargs.ray_init.num_cpus sizes the launcher's local cluster.
+    argv.append("ray_kwargs.ray_init.num_cpus=null")
     return argv
+
+
+def local_num_cpus(cfg: Config) -> int | None:
+    """``ray_kwargs.ray_init.num_cpus=N`` from ``verl.overrides`` (for the local cluster), else None."""
+    for ov in cfg.verl.overrides:
+        key, _, value = ov.lstrip("+").partition("=")
+        if key.strip() == "ray_kwargs.ray_init.num_cpus" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 def _absolute_paths(cfg: Config) -> dict[str, Any]:
@@ -176,8 +188,9 @@ def _connect_ray(cfg: Config) -> str:
     import ray
 
     address = cfg.verl.ray_address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = {} if address else {"num_cpus": local_num_cpus(cfg)}
     ctx = ray.init(address=address, namespace=GATHERER_NAMESPACE, ignore_reinit_error=True,
-                   log_to_driver=True)
+                   log_to_driver=True, **kwargs)
     return address if address and address != "local" else ctx.address_info["gcs_address"]
 
 
