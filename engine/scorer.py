@@ -238,8 +238,9 @@ class Scorer:
                           ground_truth=group.ground_truth, uid=group.uid, judge_kind=self.judge_kind,  # type: ignore[arg-type]
                           reward_mode=s.reward_mode, meta=dict(group.meta or {}))
         stage = ["teacher"]
+        full: list[tuple[AnswerResult, str]] = []  # each answer with its untruncated text
         try:
-            await self._score_into(res, group, index, stage)
+            await self._score_into(res, group, index, stage, full)
         except (JudgeStageError, _StageFailure) as e:
             self._fail(res, getattr(e, "stage", stage[0]) or stage[0], str(e.cause), list(e.calls))
         except UserError as e:
@@ -250,6 +251,9 @@ class Scorer:
         else:
             if any(c.attempts > 1 or c.status == "error" for c in res.calls):
                 res.status = "recovered"
+        if group.ground_truth is not None:  # after judging: rule-based correctness is off the critical path
+            for answer, text in full:
+                answer.correct = _check_answer(text, group.ground_truth)
         res.template_versions = {c.role: c.template_sha for c in res.calls if c.template_sha}
         res.wall_s = time.perf_counter() - t0
         return res
@@ -263,22 +267,23 @@ class Scorer:
             a.reward = None
         log.warning("group %s failed at %s: %s", res.group_index, stage, cause.splitlines()[0] if cause else "")
 
-    def _prepare(self, text: str, kind: str, index: int, gt: str | None) -> AnswerResult:
+    def _prepare(self, text: str, kind: str, index: int, full: list[tuple[AnswerResult, str]]) -> AnswerResult:
         stripped = strip_reasoning(text)
         judged, cut = truncate(stripped, self.cfg.scorer.answer_char_budget)
-        correct = _check_answer(stripped, gt) if gt is not None else None
-        return AnswerResult(kind=kind, index=index, text=judged, truncated=cut, correct=correct)  # type: ignore[arg-type]
+        answer = AnswerResult(kind=kind, index=index, text=judged, truncated=cut)  # type: ignore[arg-type]
+        full.append((answer, stripped))
+        return answer
 
-    async def _score_into(self, res: GroupResult, group: GroupInput, index: int, stage: list[str]) -> None:
+    async def _score_into(self, res: GroupResult, group: GroupInput, index: int, stage: list[str],
+                          full: list[tuple[AnswerResult, str]]) -> None:
         s = self.cfg.scorer
         teachers_raw, source = self.teacher_answers_for(group)
         res.meta["teacher_source"] = source
         stage[0] = "scorer"
         if s.k > 0 and len(teachers_raw) < s.k:
             res.meta["teacher_answers_short"] = f"{len(teachers_raw)} of k={s.k}"
-        gt = group.ground_truth
-        students = [self._prepare(t, "student", i, gt) for i, t in enumerate(group.rollouts)]
-        teachers = [self._prepare(t, "teacher", k, gt) for k, t in enumerate(teachers_raw)]
+        students = [self._prepare(t, "student", i, full) for i, t in enumerate(group.rollouts)]
+        teachers = [self._prepare(t, "teacher", k, full) for k, t in enumerate(teachers_raw)]
         res.answers = students + teachers
         if not students:
             raise _StageFailure("scorer", "the group has no rollouts to score", [])
