@@ -11,12 +11,14 @@ attempts including the SDK's transport retries); a turn whose reply was rejected
 ``status="error"``, ``error_class="ReplyFormatError"`` and the validation message. The verifier's
 self-reported ``final_score`` is returned for the record and never used for rewards.
 
-The scalar judge (T-Judge baseline) uses the teacher endpoint (``judge.teacher``) when it names a
-model, else the verifier's.
+The scalar judge (T-Judge baseline) is the teacher model (``judge.teacher``: model, URL, key) with the
+verifier's judging settings (temperature, max tokens, output format); without a teacher model it is
+the verifier.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, TypeVar
 
 from .config import Config, EndpointConfig
@@ -78,8 +80,13 @@ SCALAR_JSON_SCHEMA: dict[str, Any] = {
 
 
 def scalar_endpoint(cfg: Config) -> EndpointConfig:
-    """The teacher acts as the scalar judge when it has a model; else the verifier's endpoint."""
-    return cfg.judge.teacher if cfg.judge.teacher.model else cfg.judge.verifier
+    """The teacher acts as the scalar judge when it has a model (its model, URL and key, with the
+    verifier's judging settings: temperature, max tokens, output format); else the verifier's endpoint."""
+    t, v = cfg.judge.teacher, cfg.judge.verifier
+    if not t.model:
+        return v
+    return dataclasses.replace(t, temperature=v.temperature, max_tokens=v.max_tokens,
+                               response_format=v.response_format, reasoning_effort=t.reasoning_effort or v.reasoning_effort)
 
 
 class LLMJudge:

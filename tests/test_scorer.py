@@ -417,3 +417,14 @@ def test_pair_scope_failure_is_recorded_with_its_stage(judge_server):
     assert g.status == "failed" and g.failure_stage == "rubricator"
     assert g.student_rewards == [None, None]
     assert len([c for c in g.calls if c.role == "rubricator"]) == 2  # the failed pair's call and the other pair's
+
+
+def test_scalar_judge_is_the_teacher_model_with_judging_settings(judge_server):
+    cfg = loopback_config(judge_server, "scorer.k=2", "scorer.reward_mode=scalar_judge",
+                          "judge.teacher.model=teacher-model")
+    g = score(cfg, make_groups(1)).groups[0]
+    assert g.status == "ok"
+    (req,) = judge_server.requests
+    assert req.model == "teacher-model"
+    assert req.body["temperature"] == 0.0  # the verifier's, not the teacher's sampling temperature
+    assert [c.model for c in g.calls] == ["teacher-model"]
