@@ -10,9 +10,13 @@ and writes verl-format metric lines and checkpoint folders.
 
 from __future__ import annotations
 
-import json
+import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +64,10 @@ FAKE_MAIN = textwrap.dedent('''
         log.write((json.dumps(line) + "\\n").encode())
         os.makedirs(f"{ckpt}/global_step_{step}/actor", exist_ok=True)
         open(f"{ckpt}/latest_checkpointed_iteration.txt", "w").write(str(step))
+        if os.environ.get("FAKE_PIDFILE"):  # a long step: wait to be stopped
+            open(os.environ["FAKE_PIDFILE"], "w").write(str(os.getpid()))
+            import time
+            time.sleep(600)
     print("fake main_ppo done", flush=True)
 ''')
 
@@ -122,4 +130,42 @@ def test_failed_groups_over_threshold_stop_the_run(tmp_path, monkeypatch):
     assert all("only 1 of 2 rollouts" in c for c in causes)
     stopped = [e for e in store.events(run.id) if e["kind"] == "stopped"]
     assert stopped and "scorer.failure_threshold" in stopped[0]["message"]
+    store.close()
+
+
+def test_sigterm_to_the_train_worker_stops_verl_cleanly(tmp_path):
+    """Through D's train worker, as the supervisor runs it: SIGTERM -> verl child stopped, run 'stopped'."""
+    script = tmp_path / "fake_main_ppo.py"
+    script.write_text(FAKE_MAIN)
+    pidfile = tmp_path / "child.pid"
+    model = tmp_path / "student-model"
+    model.mkdir()
+    cfg = load_config(None, ["run.backend=verl", "run.name=verl-stop", "judge.mode=offline", "task.num_prompts=4",
+                             "scorer.k=2", f"teacher.index={tmp_path / 'teacher_index.jsonl'}",
+                             f"verl.model_path={model}", "supervisor.stop_grace_s=20"])
+    db = tmp_path / "runs" / "ropd.db"
+    store = RunStore(db)
+    run = store.create_run("verl-stop", "verl", cfg.to_dict())
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({launcher.MAIN_CMD_ENV: f"{sys.executable} {script}", "FAKE_PIDFILE": str(pidfile)})
+    worker = subprocess.Popen([sys.executable, "-m", "engine.train_worker", "--store", str(db), "--run", "verl-stop"],
+                              env=env, cwd=Path(__file__).resolve().parents[1],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (store.steps(run.id) and pidfile.exists()) and time.monotonic() < deadline:
+            assert worker.poll() is None, worker.stdout.read()
+            time.sleep(0.5)
+        assert store.steps(run.id), "no step arrived"
+        child = int(pidfile.read_text())
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=90)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 143, out
+    assert "stop requested; stopping verl" in out
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    assert store.get_run(run.id).status == "stopped"
     store.close()
