@@ -280,3 +280,16 @@ def test_chat_reply_reader_is_lenient_about_shapes():
     assert _chat_reply({"choices": []}) == ("", None, None, None)
     assert _chat_reply({"choices": [{"message": {"content": None}, "finish_reason": "length"}],
                         "usage": {"prompt_tokens": 3, "completion_tokens": 0}}) == ("", 3, 0, "length")
+
+
+def test_tokens_per_minute_limit_counts_reported_usage(judge_server):
+    c = client(judge_server, "judge.tokens_per_minute=30")
+
+    async def two():
+        first = await c.complete(PROMPT)
+        assert first.prompt_tokens + first.completion_tokens > 15  # the window now holds the real usage
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(c.complete(PROMPT), 0.3)
+
+    run(two())
+    assert len(judge_server.requests) == 1
