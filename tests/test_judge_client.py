@@ -283,7 +283,7 @@ def test_chat_reply_reader_is_lenient_about_shapes():
 
 
 def test_tokens_per_minute_limit_counts_reported_usage(judge_server):
-    c = client(judge_server, "judge.tokens_per_minute=30")
+    c = client(judge_server, "judge.tokens_per_minute=25")
 
     async def two():
         first = await c.complete(PROMPT)
