@@ -295,6 +295,9 @@ async def _close_at_loop_shutdown(state: _LoopState):
         yield
     finally:
         await state.close_clients()
+        loop = asyncio.get_running_loop()
+        if _LOOPS.get(loop) is state:
+            del _LOOPS[loop]  # limiters and clients hold the loop: drop them with it
 
 
 async def _ensure_closer(state: _LoopState) -> None:
