@@ -10,6 +10,7 @@ import pytest
 from fixtures_store import INJECTION, build_store
 from tui_pilot import FROZEN_NOW, screen_text, wait_for, wait_screen
 
+from engine.store import RunStore
 from ropd_tui.app import RopdApp
 from ropd_tui.screens.compare import CompareScreen
 from ropd_tui.screens.errors import StoreProblemScreen
@@ -286,15 +287,39 @@ async def test_new_run_validates_config_and_overrides(store, tmp_path):
         screen = await wait_screen(pilot, NewRunScreen)
         assert [p.name for p in screen.configs] == ["a.yaml", "b.yaml"]
         screen.query_one("#new-run-overrides").text = "trainer.stepz=3\n"
-        await pilot.press("ctrl+v")
+        await pilot.press("ctrl+r")
         text = screen_text(app)
         assert "unknown config key 'trainer.stepz'" in text and "trainer.steps" in text
         screen.query_one("#new-run-overrides").text = "# comment\ntrainer.steps=3\n"
         screen.query_one("#new-run-name").value = "bad name!"
-        await pilot.press("ctrl+v")
+        await pilot.pause()
+        await pilot.press("ctrl+r")
         assert "run name 'bad name!' is not valid" in screen_text(app)
         screen.query_one("#new-run-name").value = "fresh"
-        await pilot.press("ctrl+v")
+        await pilot.pause()
+        await pilot.press("ctrl+r")
         assert screen.valid_cfg is not None and screen.valid_cfg.trainer.steps == 3
         assert screen.valid_cfg.run.name == "fresh"
         assert "valid" in screen_text(app)
+        # the preflight checks (model, judge, templates) finish off the UI thread and list what will happen
+        await wait_for(pilot, lambda: "checking" not in screen_text(app), timeout=30, what="preflight")
+        assert "judge: offline" in screen_text(app)
+
+
+async def test_launch_failure_is_shown_and_the_form_kept(store, tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "verl.yaml").write_text("run:\n  name: v\n  backend: verl\n")  # verl.model_path missing
+    app = make_app(store, configs_dir=configs)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_screen(pilot, RunsScreen)
+        await pilot.press("n")
+        screen = await wait_screen(pilot, NewRunScreen)
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: "launch failed" in screen_text(app), timeout=30, what="the launch error")
+        text = screen_text(app)
+        assert "verl" in text and "nothing was lost" in text
+        assert isinstance(app.screen, NewRunScreen)
+        assert not screen.query_one("#new-run-launch").disabled
+    with RunStore(store) as s:
+        assert s.find_run("v") is None  # no half-made run

@@ -111,11 +111,18 @@ class LiveScreen(Screen):
 
     # -- machinery -------------------------------------------------------------------------------
     def on_mount(self) -> None:
-        self.reload()
+        self.call_later(self._first_load)
+
+    def _first_load(self) -> None:
+        # A screen pushed and covered at once (e.g. the runs under a start screen) loads when shown.
+        if self.app.screen is self:
+            self.reload()
 
     def on_screen_resume(self) -> None:
         if self.loaded:
             self._start_poll(force=False)
+        elif not self._polling:
+            self.reload()
 
     def reload(self) -> None:
         """Read again now, whether or not the store changed."""

@@ -25,7 +25,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
                           ("o", "sort rollouts: pool / reward ↓ / reward ↑"), ("F", "show answers failing criterion k (cycle)"),
                           ("w", "run-wide per-criterion pass rates (enter jumps to the prompt)")]),
     ("Compare", [("m", "smoothing"), ("x", "x axis"), ("d", "curves / config diff")]),
-    ("New run", [("tab", "next field"), ("ctrl+v", "validate"), ("ctrl+l", "launch"), ("esc", "cancel")]),
+    ("New run", [("tab", "next field"), ("ctrl+r", "check the config (validate + preflight)"), ("ctrl+l", "launch"), ("esc", "cancel")]),
 ]
 EXTRA = [("Templates", "T on runs/run screens or the palette: edit templates"),
          ("Replay", "P or the palette: replay verification on stored answers")]

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -47,10 +48,10 @@ def order_answers(answers: list[AnswerView], sort: str, failed_criterion: int | 
 class InspectorScreen(LiveScreen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("right_square_bracket", "step(1)", "Next step"),
-        Binding("left_square_bracket", "step(-1)", "Prev step"),
-        Binding("n", "prompt(1)", "Next prompt"),
-        Binding("p", "prompt(-1)", "Prev prompt"),
+        Binding("right_square_bracket", "step(1)", "Step+"),
+        Binding("left_square_bracket", "step(-1)", "Step-"),
+        Binding("n", "prompt(1)", "Prompt+"),
+        Binding("p", "prompt(-1)", "Prompt-"),
         Binding("g", "goto", "Go to step", show=False),
         Binding("home", "edge_step(-1)", "First step", show=False),
         Binding("end", "edge_step(1)", "Last step", show=False),
@@ -81,7 +82,7 @@ class InspectorScreen(LiveScreen):
             with TabPane("Prompt", id="prompt"):
                 with VerticalScroll(id="insp-scroll"):
                     yield Static("", id="insp-question")
-                    yield DataTable(id="insp-rubric", cursor_type="row", zebra_stripes=True)
+                    yield Static("", id="insp-rubric")
                     yield VerdictMatrix(id="insp-matrix")
                     yield AnswerPanes(id="insp-answers")
             with TabPane("Run-wide criteria", id="runwide"):
@@ -93,10 +94,6 @@ class InspectorScreen(LiveScreen):
 
     def on_mount(self) -> None:
         self.sub_title = f"{self.run_name} · rubric inspector"
-        rubric = self.query_one("#insp-rubric", DataTable)
-        for key, label in (("id", "id"), ("pts", "pts"), ("cat", "category"), ("t", "teacher"),
-                           ("s", "students"), ("text", "criterion")):
-            rubric.add_column(label, key=key)
         table = self.query_one("#runwide-table", DataTable)
         for key, label in (("verdict", "verdict"), ("t", "teacher"), ("s", "students"), ("step", "step"),
                            ("g", "prompt"), ("id", "id"), ("text", "criterion")):
@@ -175,12 +172,12 @@ class InspectorScreen(LiveScreen):
         self._render_status()
         g = self.group
         q = Text()
-        rubric = self.query_one("#insp-rubric", DataTable)
-        rubric.clear()
+        rubric = self.query_one("#insp-rubric", Static)
         matrix = self.query_one("#insp-matrix", VerdictMatrix)
         panes = self.query_one("#insp-answers", AnswerPanes)
         if g is None:
             self.query_one("#insp-question", Static).update(Text("nothing to show yet", style="dim"))
+            rubric.update("")
             matrix.show([], [])
             await panes.show([], 0)
             return
@@ -198,9 +195,7 @@ class InspectorScreen(LiveScreen):
         self.query_one("#insp-question", Static).update(q)
         teachers = [a for a in g.answers if a.kind == "teacher"]
         students = [a for a in g.answers if a.kind == "student"]
-        for i, c in enumerate(g.criteria):
-            rubric.add_row(plain(c.id), str(c.points), one_line(c.category, 18),
-                           _rate(teachers, i), _rate(students, i), plain(c.text), key=str(i))
+        rubric.update(rubric_table(g, teachers, students))
         shown = order_answers(g.answers, self.sort, self.failed_criterion)
         self._quiet_until = time.monotonic() + 0.5
         matrix.show(g.criteria, shown)
@@ -328,6 +323,22 @@ class InspectorScreen(LiveScreen):
         yield SystemCommand("Sort rollouts", "pool order / reward descending / ascending", self.action_sort)
         yield SystemCommand("Filter by failed criterion", "Cycle through criteria", self.action_filter_failed)
         yield SystemCommand("Run-wide criterion pass rates", "Teacher vs students over the run", self.action_run_wide)
+
+
+def rubric_table(g: GroupView, teachers: list[AnswerView], students: list[AnswerView]) -> Table:
+    """The rubric: id, points, teacher and student pass rates, the criterion (wrapped) and its category."""
+    table = Table(box=None, padding=(0, 1), expand=True, show_edge=False, header_style="bold")
+    table.add_column("id", no_wrap=True)
+    table.add_column("pts", justify="right", no_wrap=True)
+    table.add_column("T", justify="right", no_wrap=True)
+    table.add_column("S", justify="right", no_wrap=True)
+    table.add_column(Text(f"criterion ({sum(c.points for c in g.criteria)} points; T/S = teacher/student pass rate)"),
+                     ratio=1)
+    table.add_column("category", no_wrap=True, max_width=18, style="dim")
+    for i, c in enumerate(g.criteria):
+        table.add_row(plain(c.id), Text(str(c.points)), _rate(teachers, i), _rate(students, i), plain(c.text),
+                      one_line(c.category, 18))
+    return table
 
 
 def _rate(answers: list[AnswerView], i: int) -> Text:

@@ -84,8 +84,8 @@ def launch(cfg: Any, store_path: str, name: str) -> tuple[str, list[str]]:
 class NewRunScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Cancel"),
-        Binding("ctrl+v", "check", "Validate"),
-        Binding("ctrl+l", "launch", "Launch"),
+        Binding("ctrl+r", "check", "Check", priority=True),
+        Binding("ctrl+l", "launch", "Launch", priority=True),
     ]
 
     def __init__(self) -> None:
@@ -106,7 +106,7 @@ class NewRunScreen(Screen):
                 yield TextArea("", id="new-run-overrides", soft_wrap=True, show_line_numbers=False)
                 yield Static("", id="new-run-result")
                 with Horizontal(id="new-run-buttons"):
-                    yield Button("Validate (ctrl+v)", id="new-run-validate")
+                    yield Button("Check (ctrl+r)", id="new-run-validate")
                     yield Button("Launch (ctrl+l)", id="new-run-launch", variant="success")
                 yield Static("", id="new-run-preview")
         yield Footer()

@@ -157,8 +157,8 @@ class RunScreen(LiveScreen):
         summary = Text()
         summary.append_text(plain(row.name, "bold"))
         summary.append(f"  {status}", style="bold green" if status in ACTIVE else "bold")
-        summary.append(f"  {row.backend}  step {fmt_num(row.step)}  elapsed {elapsed}"
-                       f"  · smoothing {self.smoothing:g} · x: {self.x_axis}")
+        summary.append(f" {row.backend} step {fmt_num(row.step)} {elapsed}"
+                       f" · smooth {self.smoothing:g} · x {self.x_axis}")
         self.query_one("#run-summary", Static).update(summary)
 
         figures = Text("Key figures\n", style="bold")

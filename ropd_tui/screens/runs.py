@@ -36,15 +36,15 @@ class RunsScreen(LiveScreen):
         Binding("P", "open_extra('replay')", "Replay", show=False),
         Binding("s", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
-        Binding("R", "restart", "Restart"),
+        Binding("R", "restart", "Restart", show=False),
         Binding("d", "delete", "Delete"),
         Binding("slash", "filter", "Filter"),
-        Binding("f", "status_filter", "Status"),
+        Binding("f", "status_filter", "Status", show=False),
         Binding("space", "mark", "Mark", show=False),
         Binding("c", "compare", "Compare"),
         Binding("i", "inspect", "Inspect", show=False),
         Binding("escape", "clear_filter", "Clear", show=False),
-        Binding("q", "app.quit", "Quit"),
+        Binding("q", "app.quit", "Quit", show=False),
     ]
 
     def __init__(self) -> None:
