@@ -8,8 +8,9 @@ starts) for ``run.backend == "verl"``. It
    or a new local cluster - and starts the run's :class:`~.gatherer.GroupGatherer` actor pinned to THIS
    node, so scored groups land in a file here;
 3. starts ``python -m verl.trainer.main_ppo --config-path <configs/verl> --config-name ropd_grpo ...`` as
-   a child (same Ray cluster via ``RAY_ADDRESS``; its own checkpoint dir ``<run_dir>/verl/checkpoints``;
-   a fresh ``metrics.jsonl`` per attempt because verl's file logger truncates; resume through
+   a child (same Ray cluster via ``RAY_ADDRESS``; the run's own checkpoint dir ``<run_dir>/checkpoints``;
+   a fresh ``<run_dir>/verl/attempt-N/metrics.jsonl`` per attempt because verl's file logger truncates;
+   the exact command in ``attempt-N/command.txt``; resume through
    ``resume_mode=resume_path`` + ``resume_from_path=<latest global_step_N>``);
 4. tails the metrics file and the gatherer's side channel and writes each step (verl metrics + ROPD
    groups, rubrics, verdicts, judge calls) in one store transaction; stops the run when a step's group
@@ -281,6 +282,7 @@ def run(cfg: Config, store, run, resume: bool) -> int:
         proc = subprocess.Popen(argv, env=env, cwd=str(paths.attempt_dir))
         ingest = StepIngestor(store, run_id, paths.metrics, paths.groups, start_step=start_step)
         threshold = cfg.scorer.failure_threshold
+        warned_no_metrics = False
         while True:
             templates.step = ingest.last_step + 1
             done = proc.poll() is not None
@@ -298,6 +300,14 @@ def run(cfg: Config, store, run, resume: bool) -> int:
                     _terminate(proc, cfg.supervisor.stop_grace_s)
                     ingest.flush()
                     return err.exit_code
+            if not warned_no_metrics and ingest.metric_lines == 0 and ingest.max_group_step >= start_step + 3:
+                warned_no_metrics = True
+                msg = (f"scored groups arrive (step {ingest.max_group_step}) but verl's metrics file "
+                       f"{paths.metrics} stays empty: on a multi-node cluster verl's TaskRunner may run on "
+                       "another node, where it writes that file; launch from the Ray head node or make the "
+                       "run folder a path every node can write (rubrics, verdicts and rewards still arrive)")
+                _log(f"warning: {msg}")
+                store.add_event(run_id, "warning", msg, step=ingest.max_group_step)
             if done:
                 break
             if stop.requested:

@@ -102,6 +102,8 @@ class StepIngestor:
         self._next_index: dict[int, int] = defaultdict(int)
         self._steps_with_groups: set[int] = set()
         self._logged_steps: set[int] = set()
+        self.metric_lines = 0  # verl lines read (0 while the file logger writes elsewhere)
+        self.max_group_step = int(start_step)
 
     def poll(self) -> list[StepReport]:
         # Every group of a step is appended before verl logs that step, so groups are read both before
@@ -115,6 +117,7 @@ class StepIngestor:
             except (TypeError, ValueError):
                 continue
             data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
+            self.metric_lines += 1
             reports.append(self._write(step, map_metrics(data)))
             self._logged_steps.add(step)
             self.last_step = max(self.last_step, step)
@@ -136,6 +139,7 @@ class StepIngestor:
                 continue
             step = rec.get("step")
             step = int(step) if isinstance(step, (int, float)) else self.last_step + 1
+            self.max_group_step = max(self.max_group_step, step)
             self._pending[step].append(group_from_dict(rec["group"]))
 
     def _write(self, step: int, metrics: dict[str, float]) -> StepReport:
