@@ -81,3 +81,35 @@ def test_train_runs_to_the_end_and_streams_progress(tmp_path, tiny_model):
     with RS(store) as s:
         rec = Supervisor(s).wait("demo-2", timeout=240)
         assert rec.status == "finished", (rec.cause, rec.stderr_tail)
+
+
+def test_ctrl_c_stops_the_run_and_says_how_to_resume(tmp_path, tiny_model):
+    import signal
+    import time
+
+    store = tmp_path / "runs" / "ropd.db"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ropd_tui.cli", "--headless", "--store", str(store), "train", "--config",
+         str(ROOT / "configs" / "demo.yaml"), "--name", "cc", f"trainer.model={tiny_model}", "trainer.steps=500",
+         "trainer.prompts_per_step=2", "trainer.rollouts=2", "trainer.max_new_tokens=4", "trainer.threads=1",
+         "trainer.save_every=1000", "task.num_prompts=2", f"teacher.index={tmp_path / 'teacher.jsonl'}",
+         "judge.mode=offline"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:  # wait for the first step line
+        lines.append(line)
+        if line.startswith("step 1/500") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=180)
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out
+    assert "Resume it with: ropd-tui --headless resume cc" in out
+    with RunStore(store) as s:
+        rec = s.get_run("cc")
+        assert rec.status == "stopped"
+        from engine.trainers.embedded import latest_checkpoint
+
+        ckpt = latest_checkpoint(rec)
+        assert ckpt is not None and ckpt.name == f"checkpoint-{rec.last_step}"

@@ -208,3 +208,27 @@ def test_worker_reports_a_user_error_with_exit_code_2(tmp_path, tiny_model, stor
     assert "trainer.model" in out and "Traceback" not in out
     rec = store.get_run(run.id)
     assert rec.status == "failed" and "trainer.model" in (rec.cause or "")
+
+
+def test_llm_judge_over_http_drives_the_rewards(tmp_path, tiny_model, store):
+    from loopback_server import LoopbackJudgeServer
+
+    with LoopbackJudgeServer() as srv:
+        cfg = make_cfg(tmp_path, tiny_model, "trainer.steps=1", "judge.mode=auto",
+                       f"judge.rubricator.base_url={srv.base_url}", f"judge.verifier.base_url={srv.base_url}",
+                       "judge.rubricator.model=fake-judge", "judge.verifier.model=fake-judge")
+        assert cfg.judge_is_llm()
+        run = new_run(store, cfg)
+        assert embedded.run(cfg, store, run, log=quiet).status == "finished"
+        # ONE rubricator request per prompt, holding all of its rollouts
+        rub = srv.requests_for("rubricator")
+        assert len(rub) == cfg.trainer.prompts_per_step
+        for r in rub:
+            assert r.prompt.count("<student_answer id=") == cfg.trainer.rollouts
+    groups = store.step_groups(run.id, 1)
+    assert all(g["status"] in ("ok", "recovered") for g in groups)
+    calls = [c for g in groups for c in g["calls"]]
+    assert {c["role"] for c in calls} >= {"rubricator", "verifier"}
+    assert all(c["endpoint"] and "127.0.0.1" in c["endpoint"] for c in calls)
+    keys = set(store.metric_keys(run.id))
+    assert {"judge/prompt_tokens", "judge/completion_tokens", "judge/latency_s"} <= keys
