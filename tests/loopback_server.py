@@ -23,10 +23,12 @@ Scriptable: ``latency_s`` / ``latency_fn``; faults consumed in order by matching
 ``models`` (404 for other models), ``reject_response_format`` (400); a per-request log
 (:attr:`requests`, with messages and timing), in-flight and peak in-flight counters, and usage numbers.
 
-Use it as a context manager (``with LoopbackJudgeServer() as srv: srv.base_url``), through the
-``loopback_judge`` fixture in ``tests/test_judge_client.py`` style, or as a separate process for
+Use it as a context manager (``with LoopbackJudgeServer() as srv: srv.base_url``; see the
+``judge_server`` fixtures in tests/test_judge_client.py and tests/test_scorer.py), with
+:func:`loopback_config` for a Config whose judge roles point at it, or as a separate process for
 benchmarks: ``python tests/loopback_server.py --latency 0.2`` prints ``READY <base_url>``; then
-``GET /_stats`` and ``POST /_reset`` (JSON body may set ``latency_s``) control it over HTTP.
+``GET /_stats``, ``GET /_requests`` (timings) and ``POST /_reset`` (JSON body may set ``latency_s``)
+control it over HTTP.
 """
 
 from __future__ import annotations
