@@ -323,3 +323,21 @@ async def test_launch_failure_is_shown_and_the_form_kept(store, tmp_path):
         assert not screen.query_one("#new-run-launch").disabled
     with RunStore(store) as s:
         assert s.find_run("v") is None  # no half-made run
+
+
+@pytest.mark.parametrize("key, screen_name", [("T", "templates"), ("P", "replay")])
+async def test_template_editor_and_replay_screens_open_from_runs(store, key, screen_name):
+    from ropd_tui.app import SCREENS
+
+    if screen_name not in SCREENS:
+        pytest.skip(f"ropd_tui/screens/{screen_name}.py is not in this checkout")
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        runs = await wait_screen(pilot, RunsScreen)
+        await pilot.press(key)
+        await wait_for(pilot, lambda: app.screen is not runs, what=f"the {screen_name} screen")
+        opened = app.screen
+        assert type(opened).__module__ == f"ropd_tui.screens.{screen_name}"
+        assert opened.run_id == runs.rows[0].id
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is runs, what="back to the runs")

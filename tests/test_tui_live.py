@@ -121,3 +121,28 @@ async def test_stop_then_delete_a_supervised_run_from_the_ui(tmp_path):
         if store.find_run("sleeper") is not None and sup.is_running("sleeper"):
             sup.stop("sleeper", grace=1)
         store.close()
+
+
+def test_runs_under_the_web_driver_used_by_textual_serve(store):
+    """``textual serve`` starts the app as a subprocess with Textual's web driver (stdin/stdout pipes);
+    the app must start and render the runs from the store alone."""
+    import os
+    import select
+    import time
+
+    path, _ = store
+    env = dict(os.environ, TEXTUAL_DRIVER="textual.drivers.web_driver:WebDriver")
+    proc = subprocess.Popen([sys.executable, "-m", "ropd_tui.cli", "--store", str(path)], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"demo-baseline" not in seen and time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                seen += os.read(proc.stdout.fileno(), 65536)
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    assert b"demo-baseline" in seen, err.decode(errors="replace")[-2000:]
+    assert b"Traceback" not in err
