@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import time
 import weakref
