@@ -168,17 +168,23 @@ def local_num_cpus(cfg: Config) -> int | None:
 
 
 def _absolute_paths(cfg: Config) -> dict[str, Any]:
-    """The config as a dict with file paths made absolute (the gatherer actor's cwd may differ)."""
+    """The config as a dict with file paths made absolute (the gatherer actor's cwd may differ).
+    Template paths that do not exist relative to this directory are left for the template loader,
+    which also looks them up in the project."""
     d = cfg.to_dict()
 
-    def fix(section: str, key: str) -> None:
+    def fix(section: str, key: str, *, only_existing: bool = False) -> None:
         v = d[section].get(key)
-        if v and not str(v).startswith(("pkg://", "http://", "https://")):
-            d[section][key] = str(Path(v).expanduser().resolve())
+        if not v or str(v).startswith(("pkg://", "http://", "https://")):
+            return
+        p = Path(v).expanduser()
+        if only_existing and not p.exists():
+            return
+        d[section][key] = str(p.resolve())
 
     fix("teacher", "index")
     for role in ("rubricator", "verifier", "scalar_judge"):
-        fix("templates", role)
+        fix("templates", role, only_existing=True)
     fix("task", "train_file")
     fix("task", "val_file")
     return d
