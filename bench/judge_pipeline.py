@@ -74,8 +74,10 @@ def http(base_url: str, path: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-async def run_level(base_url: str, concurrency: int, groups: list[GroupInput], repeats: int) -> dict:
-    overrides = ["judge.mode=llm", f"judge.concurrency={concurrency}", "scorer.k=4", "scorer.verifier_chunk_size=16"]
+async def run_level(base_url: str, concurrency: int, groups: list[GroupInput], repeats: int,
+                    http_backend: str = "auto") -> dict:
+    overrides = ["judge.mode=llm", f"judge.concurrency={concurrency}", "scorer.k=4", "scorer.verifier_chunk_size=16",
+                 f"judge.http_backend={http_backend}"]
     for role in ("rubricator", "verifier"):
         overrides += [f"judge.{role}.base_url={base_url}", f"judge.{role}.model=bench-judge"]
     cfg = load_config(None, overrides)
@@ -110,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--groups", type=int, default=32)
     ap.add_argument("--rollouts", type=int, default=8)
     ap.add_argument("--teachers", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per level; the best is printed")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per level; the best is printed")
+    ap.add_argument("--http-backend", choices=["auto", "httpx", "aiohttp"], default="auto",
+                    help="the openai SDK transport (judge.http_backend)")
     args = ap.parse_args(argv)
 
     groups = make_groups(args.groups, args.rollouts, args.teachers)
@@ -118,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bound = 2 * args.latency
         print(f"judge pipeline: {args.groups} groups x ({args.rollouts} rollouts + {args.teachers} teacher answers), "
-              f"loopback judge latency {args.latency * 1000:.0f} ms, server {base_url}")
+              f"loopback judge latency {args.latency * 1000:.0f} ms, server {base_url}, "
+              f"http backend {args.http_backend}")
         print(f"{'concurrency':>11} {'wall s':>8} {'bound s':>8} {'ratio':>6} {'peak in flight':>15} "
               f"{'requests':>9} {'prompt tokens/step':>19} {'failed':>7} {'client cpu s':>13} {'slot bound s':>13} "
               f"{'median wall s':>14}")
         for c in args.concurrency:
-            row = asyncio.run(run_level(base_url, c, groups, args.repeats))
+            row = asyncio.run(run_level(base_url, c, groups, args.repeats, args.http_backend))
             # with c slots, the requests of the step need at least ceil(requests / c) round trips
             slot_bound = max(2, math.ceil(row["requests"] / c)) * args.latency
             print(f"{c:>11} {row['wall_s']:>8.3f} {bound:>8.3f} {row['wall_s'] / bound:>6.2f} {row['peak']:>15} "
