@@ -115,7 +115,7 @@ class LiveScreen(Screen):
 
     def _first_load(self) -> None:
         # A screen pushed and covered at once (e.g. the runs under a start screen) loads when shown.
-        if self.app.screen is self:
+        if self.app.screen is self and not self._polling and not self.loaded:
             self.reload()
 
     def on_screen_resume(self) -> None:
