@@ -109,3 +109,20 @@ def test_plugin_entry_point_registers_reward_manager():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("engine.verl_backend.reward_manager.ROPDRewardManager")
+
+
+def test_preflight_refuses_bad_runs_before_anything_starts(tmp_path):
+    from engine.errors import ConfigError, TeacherIndexError
+    from engine.verl_backend.launcher import preflight
+
+    base = ["run.backend=verl", f"verl.model_path={tmp_path}"]
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "What is 1 + 1?", "ground_truth": "2"}\n')
+    preflight(load_config(None, base + ["judge.mode=offline", f"teacher.index={tmp_path / 'new.jsonl'}"]))  # demo builds it
+    with pytest.raises(ConfigError, match="task.train_file not found"):
+        preflight(load_config(None, base + ["task.name=jsonl", f"task.train_file={tmp_path / 'nope.jsonl'}"]))
+    with pytest.raises(TeacherIndexError, match="teacher index not found"):
+        preflight(load_config(None, base + ["task.name=jsonl", f"task.train_file={train}",
+                                            f"teacher.index={tmp_path / 'missing.jsonl'}"]))
+    with pytest.raises(ConfigError, match="verl.train_files"):
+        preflight(load_config(None, base + [f"verl.train_files={tmp_path / 'x.parquet'}"]))

@@ -70,13 +70,14 @@ def verl_config(tok_dir: Path, gatherer: str, timeout_s: float, *extra: str):
             f"ropd.gatherer_name={gatherer}", f"ropd.group_timeout_s={timeout_s}", *extra])
 
 
-def make_batch(tok, samples: list[tuple[str, int, str]], *, split: str = "train", step: int | None = 1):
+def make_batch(tok, samples: list[tuple[str, int, str]], *, split: str = "train", step: int | None = 1,
+               extra_pad: int = 2):
     """A DataProto like verl's: left-padded prompts, right-padded responses (with EOS), masks, non-tensors."""
     from verl import DataProto
 
     prompt_ids = [tok.encode(PROMPTS[uid][0]) for uid, _, _ in samples]
     resp_ids = [tok.encode(text) + [tok.eos_token_id] for _, _, text in samples]
-    P, R = max(map(len, prompt_ids)), max(map(len, resp_ids)) + 2
+    P, R = max(map(len, prompt_ids)), max(map(len, resp_ids)) + extra_pad
     prompts = torch.zeros(len(samples), P, dtype=torch.long)
     responses = torch.zeros(len(samples), R, dtype=torch.long)
     attn = torch.zeros(len(samples), P + R, dtype=torch.long)
@@ -173,8 +174,20 @@ def test_reward_loop_scores_each_prompt_in_one_rubricator_call(env):
         assert r[0] > r[1] and r[0] > r[3]
     assert np.all(info["teacher_mean"] > 0.5)
 
-    # both groups reached the side channel, with their step, rubric and verdicts
-    recs = list(JsonlTail(side).read())
+    # the streaming path (what verl's agent loop does per finished trajectory): one unpadded rollout
+    # per call, spread over both workers
+    srv.requests.clear()
+    calls = []
+    for i, text in enumerate(ROLLOUTS["u-mul"]):
+        single, _ = make_batch(env["tok"], [("u-mul", i, text)], extra_pad=0)
+        calls.append(manager.reward_loop_workers[i % 2].compute_score.remote(single))
+    streamed = ray.get(calls, timeout=120)
+    assert len(srv.requests_for("rubricator")) == 1
+    assert [o["reward_extra_info"]["acc"] for o in streamed] == [1.0, 0.0, 1.0, 0.0]
+    assert streamed[0]["reward_score"] > streamed[1]["reward_score"]
+
+    # all groups reached the side channel, with their step, rubric and verdicts
+    recs = [r for r in JsonlTail(side).read() if r["group"]["uid"] != "u-mul"]
     assert len(recs) == 2 and {r["step"] for r in recs} == {1}
     groups = [group_from_dict(r["group"]) for r in recs]
     assert {g.uid for g in groups} == {"u-add", "u-sub"}

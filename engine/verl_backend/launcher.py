@@ -117,9 +117,8 @@ def config_location(cfg: Config) -> tuple[Path, str]:
     return REPO_CONFIG_DIR, name
 
 
-def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_files: str, val_files: str,
-                  gatherer: str, resume_from: Path | None) -> list[str]:
-    """The ``main_ppo`` command line of one attempt (user overrides from ``verl.overrides`` come last)."""
+def check_verl_settings(cfg: Config) -> tuple[Path, str]:
+    """The verl section's own checks; returns the Hydra (config dir, config name)."""
     model = cfg.verl.model_path
     if not model:
         raise ConfigError("verl.model_path is not set", hint="set it to a local HF model dir or a hub id, "
@@ -127,7 +126,44 @@ def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_file
     if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
         raise ConfigError(f"verl.model_path: {model} does not exist",
                           hint="point it at a local HF model dir (on every node of a multi-node cluster)")
-    config_dir, config_name = config_location(cfg)
+    if cfg.verl.group_timeout_s <= 0:
+        raise ConfigError(f"verl.group_timeout_s must be > 0, got {cfg.verl.group_timeout_s}")
+    for key in ("train_files", "val_files"):
+        f = getattr(cfg.verl, key)
+        if f and "://" not in f and not Path(f).expanduser().exists():
+            raise ConfigError(f"verl.{key}: {f} does not exist")
+    return config_location(cfg)
+
+
+def preflight(cfg: Config) -> None:
+    """Everything a verl run can be refused for before it starts, without Ray or network: verl installed,
+    the verl section, the task, the templates, the teacher index (unless the demo task builds it) and the
+    judge settings. Raises the matching :class:`~engine.errors.UserError`."""
+    import importlib.util
+
+    if importlib.util.find_spec("verl") is None and not os.environ.get(MAIN_CMD_ENV):
+        raise ConfigError(f"run.backend is verl but verl is not installed in {sys.executable}",
+                          hint="pip install -e '.[verl]' (verl[verl-core]==0.9.1; GPU nodes also need vLLM)")
+    check_verl_settings(cfg)
+    if not cfg.verl.train_files:
+        from .data import task_problems
+
+        task_problems(cfg)
+    from engine.judges import make_judge
+    from engine.template_set import TemplateSet
+
+    make_judge(cfg, TemplateSet(cfg))
+    builds_index = cfg.task.name == "demo_math" and cfg.teacher.build_if_missing
+    if cfg.scorer.k > 0 and not (builds_index and cfg.teacher.index and not Path(cfg.teacher.index).exists()):
+        from engine.scorer import Scorer
+
+        Scorer(cfg).teacher_index  # noqa: B018 - TeacherIndexError naming the file
+
+
+def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_files: str, val_files: str,
+                  gatherer: str, resume_from: Path | None) -> list[str]:
+    """The ``main_ppo`` command line of one attempt (user overrides from ``verl.overrides`` come last)."""
+    config_dir, config_name = check_verl_settings(cfg)
     ov = {
         "actor_rollout_ref.model.path": cfg.verl.model_path,
         "data.train_files": train_files,
@@ -240,11 +276,7 @@ def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
 
 def run(cfg: Config, store, run, resume: bool) -> int:
     """Run (or resume) one verl training run; returns the process exit code for the train worker."""
-    import importlib.util
-
-    if importlib.util.find_spec("verl") is None and not os.environ.get(MAIN_CMD_ENV):
-        raise ConfigError(f"run.backend is verl but verl is not installed in {sys.executable}",
-                          hint="pip install -e '.[verl]' (verl[verl-core]==0.9.1; GPU nodes also need vLLM)")
+    preflight(cfg)
     run_id = run.id
     paths = AttemptPaths.new(run.run_dir, getattr(run, "checkpoints_dir", None))
     resume_from, start_step = None, 0
