@@ -82,6 +82,7 @@ def launch(cfg: Any, store_path: str, name: str) -> tuple[str, list[str]]:
 
 
 class NewRunScreen(Screen):
+    AUTO_FOCUS = "#new-run-configs"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Cancel"),
         Binding("ctrl+r", "check", "Check", priority=True),
@@ -99,7 +100,7 @@ class NewRunScreen(Screen):
             with Vertical(id="new-run-left"):
                 yield Label("Config (configs/)", classes="section-title")
                 yield ListView(id="new-run-configs")
-            with VerticalScroll(id="new-run-right"):
+            with VerticalScroll(id="new-run-right", can_focus=False):
                 yield Label("Run name", classes="section-title")
                 yield Input(placeholder="e.g. demo-lr1e-5 (default: the config's run.name)", id="new-run-name")
                 yield Label("Overrides: one key.sub=value per line", classes="section-title")
@@ -123,7 +124,6 @@ class NewRunScreen(Screen):
         else:
             lv.index = 0
             self._preview()
-        lv.focus()
 
     @property
     def config_path(self) -> Path | None:

@@ -106,6 +106,7 @@ class RunScreen(LiveScreen):
 
     def on_mount(self) -> None:
         self.sub_title = self.run_name
+        self.set_interval(1.0, self._tick)
         super().on_mount()
 
     # -- data ---------------------------------------------------------------------------------------
@@ -148,18 +149,29 @@ class RunScreen(LiveScreen):
             plot = self.query_one(f"#curve-{i}", CurvePlot)
             plot.set_data(s, self.data.markers, smoothing=self.smoothing, x_axis=self.x_axis)
 
+    def _render_summary(self) -> None:
+        if self.data is None:
+            return
+        row = run_row(self.data.info)
+        elapsed = fmt_duration(row.elapsed(self.app.clock()))
+        summary = Text()
+        summary.append_text(plain(row.name, "bold"))
+        summary.append(f"  {row.status}", style="bold green" if row.status in ACTIVE else "bold")
+        summary.append(f" {row.backend} step {fmt_num(row.step)} {elapsed}"
+                       f" · smooth {self.smoothing:g} · x {self.x_axis}")
+        self.query_one("#run-summary", Static).update(summary)
+
+    def _tick(self) -> None:
+        """Elapsed time of a live run moves every second without reading the store."""
+        if self.data is not None and run_row(self.data.info).status in ACTIVE:
+            self._render_summary()
+
     def _apply_overview(self) -> None:
         d = self.data
         assert d is not None
         row = run_row(d.info)
         status = row.status
-        elapsed = fmt_duration(row.elapsed(self.app.clock()))
-        summary = Text()
-        summary.append_text(plain(row.name, "bold"))
-        summary.append(f"  {status}", style="bold green" if status in ACTIVE else "bold")
-        summary.append(f" {row.backend} step {fmt_num(row.step)} {elapsed}"
-                       f" · smooth {self.smoothing:g} · x {self.x_axis}")
-        self.query_one("#run-summary", Static).update(summary)
+        self._render_summary()
 
         figures = Text("Key figures\n", style="bold")
         for panel, lines in zip(PANELS, d.series):

@@ -126,6 +126,7 @@ class CurvePlot(PlotextPlot):
             origin = min(firsts) if firsts else None
         plt.xlabel("minutes" if self.x_axis == "wall" else "step")
         drawn = 0
+        ys_all: list[float] = []
         for i, s in enumerate(self._series):
             if not s.steps:
                 continue
@@ -141,8 +142,13 @@ class CurvePlot(PlotextPlot):
                 plt.plot(rx, ry, color="gray", marker="dot")
                 ys = smooth_ema(ys, self.smoothing)
             dx, dy = downsample(xs, ys, max_points)
+            ys_all += [y for y in dy if y == y]
             plt.plot(dx, dy, color=color, marker="braille", label=s.label if len(self._series) > 1 else None)
             drawn += 1
+        if ys_all and max(ys_all) - min(ys_all) < 1e-9:  # flat or single point: give the axis some room
+            v = ys_all[0]
+            pad = max(abs(v) * 0.1, 0.05)
+            plt.ylim(v - pad, v + pad)
         if drawn:
             for step, wall, kind in self._markers:
                 if self.x_axis == "wall":
