@@ -203,7 +203,19 @@ async def test_inspector_steps_prompts_sort_filter_and_run_wide(store):
         assert rw.top[0].verdict == "discriminates"
         assert rw.counts["discriminates"] == sum(1 for s in criterion_stats(all_rates) if s.verdict == "discriminates")
         table = insp.query_one("#runwide-table")
-        assert table.row_count == min(200, rw.n_total)
+        assert rw.n_total > 200 and table.row_count == 200 and rw.cursor is not None  # one page
+        first_page = [(s.step, s.group_index, s.criterion) for s in rw.top]
+        await pilot.press("plus")  # the next page (keyset), appended
+        await wait_for(pilot, lambda: table.row_count == rw.n_total, what="the second page")
+        everything = [(s.step, s.group_index, s.criterion) for s in insp.run_wide.top]
+        assert everything[:200] == first_page and len(set(everything)) == rw.n_total and insp.run_wide.cursor is None
+        await pilot.press("v", "v")  # all -> discriminates -> never passes
+        await wait_for(pilot, lambda: insp.run_wide.verdict == "never passes", what="verdict filter")
+        assert all(s.verdict == "never passes" for s in insp.run_wide.top)
+        assert table.row_count == insp.run_wide.counts.get("never passes", 0)
+        await pilot.press("v", "v", "v", "v", "v")  # always, students ahead, weak, no data, all
+        await wait_for(pilot, lambda: insp.run_wide.verdict is None and table.row_count == 200, what="all again")
+        rw = insp.run_wide
         # enter on a run-wide row jumps to that prompt
         target = rw.top[0]
         table.focus()

@@ -23,7 +23,9 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Rubric inspector", [("[ ]", "previous / next step"), ("home end", "first / latest step"), ("g", "go to step"),
                           ("p n", "previous / next prompt"), ("↑ ↓", "move in the verdict matrix"),
                           ("o", "sort rollouts: pool / reward ↓ / reward ↑"), ("F", "show answers failing criterion k (cycle)"),
-                          ("w", "run-wide per-criterion pass rates (enter jumps to the prompt)")]),
+                          ("w", "run-wide per-criterion pass rates (enter jumps to the prompt)"),
+                          ("v", "run-wide: show one verdict (discriminates, never passes, ...)"),
+                          ("+", "run-wide: load the next page")]),
     ("Compare", [("m", "smoothing"), ("x", "x axis"), ("d", "curves / config diff")]),
     ("New run", [("tab", "next field"), ("ctrl+r", "check the config (validate + preflight)"), ("ctrl+l", "launch"), ("esc", "cancel")]),
 ]

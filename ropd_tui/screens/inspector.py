@@ -58,6 +58,8 @@ class InspectorScreen(LiveScreen):
         Binding("o", "sort", "Sort"),
         Binding("F", "filter_failed", "Filter"),
         Binding("w", "run_wide", "Run-wide"),
+        Binding("v", "rw_filter", "Verdict filter", show=False),
+        Binding("plus", "rw_more", "More", show=False),
     ]
 
     def __init__(self, run_id: int, name: str | None = None, step: int | None = None) -> None:
@@ -73,6 +75,9 @@ class InspectorScreen(LiveScreen):
         self._want_run_wide = False
         self.run_wide: RunWide | None = None
         self._run_wide_version: Any = None
+        self.rw_filter: str | None = None  # run-wide list: one verdict only (None: all)
+        self._rw_reset = False  # re-read the first page (filter changed)
+        self._rw_more = False  # read the next page (keyset) and append it
         self._quiet_until = 0.0  # highlight events caused by a re-render don't scroll the page
 
     def compose(self) -> ComposeResult:
@@ -109,9 +114,15 @@ class InspectorScreen(LiveScreen):
             step = steps[-1] if (self.follow_latest or step is None) and steps else self._nearest(steps, step)
         groups = [group_view(step, g) for g in store.step_groups(self.run_id, step, include_calls=False)] if step is not None else []
         data = StepData(steps=steps, step=step, groups=groups)
-        if self._want_run_wide and (self.run_wide is None or self._run_wide_version != self.loading_version):
-            self._run_wide_version = self.loading_version
-            return data, run_wide_stats(store, self.run_id, STAT_LIMIT)
+        if self._want_run_wide:
+            if self.run_wide is None or self._rw_reset or self._run_wide_version != self.loading_version:
+                self._rw_reset = self._rw_more = False
+                self._run_wide_version = self.loading_version
+                return data, ("page", run_wide_stats(store, self.run_id, STAT_LIMIT, verdict=self.rw_filter))
+            if self._rw_more and self.run_wide.cursor is not None:
+                self._rw_more = False
+                return data, ("more", run_wide_stats(store, self.run_id, STAT_LIMIT, verdict=self.rw_filter,
+                                                     after=self.run_wide.cursor, with_counts=False))
         return data
 
     @staticmethod
@@ -124,8 +135,13 @@ class InspectorScreen(LiveScreen):
 
     async def apply(self, data: Any) -> None:
         if isinstance(data, tuple):
-            data, self.run_wide = data
-            self._render_run_wide()
+            data, (kind, page) = data
+            if kind == "more" and self.run_wide is not None:
+                self.run_wide.top += page.top
+                self.run_wide.cursor = page.cursor
+            else:
+                self.run_wide = page
+            self._render_run_wide(keep_cursor=kind == "more")
         changed = self.data is None or self.data.step != data.step or self._group_sig(self.data) != self._group_sig(data)
         self.data = data
         self.step = data.step
@@ -203,7 +219,7 @@ class InspectorScreen(LiveScreen):
         if shown:
             panes.select(shown[min(matrix.cursor_row, len(shown) - 1)].key, scroll=False)
 
-    def _render_run_wide(self) -> None:
+    def _render_run_wide(self, keep_cursor: bool = False) -> None:
         rw = self.run_wide
         if rw is None:
             return
@@ -211,7 +227,10 @@ class InspectorScreen(LiveScreen):
         for verdict in VERDICT_ORDER:
             if rw.counts.get(verdict):
                 t.append(f"  {verdict}: {rw.counts[verdict]}")
-        t.append(f"   (of {rw.n_total} criteria; below: the {min(STAT_LIMIT, rw.n_total)} most telling)", style="dim")
+        t.append(f"   (of {rw.n_total} criteria)", style="dim")
+        t.append(f"\n  showing {len(rw.top)} of {rw.n_matching} · {rw.verdict or 'all verdicts'} (v: filter)", style="bold")
+        if rw.cursor is not None:
+            t.append(" · + for more", style="bold")
         for cat in rw.categories:
             t.append("\n  ")
             t.append_text(one_line(cat.get("category") or "(no category)", 30))
@@ -220,6 +239,7 @@ class InspectorScreen(LiveScreen):
                      f"  ({cat.get('n_criteria', 0)} criteria)", style="dim")
         self.query_one("#runwide-summary", Static).update(t)
         table = self.query_one("#runwide-table", DataTable)
+        row = table.cursor_row
         table.clear()
         styles = {"discriminates": "green", "never passes": "red", "always passes": "yellow", "students ahead": "magenta"}
         for i, s in enumerate(rw.top):
@@ -227,6 +247,8 @@ class InspectorScreen(LiveScreen):
                           str(s.step if s.step is not None else "-"),
                           str(s.group_index + 1 if s.group_index is not None else "-"),
                           plain(s.criterion), one_line(s.text, 200), key=str(i))
+        if keep_cursor and rw.top:
+            table.move_cursor(row=min(row, len(rw.top) - 1))
 
     # -- events and actions ---------------------------------------------------------------------------
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -247,6 +269,20 @@ class InspectorScreen(LiveScreen):
         if event.pane.id == "runwide" and not self._want_run_wide:
             self._want_run_wide = True
             self.query_one("#runwide-summary", Static).update(Text("loading…", style="dim"))
+            self.reload()
+
+    def action_rw_filter(self) -> None:
+        """Cycle the run-wide list through: all, then each verdict (discriminates, never passes, ...)."""
+        if not self._want_run_wide:
+            return
+        options: list[str | None] = [None, *VERDICT_ORDER]
+        self.rw_filter = options[(options.index(self.rw_filter) + 1) % len(options)]
+        self._rw_reset = True
+        self.reload()
+
+    def action_rw_more(self) -> None:
+        if self.run_wide is not None and self.run_wide.cursor is not None:
+            self._rw_more = True
             self.reload()
 
     def action_run_wide(self) -> None:

@@ -203,7 +203,7 @@ class RunScreen(LiveScreen):
                 exit_text.append("\n  ")
                 exit_text.append_text(plain(cause, "red" if status in ("failed", "oom", "killed") else ""))
             tail = d.info.get("stderr_tail")
-            if tail:
+            if tail and status != "finished":
                 exit_text.append("\n  last lines of stderr:\n", style="bold")
                 exit_text.append_text(plain(tail, "dim"))
         self.query_one("#run-exit", Static).update(exit_text)

@@ -326,12 +326,18 @@ def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: s
 
 @dataclass
 class RunWide:
-    """Run-wide criterion statistics: counts per verdict, per-category rates, the most telling criteria."""
+    """Run-wide criterion statistics: counts per verdict, per-category rates, one page of criteria."""
 
     counts: dict[str, int]
     n_total: int
     top: list[CriterionStat]
     categories: list[dict[str, Any]]
+    verdict: str | None = None  # the filter the page was read with (None: all)
+    cursor: tuple | None = None  # keyset position after the page's last row; None: no more rows
+
+    @property
+    def n_matching(self) -> int:
+        return self.counts.get(self.verdict, 0) if self.verdict else self.n_total
 
 
 _VERDICT_SQL = f"""CASE
@@ -341,32 +347,52 @@ _VERDICT_SQL = f"""CASE
     WHEN t IS NOT NULL AND t - s >= {GAP} THEN 'discriminates'
     WHEN t IS NOT NULL AND s - t >= {GAP} THEN 'students ahead'
     ELSE 'weak' END"""
+_RANK_SQL = "CASE v " + " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(VERDICT_ORDER)) + " END"
 
 
-def run_wide_stats(store: Any, run_id: int, limit: int = 200) -> RunWide:
-    """Counts and the ``limit`` most telling criteria, aggregated in SQL (a long run has 100k criteria;
-    they are never all loaded). Falls back to ``store.criterion_pass_rates`` if the schema differs."""
-    categories = list(store.criterion_pass_rates(run_id, by="category"))
-    base = ("SELECT g.step AS step, g.group_index AS gi, cr.crit_key AS k, cr.text AS text, cr.points AS points,"
-            " cr.teacher_pass_rate AS t, cr.student_pass_rate AS s"
+def run_wide_stats(store: Any, run_id: int, limit: int = 200, *, verdict: str | None = None,
+                   after: tuple | None = None, with_counts: bool = True) -> RunWide:
+    """Per-verdict counts and one keyset page (``limit`` rows after ``after``) of the run's criteria,
+    most telling first (verdict rank, then the teacher-student gap), optionally of one verdict only.
+
+    Aggregated and paged in SQL over the store's tables: a long run has 100k+ criteria and they are
+    never all loaded. Falls back to ``store.criterion_pass_rates`` (slower) if the schema differs."""
+    categories = list(store.criterion_pass_rates(run_id, by="category")) if with_counts else []
+    base = ("SELECT g.step AS step, g.group_index AS gi, cr.position AS pos, cr.crit_key AS k, cr.text AS text,"
+            " cr.points AS points, cr.teacher_pass_rate AS t, cr.student_pass_rate AS s"
             " FROM groups g JOIN criteria cr ON cr.group_id = g.seq"
             " WHERE g.run_id = ? AND g.attempt = (SELECT attempt FROM runs WHERE id = ?)")
-    order = " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(VERDICT_ORDER))
+    ranked = (f"SELECT *, {_RANK_SQL} AS rank, -abs(coalesce(t, 0) - coalesce(s, 0)) AS neg_gap FROM"
+              f" (SELECT *, {_VERDICT_SQL} AS v FROM ({base}))")
+    where, params = [], [run_id, run_id]
+    if verdict:
+        where.append("v = ?")
+        params.append(verdict)
+    if after is not None:
+        where.append("(rank, neg_gap, step, gi, pos) > (?, ?, ?, ?, ?)")
+        params += list(after)
+    sql = (f"SELECT step, gi, k, text, points, t, s, rank, neg_gap, pos FROM ({ranked})"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY rank, neg_gap, step, gi, pos LIMIT ?")
     try:
         with store.read_snapshot() as c:
             counts = {v: n for v, n in c.execute(
-                f"SELECT {_VERDICT_SQL} AS v, count(*) FROM ({base}) GROUP BY v", (run_id, run_id))}
-            rows = c.execute(
-                f"SELECT step, gi, k, text, points, t, s, {_VERDICT_SQL} AS v FROM ({base})"
-                f" ORDER BY CASE v {order} END, abs(coalesce(t, 0) - coalesce(s, 0)) DESC, step, gi"
-                f" LIMIT ?", (run_id, run_id, limit)).fetchall()
-    except Exception:  # noqa: BLE001 - schema drift: the slower, API-only path
+                f"SELECT {_VERDICT_SQL} AS v, count(*) FROM ({base}) GROUP BY v", (run_id, run_id))} \
+                if with_counts else {}
+            rows = c.execute(sql, (*params, limit + 1)).fetchall()
+    except Exception:  # noqa: BLE001 - schema drift: the slower, API-only path (first page only)
         stats = criterion_stats(store.criterion_pass_rates(run_id))
         counts = {}
         for st in stats:
             counts[st.verdict] = counts.get(st.verdict, 0) + 1
-        ranked = sorted(stats, key=lambda x: (VERDICT_ORDER.index(x.verdict), -abs(x.gap or 0.0)))
-        return RunWide(counts=counts, n_total=len(stats), top=ranked[:limit], categories=categories)
+        stats = [x for x in stats if not verdict or x.verdict == verdict]
+        stats.sort(key=lambda x: (VERDICT_ORDER.index(x.verdict), -abs(x.gap or 0.0)))
+        return RunWide(counts=counts, n_total=len(stats), top=stats[:limit], categories=categories,
+                       verdict=verdict)
+    more = len(rows) > limit
+    rows = rows[:limit]
     top = [CriterionStat(step=r[0], group_index=r[1], criterion=str(r[2] or "?"), text=str(r[3] or ""),
                          points=int(r[4] or 0), teacher_rate=r[5], student_rate=r[6]) for r in rows]
-    return RunWide(counts=counts, n_total=sum(counts.values()), top=top, categories=categories)
+    cursor = (rows[-1][7], rows[-1][8], rows[-1][0], rows[-1][1], rows[-1][9]) if more and rows else None
+    return RunWide(counts=counts, n_total=sum(counts.values()), top=top, categories=categories, verdict=verdict,
+                   cursor=cursor)
