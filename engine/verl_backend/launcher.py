@@ -294,20 +294,22 @@ def run(cfg: Config, store, run, resume: bool) -> int:
 
     import ray
 
-    from .gatherer import start_gatherer
-
     from engine.template_set import TemplateSet
+
+    from .gatherer import start_gatherer
 
     # Records the template versions in use and every live edit (accepted or rejected) in the store; the
     # gatherer watches the same files on this node and scores with them (it never writes the store).
     templates = TemplateSet(cfg, store, run_id)
-    if cfg.templates.watch:
-        templates.start()
-    ray_address = _connect_ray(cfg)
     stop = _Stop()
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    old: dict = {}
     proc = None
     try:
+        if cfg.templates.watch:
+            templates.start()
+        ray_address = _connect_ray(cfg)
+        # after ray.init, which installs its own driver handlers
+        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         # the handle must stay referenced: a non-detached actor dies with its last handle
         gatherer = start_gatherer(_absolute_paths(cfg), str(paths.groups), name=name, namespace=GATHERER_NAMESPACE,
                                   group_timeout_s=cfg.verl.group_timeout_s)
@@ -317,6 +319,8 @@ def run(cfg: Config, store, run, resume: bool) -> int:
         store.add_event(run_id, "resumed" if resume_from else "started",
                         f"verl attempt {paths.attempt}" + (f" from {resume_from.name}" if resume_from else ""),
                         step=start_step or None, data={"argv": argv, "ray_address": ray_address})
+        if stop.requested:  # stopped while starting up
+            return 130 if stop.signum == signal.SIGINT else 143
         proc = subprocess.Popen(argv, env=env, cwd=str(paths.attempt_dir))
         ingest = StepIngestor(store, run_id, paths.metrics, paths.groups, start_step=start_step)
         threshold = cfg.scorer.failure_threshold
@@ -361,8 +365,8 @@ def run(cfg: Config, store, run, resume: bool) -> int:
     finally:
         if proc is not None and proc.poll() is None:
             _terminate(proc, cfg.supervisor.stop_grace_s)
-        for s, h in old.items():
-            signal.signal(s, h)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         templates.stop()
         ray.shutdown()
 

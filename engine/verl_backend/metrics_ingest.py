@@ -53,10 +53,6 @@ def map_metrics(data: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def failure_rate(groups: list[GroupResult]) -> float | None:
-    return sum(g.status == "failed" for g in groups) / len(groups) if groups else None
-
-
 def group_metrics(groups: list[GroupResult]) -> dict[str, float]:
     """ROPD-side metrics of one step's scored groups that the store does not derive itself (it adds
     ``score/student_reward_mean``, ``score/teacher_reward_mean``, ``score/student_accuracy``,
@@ -102,6 +98,7 @@ class StepIngestor:
         self._next_index: dict[int, int] = defaultdict(int)
         self._steps_with_groups: set[int] = set()
         self._logged_steps: set[int] = set()
+        self._step_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # step -> [groups, failed]
         self.metric_lines = 0  # verl lines read (0 while the file logger writes elsewhere)
         self.max_group_step = int(start_step)
 
@@ -155,4 +152,8 @@ class StepIngestor:
             self._steps_with_groups.add(step)
         elif metrics:
             self.store.write_metrics(self.run_id, step, metrics)
-        return StepReport(step, metrics, len(groups), failure_rate(groups))
+        totals = self._step_totals[step]
+        totals[0] += len(groups)
+        totals[1] += sum(g.status == "failed" for g in groups)
+        rate = totals[1] / totals[0] if groups and totals[0] else None  # over all of the step's groups so far
+        return StepReport(step, metrics, len(groups), rate)
