@@ -87,7 +87,8 @@ class GroupCollector:
         self.group_timeout_s = float(group_timeout_s)
         self._on_result = on_result
         self._pending: dict[str, _Pending] = {}
-        self._finished: OrderedDict[str, GroupResult] = OrderedDict()
+        # uid -> ground truth of closed groups (small: only for answering late rollouts)
+        self._finished: OrderedDict[str, str | None] = OrderedDict()
         self._remember = remember
         self.counts = {"groups_ok": 0, "groups_failed": 0, "timeouts": 0, "late_samples": 0}
 
@@ -98,8 +99,7 @@ class GroupCollector:
         text = str(sample.get("text", ""))
         if uid in self._finished:  # arrived after its group was closed (e.g. timed out)
             self.counts["late_samples"] += 1
-            group = self._finished[uid]
-            return self._late_outcome(group, text).as_dict()
+            return self._late_outcome(self._finished[uid], text).as_dict()
         pending = self._pending.get(uid)
         if pending is None:
             pending = self._open(uid, sample)
@@ -174,7 +174,7 @@ class GroupCollector:
 
     def _resolve(self, p: _Pending, group: GroupResult) -> None:
         self.counts["groups_failed" if group.status == "failed" else "groups_ok"] += 1
-        self._finished[p.uid] = group
+        self._finished[p.uid] = group.ground_truth
         while len(self._finished) > self._remember:
             self._finished.popitem(last=False)
         if self._on_result is not None:
@@ -210,8 +210,8 @@ class GroupCollector:
         return SampleOutcome(reward, False, acc, reward, self._teacher_mean(group), group.status)
 
     @staticmethod
-    def _late_outcome(group: GroupResult, text: str) -> SampleOutcome:
-        correct = _is_correct(text, group.ground_truth)
+    def _late_outcome(ground_truth: str | None, text: str) -> SampleOutcome:
+        correct = _is_correct(text, ground_truth)
         return SampleOutcome(0.0, True, float(correct) if correct is not None else 0.0, 0.0, 0.0, "failed")
 
 
