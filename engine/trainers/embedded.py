@@ -95,7 +95,9 @@ class StepRecord:
     failed_rows: list[bool] | None = None
     timing: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "score": 0.0})
     started: float = 0.0
+    cpu_started: float = 0.0
     step_s: float | None = None
+    step_cpu_s: float | None = None  # process CPU seconds: a contention-robust cost measure
     logged_at: float | None = None
 
 
@@ -187,6 +189,10 @@ def step_metrics(rec: StepRecord, trl_logs: dict[str, Any] | None = None, *, bet
     if rec.step_s is not None:
         m["time/step"] = rec.step_s
         m["time/update"] = max(0.0, rec.step_s - gen - score)
+    if rec.step_cpu_s is not None:
+        m["time/step_cpu"] = rec.step_cpu_s
+    if "generate_cpu" in rec.timing:
+        m["time/generate_cpu"] = rec.timing["generate_cpu"]
     return m
 
 
@@ -254,11 +260,13 @@ def _make_trainer_class():
 
         def _generate(self, prompts):
             self.ropd.stop.set_phase("generate")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return super()._generate(prompts)
             finally:
-                self.ropd.record.timing["generate"] += time.perf_counter() - t0
+                timing = self.ropd.record.timing
+                timing["generate"] += time.perf_counter() - t0
+                timing["generate_cpu"] = timing.get("generate_cpu", 0.0) + time.process_time() - c0
 
         def _generate_and_score_completions(self, inputs):
             out = super()._generate_and_score_completions(inputs)
@@ -456,7 +464,7 @@ class EmbeddedRun:
                 run.stop.set_phase("step")
                 if run.stop.requested:
                     raise StopRequested()
-                run.record = StepRecord(started=time.perf_counter())
+                run.record = StepRecord(started=time.perf_counter(), cpu_started=time.process_time())
 
             def on_pre_optimizer_step(self, args, state, control, **kw):
                 run.stop.set_phase("optimizer")
@@ -464,6 +472,7 @@ class EmbeddedRun:
             def on_step_end(self, args, state, control, **kw):
                 run.stop.set_phase("log")
                 run.record.step_s = time.perf_counter() - run.record.started
+                run.record.step_cpu_s = time.process_time() - run.record.cpu_started
                 if state.global_step >= state.max_steps or run.stop.requested:
                     control.should_save = True  # the last step (or a stop) is always checkpointed
                 if run.stop.requested:
