@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from engine.config import config_diff
 
-from ..widgets.curves import PALETTE, CurvePlot, Series, rich_color
+from ..widgets.curves import PALETTE, CurvePlot, Series, fit_grid, rich_color
 from ..widgets.safe import plain
 from .base import LiveScreen
 from .run import SMOOTHING_STEPS, run_info
@@ -82,6 +82,9 @@ class CompareScreen(LiveScreen):
             with TabPane("Config diff", id="cmp-diff"):
                 yield DataTable(id="cmp-diff-table", zebra_stripes=True)
         yield Footer()
+
+    def on_resize(self, event) -> None:
+        fit_grid(self.query_one("#curve-grid", Grid), event.size.width, event.size.height, len(PANELS))
 
     def on_mount(self) -> None:
         self.sub_title = "compare"

@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 
-from ..widgets.curves import CurvePlot, Series
+from ..widgets.curves import CurvePlot, Series, fit_grid
 from ..widgets.log_view import LogChunk, LogTail, LogView
 from ..widgets.safe import plain
 from .base import LiveScreen
@@ -103,6 +103,9 @@ class RunScreen(LiveScreen):
                 yield LogView(id="run-log")
                 yield Static("", id="log-status", classes="statusline")
         yield Footer()
+
+    def on_resize(self, event) -> None:
+        fit_grid(self.query_one("#curve-grid", Grid), event.size.width, event.size.height, len(PANELS))
 
     def on_mount(self) -> None:
         self.sub_title = self.run_name

@@ -167,3 +167,12 @@ class CurvePlot(PlotextPlot):
     def on_resize(self) -> None:
         if self._has_data and self.size.width != self._plotted_width:
             self.replot()
+
+
+def fit_grid(grid, width: int, height: int, panels: int) -> None:
+    """Lay curve panels out for the terminal: 2 columns at 80, 3 from 120; taller rows when there is room."""
+    cols = max(1, min(3, width // 40, panels))
+    rows = -(-panels // cols)
+    row_height = max(10, min(24, (height - 6) // min(rows, 2)))
+    grid.styles.grid_size_columns = cols
+    grid.styles.grid_rows = str(row_height)
