@@ -135,11 +135,11 @@ class CurvePlot(PlotextPlot):
             if s.low is not None and s.high is not None and len(s.low) == len(xs):
                 for band in (s.low, s.high):
                     bx, by = downsample(xs, band, max_points)
-                    plt.plot(bx, by, color="gray", marker="dot")
+                    plt.plot(bx, by, color="gray", marker="·")  # spread band: faint dots
             ys = s.values
             if self.smoothing > 0:
                 rx, ry = downsample(xs, ys, max_points)
-                plt.plot(rx, ry, color="gray", marker="dot")
+                plt.plot(rx, ry, color="gray", marker="braille")  # the raw series under the smoothed one
                 ys = smooth_ema(ys, self.smoothing)
             dx, dy = downsample(xs, ys, max_points)
             ys_all += [y for y in dy if y == y]
