@@ -22,8 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from functools import partial
+
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 
 from engine.errors import StoreError, UserError
@@ -74,11 +77,45 @@ for _name, (_mod, _cls) in {"templates": ("templates", "TemplatesScreen"),
         SCREENS[_name] = _factory
 
 
+class RunsProvider(Provider):
+    """Palette: "open <run>", "inspect <run>" for every run the runs screen knows (no store read)."""
+
+    def _runs(self) -> list[Any]:
+        from .screens.runs import RunsScreen
+
+        for screen in self.app.screen_stack:
+            if isinstance(screen, RunsScreen):
+                return list(screen.rows)
+        return []
+
+    def _commands(self) -> list[tuple[str, Any, str]]:
+        out = []
+        for run in self._runs():
+            out.append((f"Open run {run.name}", partial(self.app.open_screen, "run", run_id=run.id, name=run.name),
+                        f"{run.status} · step {run.step if run.step is not None else '-'} · curves, config, log"))
+            out.append((f"Inspect rubrics of {run.name}",
+                        partial(self.app.open_screen, "inspector", run_id=run.id, name=run.name),
+                        "rubric inspector: teacher vs student answers, verdict matrix"))
+        return out
+
+    async def discover(self) -> Hits:
+        for title, command, help_text in self._commands()[:20]:
+            yield DiscoveryHit(title, command, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, command, help_text in self._commands():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), command, text=title, help=help_text)
+
+
 class RopdApp(App[int]):
     """ropd-tui. ``live=False`` turns off polling (snapshot tests); ``clock`` freezes elapsed times."""
 
     CSS_PATH = "ropd.tcss"
     TITLE = "ropd-tui"
+    COMMANDS = App.COMMANDS | {RunsProvider}
     BINDINGS = [
         Binding("question_mark", "help", "Help"),
         Binding("ctrl+t", "toggle_theme", "Theme", show=False),

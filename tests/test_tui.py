@@ -353,3 +353,16 @@ async def test_template_editor_and_replay_screens_open_from_runs(store, key, scr
         assert opened.run_id == runs.rows[0].id
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is runs, what="back to the runs")
+
+
+async def test_palette_opens_any_run_by_name(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_screen(pilot, RunsScreen)
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await pilot.press(*"open run demo-st")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        run = await wait_screen(pilot, RunScreen)
+        assert run.run_name == "demo-stopped"
