@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_store import build_store
-from tui_pilot import FROZEN_NOW, wait_for, wait_screen
+from tui_pilot import FROZEN_NOW, wait_screen
 
 from ropd_tui.app import RopdApp
 from ropd_tui.screens.compare import CompareScreen

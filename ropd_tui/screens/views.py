@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -302,10 +301,6 @@ def criterion_stats(rows: list[dict[str, Any]]) -> list[CriterionStat]:
             teacher_rate=_first(r, "teacher_pass_rate", "teacher_rate", "teacher"),
             student_rate=_first(r, "student_pass_rate", "student_rate", "student")))
     return out
-
-
-def now() -> float:
-    return time.time()
 
 
 def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: str) -> list[Series]:
