@@ -110,6 +110,7 @@ class EmbeddedTrainerConfig:
     beta: float = 0.0  # KL coefficient
     scale_rewards: Literal["group", "batch", "none"] = "none"  # Dr.GRPO-style mean-centering by default
     loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo"] = "dapo"  # TRL loss aggregation; dapo = token mean
+    gradient_checkpointing: bool = False  # trades ~30% more compute for less activation memory
     save_every: int = 1
     keep_checkpoints: int = 2
     bf16: bool = False

@@ -373,6 +373,7 @@ class EmbeddedRun:
             scale_rewards=t.scale_rewards,
             loss_type=t.loss_type,
             num_iterations=1,
+            gradient_checkpointing=t.gradient_checkpointing,  # TRL's default is True: recomputes the forward
             logging_steps=1,
             save_strategy="steps",
             save_steps=t.save_every,
