@@ -78,7 +78,7 @@ def test_two_steps_land_in_the_store_with_rubrics_and_verdicts(tmp_path, tiny_mo
     # a checkpoint at the last step, and events for the start and each checkpoint
     assert latest_checkpoint(run).name == "checkpoint-2"
     kinds = [e["kind"] for e in store.events(run.id)]
-    assert "started" in kinds and kinds.count("checkpoint") == 2
+    assert "trainer_started" in kinds and kinds.count("checkpoint") == 2
 
 
 def test_failed_groups_are_left_out_of_the_update(tmp_path, tiny_model, store):
@@ -151,7 +151,8 @@ def test_resume_continues_at_the_next_step(tmp_path, tiny_model, store):
     steps = store.steps(run.id)
     assert [s["step"] for s in steps] == [1, 2, 3]
     assert steps[0]["seq"] == first["seq"]  # step 1 was not redone
-    assert "resumed" in [e["kind"] for e in store.events(run.id)]
+    loaded = [e for e in store.events(run.id) if e["kind"] == "checkpoint_loaded"]
+    assert len(loaded) == 1 and loaded[0]["step"] == 1
     assert latest_checkpoint(run).name == "checkpoint-3"
     assert len(list((Path(run.run_dir) / "checkpoints").glob("checkpoint-*"))) == cfg.trainer.keep_checkpoints
 

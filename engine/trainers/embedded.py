@@ -559,10 +559,12 @@ class EmbeddedRun:
             done = int(_CKPT_RE.match(resume_from.name).group(1))
             self.last_written_step = self.last_saved_step = done
             self.log(f"resuming from {resume_from} (step {done} done; continuing at step {done + 1})")
+        # (the supervisor records "started"/"resumed" itself; these say what the trainer actually did)
         self.store.add_event(
-            self.run.id, "resumed" if resume_from is not None else "started",
+            self.run.id, "checkpoint_loaded" if resume_from is not None else "trainer_started",
             f"embedded trainer: {t.steps} steps of {t.prompts_per_step} prompts x {t.rollouts} rollouts"
-            + (f", from {resume_from.name}" if resume_from is not None else ""),
+            + (f", continuing from {resume_from.name}" if resume_from is not None else ""),
+            step=self.last_saved_step or None,
             data={"model": str(model_dir), "checkpoints": str(ckpt_root), "judge": "llm" if self.cfg.judge_is_llm() else "offline"})
         self.stop.set_phase("startup")
         self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
