@@ -582,8 +582,10 @@ class EmbeddedRun:
         self.stop.phase = "save"
         try:
             tr._save_checkpoint(tr.model, trial=None)
-            self.last_saved_step = tr.state.global_step
-            self.log(f"checkpoint saved at step {tr.state.global_step}")
+            step = self.last_saved_step = tr.state.global_step
+            self.log(f"checkpoint saved at step {step}")
+            self.store.add_event(self.run.id, "checkpoint", f"checkpoint saved at step {step} (on stop)", step=step,
+                                 data={"path": str(checkpoint_dir(self.run) / f"checkpoint-{step}")})
         except Exception as err:  # a failed save must not hide the stop
             self.log(f"could not save a checkpoint after the stop: {err}")
 
