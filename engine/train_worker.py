@@ -93,17 +93,21 @@ def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int
             return rc
         raise UserError(f"run '{run.name}' has unknown backend '{run.backend}'", hint="use embedded or verl")
     except StopRequested:
+        stop.close()
         return _stopped(store, run, None)
     except UserError as err:
+        stop.close()
         _err(f"error: {err}")
         _finish(store, run.id, status="failed", exit_code=err.exit_code, cause=err.message)
         _event(store, run.id, "failed", err.message)
         return err.exit_code
     except MemoryError:
+        stop.close()
         _err(traceback.format_exc())
         _finish(store, run.id, status="oom", exit_code=EXIT_CRASHED, cause="out of memory")
         return EXIT_CRASHED
     except Exception as err:  # a bug or an environment problem: keep the traceback in the run log
+        stop.close()
         _err(traceback.format_exc())
         cause = f"{type(err).__name__}: {err}"
         _finish(store, run.id, status="failed", exit_code=EXIT_CRASHED, cause=cause[:500])

@@ -65,6 +65,10 @@ class StopControl:
         self.requested = False
         self.signum: int | None = None
         self.phase = "startup"
+        self.closed = False  # training is over: signals are only noted while the outcome is recorded
+
+    def close(self) -> None:
+        self.closed = True
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handler)
@@ -77,12 +81,14 @@ class StopControl:
     def _handler(self, signum, _frame) -> None:
         already = self.requested
         self.request(signum)
+        if self.closed:
+            return
         if self.phase in self.ABORTABLE or already:  # a second signal aborts whatever is going on
             raise StopRequested()
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
-        if self.requested and phase in self.ABORTABLE:
+        if self.requested and not self.closed and phase in self.ABORTABLE:
             raise StopRequested()
 
 
@@ -523,10 +529,12 @@ class EmbeddedRun:
         try:
             return self._train()
         except StopRequested:
+            self.stop.close()
             self._save_after_stop()
             step = self.trainer.state.global_step if self.trainer is not None else 0
             return TrainResult("stopped", step, f"stopped after step {step}")
         finally:
+            self.stop.close()
             if self.templates is not None:
                 try:
                     self.templates.stop()
