@@ -61,7 +61,8 @@ def bench_trainer(steps: int, overrides: list[str], fresh_cache: bool) -> dict:
         walls = [r["wall_time"] for r in rows]
         series = {k: dict(store.metric_series(rec.id, k)) for k in
                   ("time/step", "time/generate", "time/score", "time/update", "time/step_cpu",
-                   "time/generate_cpu", "reward/mean", "accuracy", "response_length/mean")}
+                   "time/generate_cpu", "time/checkpoint", "memory/peak_rss_gib", "reward/mean", "accuracy",
+                   "response_length/mean")}
     launch_to_first = walls[0] - t0
     between = [b - a for a, b in zip(walls, walls[1:])]
     mean = lambda xs: statistics.fmean(xs) if xs else float("nan")  # noqa: E731
@@ -77,6 +78,8 @@ def bench_trainer(steps: int, overrides: list[str], fresh_cache: bool) -> dict:
         "trainer_step_cpu_s": mean(list(series["time/step_cpu"].values())),
         "trainer_generate_cpu_s": mean(list(series["time/generate_cpu"].values())),
         "response_length_mean": mean(list(series["response_length/mean"].values())),
+        "checkpoint_s": mean(list(series["time/checkpoint"].values())),
+        "peak_rss_gib": max(series["memory/peak_rss_gib"].values(), default=float("nan")),
         "reward_mean_by_step": [round(v, 4) for v in series["reward/mean"].values()],
         "accuracy_by_step": [round(v, 4) for v in series["accuracy"].values()],
         "fresh_cache": fresh_cache,
@@ -172,6 +175,7 @@ def main() -> int:
               f" + score {tr['trainer_score_s']:.2f} + update {tr['trainer_update_s']:.1f}")
         print(f"  trainer step CPU time (mean)  {tr['trainer_step_cpu_s']:.1f} CPU-s (generate "
               f"{tr['trainer_generate_cpu_s']:.1f} CPU-s)")
+        print(f"  checkpoint save (mean)        {tr['checkpoint_s']:.1f} s; peak RSS {tr['peak_rss_gib']:.1f} GiB")
         print(f"  mean response length          {tr['response_length_mean']:.1f} tokens")
         print(f"  reward by step {tr['reward_mean_by_step']}   accuracy by step {tr['accuracy_by_step']}")
         print(f"  whole command                 {tr['total_s']:.1f} s")

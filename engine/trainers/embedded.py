@@ -202,6 +202,26 @@ def step_metrics(rec: StepRecord, trl_logs: dict[str, Any] | None = None, *, bet
     return m
 
 
+def _memory_metrics() -> dict[str, float]:
+    """Peak resident memory of the trainer process so far (and of the GPU when there is one)."""
+    out: dict[str, float] = {}
+    try:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        out["memory/peak_rss_gib"] = kib / 2**20
+    except (ImportError, OSError):
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["memory/peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except Exception:
+        pass
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -505,6 +525,7 @@ class EmbeddedRun:
     def _write_step(self, step: int, logs: dict[str, Any]) -> None:
         rec = self.record
         metrics = step_metrics(rec, logs, beta=self.cfg.trainer.beta)
+        metrics.update(_memory_metrics())
         groups = rec.batch.groups if rec.batch is not None else []
         self.store.write_step(self.run.id, step, metrics, groups)
         self.last_written_step = step
