@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..criterion_stats import VERDICT_ORDER, RunWide
 from ..errors import StoreError
 from ..types import GroupResult, to_jsonable
 from . import queries as q
@@ -419,9 +420,13 @@ class RunStore:
             raise StoreError(f"no run with id {run_id} in {self.path}", hint="list runs with: ropd-tui --headless runs")
         return row[0]
 
-    def metric_keys(self, run_id: int) -> list[str]:
-        return [r[0] for r in self._db.query("SELECT key FROM latest_metrics WHERE run_id=? ORDER BY key",
-                                             (int(run_id),))]
+    def metric_keys(self, run_id: int, *, attempt: int | None = None) -> list[str]:
+        """The metric keys the run logged, sorted (``attempt``: those of that attempt only)."""
+        if attempt is None:
+            return [r[0] for r in self._db.query("SELECT key FROM latest_metrics WHERE run_id=? ORDER BY key",
+                                                 (int(run_id),))]
+        return [r[0] for r in self._db.query("SELECT DISTINCT key FROM metrics WHERE run_id=? AND attempt=?"
+                                             " ORDER BY key", (int(run_id), int(attempt)))]
 
     def latest_metrics(self, run_ids: Iterable[int] | None = None) -> dict[int, dict[str, float]]:
         """{run_id: {key: value at the latest step that logged it}} for the given runs (all when None)."""
@@ -473,6 +478,24 @@ class RunStore:
             if by not in ("step", "category", "points"):
                 raise ValueError(f"criterion_pass_rates: by must be criterion, step, category or points, not {by!r}")
             return q.pass_rates_grouped(c, int(run_id), a, by)
+
+    def criterion_page(self, run_id: int, limit: int = 200, *, verdict: str | None = None, after: tuple | None = None,
+                       with_counts: bool = True, attempt: int | None = None) -> RunWide:
+        """Run-wide criterion statistics (see :mod:`engine.criterion_stats`): one keyset page of the
+        run's criteria, most telling first (verdict rank, then the teacher-student gap), optionally of
+        one ``verdict`` only; the next page starts ``after`` the returned ``cursor`` (None: no more).
+        ``with_counts``: also the number of criteria per verdict and the per-category pass rates.
+
+        Aggregated and paged in SQL: a long run has 100k+ criteria and they are never all loaded."""
+        if verdict is not None and verdict not in VERDICT_ORDER:
+            raise ValueError(f"criterion_page: verdict must be one of {', '.join(VERDICT_ORDER)}, not {verdict!r}")
+        with self._db.read() as c:
+            a = self._attempt(c, run_id, attempt)
+            counts = q.criterion_verdict_counts(c, int(run_id), a) if with_counts else {}
+            categories = q.pass_rates_grouped(c, int(run_id), a, "category") if with_counts else []
+            top, cursor = q.criterion_page(c, int(run_id), a, int(limit), verdict, after)
+        return RunWide(counts=counts, n_total=sum(counts.values()), top=top, categories=categories,
+                       verdict=verdict, cursor=cursor)
 
     def answers(self, run_id: int, steps: Iterable[int] | None = None, *, kind: str | None = None,
                 attempt: int | None = None, include_verdicts: bool = False) -> list[dict[str, Any]]:

@@ -32,15 +32,9 @@ def register(subparsers) -> None:
 
 
 def _metric_rows(store, run_id: int, attempt: int | None) -> Iterator[dict[str, Any]]:
-    for key in store.metric_keys(run_id) if attempt is None else _keys_of_attempt(store, run_id, attempt):
+    for key in store.metric_keys(run_id, attempt=attempt):
         for step, value, wall in store.metric_series(run_id, key, attempt=attempt, with_time=True):
             yield {"step": step, "key": key, "value": value, "wall_time": wall}
-
-
-def _keys_of_attempt(store, run_id: int, attempt: int) -> list[str]:
-    with store.read_snapshot() as c:
-        return [r[0] for r in c.execute("SELECT DISTINCT key FROM metrics WHERE run_id=? AND attempt=? ORDER BY key",
-                                        (run_id, attempt)).fetchall()]
 
 
 def _answer_rows(store, run_id: int, attempt: int | None, fmt: str) -> Iterator[dict[str, Any]]:

@@ -14,11 +14,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
+from engine.criterion_stats import VERDICT_ORDER, RunWide
+
 from ..widgets.answers import AnswerPanes
 from ..widgets.safe import one_line, plain
 from ..widgets.verdicts import AnswerView, VerdictMatrix
 from .base import LiveScreen
-from .views import VERDICT_ORDER, GroupView, RunWide, group_view, run_wide_stats
+from .views import GroupView, group_view
 
 SORTS = ["pool", "reward ↓", "reward ↑"]
 STAT_LIMIT = 200  # rows per run-wide list (the most telling ones); never the whole run
@@ -118,11 +120,11 @@ class InspectorScreen(LiveScreen):
             if self.run_wide is None or self._rw_reset or self._run_wide_version != self.loading_version:
                 self._rw_reset = self._rw_more = False
                 self._run_wide_version = self.loading_version
-                return data, ("page", run_wide_stats(store, self.run_id, STAT_LIMIT, verdict=self.rw_filter))
+                return data, ("page", store.criterion_page(self.run_id, STAT_LIMIT, verdict=self.rw_filter))
             if self._rw_more and self.run_wide.cursor is not None:
                 self._rw_more = False
-                return data, ("more", run_wide_stats(store, self.run_id, STAT_LIMIT, verdict=self.rw_filter,
-                                                     after=self.run_wide.cursor, with_counts=False))
+                return data, ("more", store.criterion_page(self.run_id, STAT_LIMIT, verdict=self.rw_filter,
+                                                           after=self.run_wide.cursor, with_counts=False))
         return data
 
     @staticmethod
