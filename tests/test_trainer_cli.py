@@ -48,6 +48,24 @@ def test_config_errors_are_reported_before_a_run_exists(tmp_path, args, message)
             assert s.list_runs() == []
 
 
+def test_dead_judge_is_reported_before_a_run_exists(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = tmp_path / "runs" / "ropd.db"
+    url = f"http://127.0.0.1:{port}/v1"
+    res = ropd("--store", str(store), "train", "--config", str(ROOT / "configs" / "demo.yaml"),
+               f"judge.rubricator.base_url={url}", f"judge.verifier.base_url={url}", "judge.rubricator.model=m",
+               "judge.verifier.model=m", cwd=tmp_path)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert f"127.0.0.1:{port}" in res.stderr and "Traceback" not in res.stderr
+    if store.exists():
+        with RunStore(store) as s:
+            assert s.list_runs() == []
+
+
 def test_missing_config_file(tmp_path):
     res = ropd("train", "--config", "nope.yaml", cwd=tmp_path)
     assert res.returncode == 2 and "config file not found" in res.stderr

@@ -570,6 +570,8 @@ class EmbeddedRun:
         t = self.cfg.trainer
         problems = self._load_problems()
         self.scorer = self._build_scorer(problems)
+        if self.cfg.judge_is_llm() and hasattr(self.scorer, "preflight_sync"):
+            self.scorer.preflight_sync()  # a dead judge fails here (JudgeError), before the model loads
         model_dir = resolve_model_dir(t.model, log=self.log)
         self.log(f"loading the policy from {model_dir}")
         model, tok = load_model_and_tokenizer(model_dir)

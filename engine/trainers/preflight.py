@@ -18,7 +18,9 @@ from ..config import Config
 from ..errors import ConfigError, TeacherIndexError
 
 
-def preflight(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
+def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool = True) -> list[str]:
+    """``live``: also ask an LLM judge's endpoints whether they answer and serve the models (a second
+    or two; JudgeError naming the URL and cause otherwise)."""
     env = os.environ if env is None else env
     notes: list[str] = []
     if cfg.run.backend == "verl":
@@ -31,6 +33,8 @@ def preflight(cfg: Config, env: Mapping[str, str] | None = None) -> list[str]:
         notes.append(f"trainer: embedded GRPO, {t.steps} steps x {t.prompts_per_step} prompts x {t.rollouts} "
                      f"rollouts x {t.max_new_tokens} tokens, lr {t.learning_rate:g}")
     notes.append(_check_judge(cfg, env))
+    if live and cfg.judge_is_llm(env):
+        notes.append(_check_judge_live(cfg))
     notes += _check_templates(cfg)
     if cfg.run.backend == "embedded":
         notes += _check_task_and_index(cfg)
@@ -70,6 +74,13 @@ def _check_judge(cfg: Config, env: Mapping[str, str]) -> str:
                                    "to an OpenAI-compatible server, or use judge.mode=offline")
     r, v = cfg.judge.rubricator, cfg.judge.verifier
     return f"judge: LLM (rubricator {r.model} @ {r.base_url or 'OpenAI'}, verifier {v.model} @ {v.base_url or 'OpenAI'})"
+
+
+def _check_judge_live(cfg: Config) -> str:
+    from ..scorer import Scorer
+
+    checked = Scorer(cfg).preflight_sync()
+    return "judge reachable: " + ", ".join(f"{c.get('model')} @ {c.get('url')}" for c in checked)
 
 
 def _check_templates(cfg: Config) -> list[str]:
