@@ -70,6 +70,10 @@ def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int
                          exit_code=None, ended_at=None, pid=os.getpid(), started_at=time.time())
         _log(f"run {run.name} (id {run.id}, backend {run.backend}){' resuming' if resume else ''}; store {store.path}")
         if run.backend == "embedded":
+            # The embedded trainer only loads local models: never wait on the hub (read at import time).
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             from .trainers import embedded
 
             result = embedded.run(cfg, store, run, resume, stop=stop, log=_log)
