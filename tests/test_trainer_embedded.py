@@ -233,3 +233,10 @@ def test_llm_judge_over_http_drives_the_rewards(tmp_path, tiny_model, store):
     assert all(c["endpoint"] and "127.0.0.1" in c["endpoint"] for c in calls)
     keys = set(store.metric_keys(run.id))
     assert {"judge/prompt_tokens", "judge/completion_tokens", "judge/latency_s"} <= keys
+
+
+def test_kl_is_reported_when_beta_is_set(tmp_path, tiny_model, store):
+    cfg = make_cfg(tmp_path, tiny_model, "trainer.steps=1", "trainer.beta=0.04")
+    run = new_run(store, cfg)
+    assert embedded.run(cfg, store, run, log=quiet).status == "finished"
+    assert dict(store.metric_series(run.id, "kl")).keys() == {1}
