@@ -30,18 +30,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=handle)
 
 
-def _unique_name(store, base: str) -> str:
-    if store.find_run(base) is None:
-        return base
-    i = 2
-    while store.find_run(f"{base}-{i}") is not None:
-        i += 1
-    return f"{base}-{i}"
-
-
 def handle(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.errors import ConfigError
+    from engine.launch import launch_run, unique_run_name
     from engine.store import open_store
     from engine.trainers.preflight import preflight
 
@@ -55,14 +47,12 @@ def handle(args: argparse.Namespace) -> int:
     for note in preflight(cfg):
         print(note)
     store = open_store(args.store, cfg)
-    name = args.name or _unique_name(store, cfg.run.name)
-    cfg.run.name = name
+    name = args.name or unique_run_name(store, cfg.run.name)
     store_file = Path(store.path).resolve()
-    from engine.supervisor import Supervisor, worker_argv
+    from engine.supervisor import Supervisor
 
-    run = store.create_run(name, cfg.run.backend, cfg.to_dict(), cwd=str(Path.cwd()))
+    run = launch_run(cfg, store, name)
     sup = Supervisor(store)
-    run = sup.launch(run, worker_argv(store, run.id), cwd=str(Path.cwd()))
     print(f"run {name} started (store {store_file}); log: {run.log_path}")
     if args.detach:
         print(f"follow it with: ropd-tui --headless status {name}   |   stop: ropd-tui --headless stop {name}")

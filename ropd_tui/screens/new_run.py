@@ -62,20 +62,14 @@ def launch(cfg: Any, store_path: str, name: str) -> tuple[str, list[str]]:
 
     Returns (run name, preflight notes). Raises UserError (bad config, taken name, launch failure).
     """
-    from engine.errors import ConfigError
+    from engine.launch import launch_run
     from engine.store import RunStore
-    from engine.supervisor import Supervisor, worker_argv
     from engine.trainers.preflight import preflight
 
     notes = preflight(cfg)
     store = RunStore(store_path)
     try:
-        if store.find_run(name) is not None:
-            raise ConfigError(f"a run named {name!r} already exists", hint="type another run name")
-        cfg.run.name = name
-        cwd = str(Path.cwd())
-        run = store.create_run(name, cfg.run.backend, cfg.to_dict(), cwd=cwd)
-        Supervisor(store).launch(run, worker_argv(store, run.id), cwd=cwd)
+        run = launch_run(cfg, store, name)
         return run.name, notes
     finally:
         store.close()
