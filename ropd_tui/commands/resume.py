@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._output import add_json_flag, print_json
-from ._runs_common import add_run_arg, open_store
+from ._output import add_json_flag
+from ._runs_common import add_run_arg, open_store, report_launched
 
 
 def register(subparsers) -> None:
@@ -23,9 +23,5 @@ def handler(args: argparse.Namespace) -> int:
 
     with open_store(args) as store:
         rec = Supervisor(store).resume(args.run)
-    if args.json:
-        print_json({"id": rec.id, "name": rec.name, "status": rec.status, "monitor_pid": rec.monitor_pid,
-                    "attempt": rec.attempt, "log": str(rec.log_path)})
-    else:
-        print(f"resumed run {rec.name} (monitor pid {rec.monitor_pid}); log: {rec.log_path}")
+    report_launched(args, rec, f"resumed run {rec.name}")
     return 0
