@@ -260,3 +260,15 @@ def test_delete_run_removes_rows_and_folder(store):
         assert c.execute("SELECT count(*) FROM answers").fetchone()[0] == 2 * 3
         assert c.execute("SELECT count(*) FROM verdicts").fetchone()[0] == 2 * 3 * 2
     assert len(store.step_groups(keep.id, 1)) == 2
+
+
+def test_template_recorded_at_start_gets_its_first_step_from_the_first_step_using_it(store):
+    rec = store.create_run("r", "embedded", {})
+    # a live template set records the versions in use before step 1 exists
+    store.record_template("verifier", "b" * 64, "Judge {answers}", run_id=rec.id, step=None)
+    store.write_step(rec.id, 1, {"m": 1.0}, make_step(1, 1))
+    store.write_step(rec.id, 2, {"m": 1.0}, make_step(2, 1))
+    by_sha = {t["sha"]: t for t in store.templates(rec.id)}
+    assert by_sha["b" * 64]["first_step"] == 1
+    assert by_sha["b" * 64]["text"] == "Judge {answers}"
+    assert by_sha["a" * 64]["first_step"] == 1

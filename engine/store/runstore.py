@@ -388,8 +388,10 @@ class RunStore:
                       " source=coalesce(template_versions.source, excluded.source)",
                       (sha, role, text, source, now, run_id))
             if run_id is not None:
-                c.execute("INSERT OR IGNORE INTO run_templates(run_id, sha, role, first_step, first_seen)"
-                          " VALUES (?,?,?,?,?)", (int(run_id), sha, role, step, now))
+                c.execute("INSERT INTO run_templates(run_id, sha, role, first_step, first_seen) VALUES (?,?,?,?,?)"
+                          " ON CONFLICT(run_id, sha) DO UPDATE SET first_step=excluded.first_step"
+                          " WHERE run_templates.first_step IS NULL AND excluded.first_step IS NOT NULL",
+                          (int(run_id), sha, role, step, now))
 
     def template(self, sha: str) -> dict[str, Any] | None:
         rows = self._db.query("SELECT * FROM template_versions WHERE sha=?", (sha,))

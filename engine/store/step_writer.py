@@ -167,8 +167,10 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
     for sha, role in tmpl.items():
         c.execute("INSERT OR IGNORE INTO template_versions(sha, role, text, source, first_seen, first_run_id)"
                   " VALUES (?,?,NULL,NULL,?,?)", (sha, role, now, run_id))
-        c.execute("INSERT OR IGNORE INTO run_templates(run_id, sha, role, first_step, first_seen) VALUES (?,?,?,?,?)",
-                  (run_id, sha, role, step, now))
+        # A version recorded at start-up (no step yet) gets its first step from the first step that used it.
+        c.execute("INSERT INTO run_templates(run_id, sha, role, first_step, first_seen) VALUES (?,?,?,?,?)"
+                  " ON CONFLICT(run_id, sha) DO UPDATE SET first_step=excluded.first_step"
+                  " WHERE run_templates.first_step IS NULL", (run_id, sha, role, step, now))
 
 
 _CALL_SQL = (

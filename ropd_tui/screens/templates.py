@@ -273,7 +273,9 @@ class TemplatesScreen(Screen):
         line.append(f"  {sha[:12]}")
         line.append("  ● modified" if self.dirty else "  saved", style="yellow" if self.dirty else "green")
         if used:
-            line.append(f"  (used by {self.run_name} from step {used.get('first_step')})", style="dim")
+            since = used.get("first_step")
+            line.append(f"  (used by {self.run_name}" + (f" from step {since})" if since is not None else ")"),
+                        style="dim")
         last = next((e for e in reversed(self.run_events) if (e.get("data") or {}).get("role") == self.role), None)
         if last is not None and last["kind"] == "template_rejected":
             line.append("\nthe running run rejected the last edit: ", style="bold red")
