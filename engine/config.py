@@ -116,6 +116,10 @@ class EmbeddedTrainerConfig:
     bf16: bool = False
     threads: int | None = None
     seed: int = 0
+    # validation: greedy accuracy on held-out prompts (task.val_file, or demo_math problems disjoint from
+    # training) after every eval_every steps and after the last step; 0 = off
+    eval_every: int = 0
+    eval_prompts: int = 16  # at most this many validation prompts
 
 
 @dataclass
@@ -348,6 +352,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(t, name)}")
     if t.rollouts < 2:
         raise ConfigError("trainer.rollouts must be >= 2: GRPO needs a group of rollouts per prompt")
+    if t.eval_every < 0:
+        raise ConfigError(f"trainer.eval_every must be >= 0 (0 = no validation), got {t.eval_every}")
+    if t.eval_prompts < 1:
+        raise ConfigError(f"trainer.eval_prompts must be >= 1, got {t.eval_prompts}")
 
 
 def store_path(cfg: Config | None = None, env: typing.Mapping[str, str] | None = None) -> Path:

@@ -20,6 +20,11 @@ Every step goes to the run store (:meth:`RunStore.write_step`) with the metrics 
 ``<run_dir>/checkpoints/checkpoint-<step>`` every ``save_every`` steps and at the last step (the newest
 ``keep_checkpoints`` are kept); ``resume`` continues from the newest one at the next step.
 
+With ``trainer.eval_every`` = N > 0 the policy answers the validation prompts greedily after every N-th
+step and after the last one (:mod:`.evaluate`); ``val/accuracy``, ``val/response_length`` and
+``time/eval`` are added to that step's metrics once its training row is written. A stop during the
+evaluation aborts it (the step and its checkpoint are kept; only its validation numbers are missing).
+
 Why subclass rather than use GRPOTrainer as is: TRL has no hook to drop rows from the loss mask
 (a NaN reward only zeroes the advantage) and no split of the step time into generate / score / update.
 Both are small overrides; generation, advantages, loss and optimisation stay TRL's.
@@ -40,6 +45,7 @@ from ..config import Config
 from ..errors import ConfigError, ScoringFailureRateError
 from ..types import BatchResult, GroupInput, prompt_hash
 from . import data as task_data
+from .evaluate import evaluate
 from .model_cache import load_model_and_tokenizer, resolve_model_dir
 
 CHECKPOINT_DIR = "checkpoints"
@@ -59,7 +65,7 @@ class StopControl:
     the next step boundary, so the store and the checkpoints always describe a whole step.
     """
 
-    ABORTABLE = frozenset({"startup", "generate", "score", "update"})
+    ABORTABLE = frozenset({"startup", "generate", "score", "update", "eval"})
 
     def __init__(self) -> None:
         self.requested = False
@@ -324,6 +330,7 @@ class EmbeddedRun:
         self.log = log or (lambda msg: print(msg, flush=True))
         self.record = StepRecord()
         self.problems: dict[str, dict[str, Any]] = {}
+        self.val_problems: list[dict[str, Any]] = []
         self._scorer = scorer
         self.templates = None
         self.trainer = None
@@ -348,6 +355,7 @@ class EmbeddedRun:
                 f"the task has {len(self.problems)} distinct prompts but trainer.prompts_per_step is "
                 f"{self.cfg.trainer.prompts_per_step}",
                 hint="lower trainer.prompts_per_step or give the task more prompts (task.num_prompts)")
+        self.val_problems = task_data.load_validation_problems(self.cfg, problems)
         return problems
 
     def _build_scorer(self, problems):
@@ -510,6 +518,8 @@ class EmbeddedRun:
                 if "train_runtime" in logs or state.global_step <= run.last_written_step:
                     return
                 run._write_step(state.global_step, logs)
+                if run._eval_due(state.global_step):
+                    run._evaluate(state.global_step)
 
             def on_save(self, args, state, control, **kw):
                 run.last_saved_step = state.global_step
@@ -531,6 +541,26 @@ class EmbeddedRun:
         self.last_written_step = step
         rec.logged_at = time.perf_counter()
         self.log(self._progress_line(step, metrics))
+
+    def _eval_due(self, step: int) -> bool:
+        every = self.cfg.trainer.eval_every
+        return bool(self.val_problems) and every > 0 and (step % every == 0 or step >= self.cfg.trainer.steps)
+
+    def _evaluate(self, step: int) -> None:
+        """Greedy validation accuracy of the policy after ``step``, added to the step's metrics."""
+        tr, t = self.trainer, self.cfg.trainer
+        self.stop.set_phase("eval")
+        result = evaluate(tr.accelerator.unwrap_model(tr.model), tr.processing_class, self.val_problems,
+                          system_prompt=self.cfg.task.system_prompt, max_new_tokens=t.max_new_tokens,
+                          batch_size=t.prompts_per_step * t.rollouts,
+                          eos_token_ids=getattr(tr, "eos_token_ids", None))
+        self.stop.set_phase("log")
+        metrics = result.metrics()
+        self.store.write_metrics(self.run.id, step, metrics)
+        self.record.logged_at = time.perf_counter()  # time/checkpoint leaves the evaluation out
+        self.log(f"eval after step {step}: val accuracy {metrics['val/accuracy']:.3f} "
+                 f"({sum(result.correct)}/{len(result.correct)} held-out prompts, greedy)  "
+                 f"mean length {metrics['val/response_length']:.1f} tokens  {result.seconds:.1f} s")
 
     def _progress_line(self, step: int, m: dict[str, float]) -> str:
         def f(key, fmt="{:.3f}"):

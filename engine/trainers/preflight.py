@@ -105,6 +105,11 @@ def _check_task_and_index(cfg: Config) -> list[str]:
         raise ConfigError(f"the task has {len(distinct)} distinct prompts but trainer.prompts_per_step is "
                           f"{cfg.trainer.prompts_per_step}", hint="lower trainer.prompts_per_step or add prompts")
     notes = [f"task: {cfg.task.name}, {len(problems)} prompts"]
+    val = task_data.load_validation_problems(cfg, problems)  # a bad task.val_file fails here, naming the line
+    if val:
+        source = cfg.task.val_file or "held-out demo problems, disjoint from training"
+        notes.append(f"validation: greedy accuracy on {len(val)} prompts ({source}) every "
+                     f"{cfg.trainer.eval_every} steps and after the last")
     if cfg.scorer.k == 0:
         return notes + ["teacher answers: none (scorer.k=0)"]
     if not cfg.teacher.index:

@@ -97,6 +97,7 @@ class Panel:
     std: tuple[str, ...] = ()
     companion: tuple[str, ...] = ()  # a second line on the same panel (e.g. the teacher's reward)
     companion_label: str = ""
+    main_label: str = ""  # the main line's legend when a companion is drawn
 
 
 PANELS: list[Panel] = [
@@ -106,8 +107,8 @@ PANELS: list[Panel] = [
           std=("reward/std", "ropd/reward_std", "reward_std"),
           companion=("teacher_score/mean", "score/teacher_reward_mean", "ropd/teacher_mean"),
           companion_label="teacher"),
-    Panel("accuracy", ("accuracy", "score/student_accuracy", "ropd/train_accuracy", "accuracy/mean",
-                       "val/accuracy")),
+    Panel("accuracy", ("accuracy", "score/student_accuracy", "ropd/train_accuracy", "accuracy/mean"),
+          companion=("val/accuracy",), companion_label="val", main_label="train"),
     Panel("judge failure rate", ("judge/failure_rate", "score/group_failure_rate", "ropd/failure_rate")),
     Panel("judge latency (s)", ("judge/latency_s", "judge/latency_mean_s", "ropd/group_wall_s")),
     Panel("judge tokens (prompt, completion)", ("judge/prompt_tokens", "judge/tokens", "judge/total_tokens"),
@@ -264,5 +265,5 @@ def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: s
         out.append(Series(label=panel.companion_label or ckey, steps=steps, values=values, wall=walls,
                           color="orange"))
     if len(out) > 1 and main is not None:
-        main.label = "student" if panel.companion_label == "teacher" else "prompt"
+        main.label = panel.main_label or ("student" if panel.companion_label == "teacher" else "prompt")
     return out
