@@ -108,8 +108,9 @@ def _check_task_and_index(cfg: Config) -> list[str]:
     val = task_data.load_validation_problems(cfg, problems)  # a bad task.val_file fails here, naming the line
     if val:
         source = cfg.task.val_file or "held-out demo problems, disjoint from training"
-        notes.append(f"validation: greedy accuracy on {len(val)} prompts ({source}) every "
-                     f"{cfg.trainer.eval_every} steps and after the last")
+        t = cfg.trainer
+        when = "after the last step" if t.eval_every >= t.steps else f"every {t.eval_every} steps and after the last"
+        notes.append(f"validation: greedy accuracy on {len(val)} prompts ({source}) {when}")
     if cfg.scorer.k == 0:
         return notes + ["teacher answers: none (scorer.k=0)"]
     if not cfg.teacher.index:
