@@ -131,3 +131,22 @@ def test_ctrl_c_stops_the_run_and_says_how_to_resume(tmp_path, tiny_model):
 
         ckpt = latest_checkpoint(rec)
         assert ckpt is not None and ckpt.name == f"checkpoint-{rec.last_step}"
+
+
+def test_progress_lines_include_validation_accuracy_when_it_lands(tmp_path, capsys):
+    from dummy_trainers.payloads import make_step
+    from ropd_tui.commands.train import _Follower
+
+    store = RunStore(tmp_path / "ropd.db")
+    run = store.create_run("r", "embedded", {"trainer": {"steps": 2}})
+    follower = _Follower(store, run)
+    store.write_step(run.id, 1, {"reward/mean": 0.25}, make_step(1, 2))
+    follower.poll()
+    # the evaluation of step 1 finishes after the step's row was written and printed
+    store.write_metrics(run.id, 1, {"val/accuracy": 0.5})
+    store.write_step(run.id, 2, {"reward/mean": 0.5}, make_step(2, 2))
+    follower.poll()
+    follower.poll()
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0:2] for ln in lines if ln.startswith("step ")] == [["step", "1/2"], ["step", "2/2"]]
+    assert [ln for ln in lines if ln.startswith("eval")] == ["eval after step 1: val accuracy 0.500"]

@@ -93,6 +93,7 @@ class _Follower:
         self.log_pos = 0
         self.started = time.time()
         self.first_step_at: float | None = None
+        self.printed_val_step = 0
 
     def step_metrics(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -128,6 +129,13 @@ class _Follower:
             print(f"step {step}{total}  reward {_fmt(_first(m, self.reward_keys))}  "
                   f"accuracy {_fmt(_first(m, self.acc_keys))}  judge failures {n_failed}/{n_groups}  "
                   f"{_fmt(sps, '.1f')} s/step", flush=True)
+        self.poll_validation()
+
+    def poll_validation(self) -> None:
+        """Held-out accuracy lands after its step's row (the evaluation runs after the step is stored)."""
+        for step, value in self.store.metric_series(self.run.id, "val/accuracy", since_step=self.printed_val_step):
+            self.printed_val_step = step
+            print(f"eval after step {step}: val accuracy {_fmt(value)}", flush=True)
 
     def echo_startup_log(self) -> None:
         """Until the first step, show the worker's own start-up lines (model conversion, errors)."""
