@@ -102,6 +102,27 @@ def _check_answer(text: str, ground_truth: str) -> bool | None:
         return None
 
 
+def run_sync(make_coro):
+    """Run ``make_coro()`` to completion from synchronous code and close the judge's HTTP clients.
+
+    Works in a thread with no event loop (``asyncio.run``) and in one that already runs a loop (the
+    coroutine then runs on a fresh loop in a helper thread, so the caller's loop is never re-entered)."""
+    from .judge_client import aclose_loop_clients
+
+    async def main():
+        try:
+            return await make_coro()
+        finally:
+            await aclose_loop_clients()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ropd-scorer") as ex:
+        return ex.submit(asyncio.run, main()).result()
+
+
 class _StageFailure(Exception):
     """Internal: a failure with its stage, carrying the calls made so far."""
 
@@ -171,20 +192,7 @@ class Scorer:
 
     def preflight_sync(self) -> list[dict[str, Any]]:
         """:meth:`preflight` from synchronous code."""
-        from .judge_client import aclose_loop_clients
-
-        async def main() -> list[dict[str, Any]]:
-            try:
-                return await self.preflight()
-            finally:
-                await aclose_loop_clients()
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(main())
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ropd-preflight") as ex:
-            return ex.submit(asyncio.run, main()).result()
+        return run_sync(self.preflight)
 
     # -- batch -----------------------------------------------------------------------------------
 
@@ -196,21 +204,7 @@ class Scorer:
 
     def score_batch_sync(self, groups: Sequence[GroupInput]) -> BatchResult:
         """:meth:`score_batch` from synchronous code (a thread with or without a running event loop)."""
-        from .judge_client import aclose_loop_clients
-
-        async def main() -> BatchResult:
-            try:
-                return await self.score_batch(groups)
-            finally:
-                await aclose_loop_clients()
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(main())
-        # This thread already runs a loop: score on a fresh loop in a helper thread.
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ropd-scorer") as ex:
-            return ex.submit(asyncio.run, main()).result()
+        return run_sync(lambda: self.score_batch(groups))
 
     def check_failure_rate(self, batch: BatchResult) -> float:
         """The batch's failure rate; ScoringFailureRateError when it passes ``scorer.failure_threshold``."""
