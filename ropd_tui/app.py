@@ -119,6 +119,7 @@ class RopdApp(App[int]):
     BINDINGS = [
         Binding("question_mark", "help", "Help"),
         Binding("ctrl+t", "toggle_theme", "Theme", show=False),
+        Binding("z", "toggle_pause", "Pause live", show=False),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
@@ -129,6 +130,7 @@ class RopdApp(App[int]):
         super().__init__()
         self.store_path = str(store_path)
         self.live = live
+        self.paused = False  # live refresh frozen by the user (z)
         self.clock = clock
         self.supervise = supervise
         self.configs_dir = Path(configs_dir)
@@ -187,6 +189,12 @@ class RopdApp(App[int]):
 
     def action_toggle_theme(self) -> None:
         self.theme = LIGHT_THEME if self.theme == DARK_THEME else DARK_THEME
+
+    def action_toggle_pause(self) -> None:
+        """Freeze live refresh (rows stop moving while you read); keys that change the view still load."""
+        self.paused = not self.paused
+        self.sub_title = f"{self.store_path} · paused (z resumes)" if self.paused else self.store_path
+        self.notify("live refresh paused: press z to resume" if self.paused else "live refresh resumed", timeout=3)
 
     # -- run operations (each in its own thread with its own store connection) -------------------
     def run_operation(self, op: str, run_id: int, name: str) -> None:

@@ -146,3 +146,21 @@ def test_runs_under_the_web_driver_used_by_textual_serve(store):
         _, err = proc.communicate(timeout=10)
     assert b"demo-baseline" in seen, err.decode(errors="replace")[-2000:]
     assert b"Traceback" not in err
+
+
+async def test_pause_freezes_live_refresh_until_resumed(store):
+    path, ids = store
+    rid = ids["verl-k1"]
+    app = RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        runs = await wait_screen(pilot, RunsScreen)
+        assert row(runs, "verl-k1").step == 8
+        await pilot.press("z")
+        assert app.paused and "paused" in app.sub_title
+        write_step_in_subprocess(path, rid, 9)
+        for _ in range(10):  # several poll intervals go by while paused
+            await pilot.pause(0.1)
+        assert row(runs, "verl-k1").step == 8
+        await pilot.press("z")
+        assert not app.paused
+        await wait_for(pilot, lambda: row(runs, "verl-k1").step == 9, what="step 9 after resuming")

@@ -142,8 +142,8 @@ class LiveScreen(Screen):
         if self._polling:
             self._force_pending = self._force_pending or force
             return
-        if not force and self.app.screen is not self:
-            self._arm()  # hidden or under a modal: don't read, look again later
+        if not force and (self.app.screen is not self or getattr(self.app, "paused", False)):
+            self._arm()  # hidden, under a modal, or paused by the user: don't read, look again later
             return
         self._polling = True
         self.run_worker(self._poll(force), group="poll", exit_on_error=False)

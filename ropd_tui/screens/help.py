@@ -12,6 +12,7 @@ from textual.widgets import Static
 
 KEYS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette (all actions)"), ("ctrl+t", "light / dark theme"),
+                    ("z", "pause / resume live refresh"),
                     ("esc", "back"), ("ctrl+q", "quit (runs keep going)")]),
     ("Runs", [("enter", "open the run (curves, config, log)"), ("i", "rubric inspector"), ("n", "new run"),
               ("s", "stop"), ("r", "resume from the latest checkpoint"), ("R", "restart from scratch"),
