@@ -15,6 +15,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 
 from engine.errors import UserError
 
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--headless", action="store_true", help="run a command without the UI")
     parser.add_argument("--store", help="run store path (default: $ROPD_STORE or ./runs/ropd.db)")
+    parser.add_argument("--serve", action="store_true",
+                        help="serve the UI to web browsers instead of this terminal (each browser tab runs its own "
+                        "app process over the same store; runs are unaffected)")
+    parser.add_argument("--host", default="localhost", help="with --serve: address to listen on (default: localhost)")
+    parser.add_argument("--port", type=int, default=8000, help="with --serve: port (default: 8000)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from . import commands
 
@@ -48,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.headless:
             parser.print_help()
             return EXIT_USAGE
+        if args.serve:
+            return _serve(args)
         return _run_tui(args)
     try:
         rc = args.func(args)
@@ -68,6 +76,25 @@ def _run_tui(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     return run_app(store=args.store)
+
+
+def serve_command(store: str | None) -> str:
+    """The shell command each browser tab runs: this same program's UI on the same store."""
+    import shlex
+
+    parts = [sys.executable, "-m", "ropd_tui.cli"] + (["--store", str(Path(store).resolve())] if store else [])
+    return shlex.join(parts)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        print("error: serving to a browser needs the textual-serve package: pip install textual-serve", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"serving the ropd-tui UI at http://{args.host}:{args.port} (Ctrl-C stops serving; runs keep going)")
+    Server(serve_command(args.store), host=args.host, port=args.port, title="ropd-tui").serve()
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover
