@@ -7,7 +7,7 @@ import argparse
 from ._output import add_json_flag, print_json, print_table
 from ._runs_common import add_run_arg, open_store
 
-DEFAULT_KEYS = ("reward/mean", "teacher_score/mean", "accuracy", "loss", "score/student_reward_mean",
+DEFAULT_KEYS = ("reward/mean", "teacher_score/mean", "accuracy", "val/accuracy", "loss", "score/student_reward_mean",
                 "score/teacher_reward_mean", "score/student_accuracy", "judge/failure_rate")
 
 
