@@ -164,3 +164,26 @@ async def test_pause_freezes_live_refresh_until_resumed(store):
         await pilot.press("z")
         assert not app.paused
         await wait_for(pilot, lambda: row(runs, "verl-k1").step == 9, what="step 9 after resuming")
+
+
+async def test_run_screen_announces_a_rejected_template_edit(store):
+    path, ids = store
+    rid = ids["verl-k1"]
+    app = RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        runs = await wait_screen(pilot, RunsScreen)
+        runs.query_one("#runs-table").move_cursor(row=[r.name for r in runs.visible_rows()].index("verl-k1"))
+        await pilot.press("enter")
+        run = await wait_screen(pilot, RunScreen)
+        await wait_for(pilot, lambda: run.data is not None, what="run data")
+        before = len(list(app._notifications))
+        writer = RunStore(path, create=False)
+        writer.add_event(rid, "template_rejected", "prompts/verifier.txt line 3: unknown placeholder {answer} [/]",
+                         data={"role": "verifier"})
+        writer.close()
+
+        def rejected() -> list[str]:
+            return [n.message for n in list(app._notifications)[before:] if "rejected" in n.message]
+
+        await wait_for(pilot, lambda: rejected(), what="a notice about the rejected edit")
+        assert "verl-k1" in rejected()[0] and "{answer} [/]" in rejected()[0]

@@ -139,11 +139,24 @@ class RunScreen(LiveScreen):
         if isinstance(data, LogChunk):
             self._apply_log(data)
             return
+        self._announce_rejections(data.events)
         self.data = data
         self._apply_curves()
         self._apply_overview()
         if data.log is not None:
             self._apply_log(data.log)
+
+    def _announce_rejections(self, events: list[dict[str, Any]]) -> None:
+        """A template edit the running run rejected pops up once (it is also in Overview's events)."""
+        last_seen = getattr(self, "_last_event_seq", None)
+        newest = max((e.get("seq") or 0 for e in events), default=0)
+        if last_seen is not None:
+            for e in events:
+                if (e.get("seq") or 0) > last_seen and e.get("kind") == "template_rejected":
+                    text = plain(f"{self.run_name}: template edit rejected; the previous version stays in use. "
+                                 f"{e.get('message') or ''}", limit=400).plain
+                    self.app.notify(text, severity="error", timeout=12, markup=False)
+        self._last_event_seq = newest
 
     def _apply_curves(self) -> None:
         if not self.data:
