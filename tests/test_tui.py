@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_store import INJECTION, build_store
-from tui_pilot import FROZEN_NOW, screen_text, wait_for, wait_screen
+from tui_pilot import FROZEN_NOW, open_run, screen_text, wait_for, wait_screen
 
 from engine.store import RunStore
 from ropd_tui.app import RopdApp
@@ -43,14 +43,6 @@ def make_app(path, **kw) -> RopdApp:
 
 def table_names(screen: RunsScreen) -> list[str]:
     return [r.name for r in screen.visible_rows()]
-
-
-async def open_run(pilot, name: str) -> RunScreen:
-    runs = await wait_screen(pilot, RunsScreen)
-    table = runs.query_one("#runs-table")
-    table.move_cursor(row=[r.name for r in runs.visible_rows()].index(name))
-    await pilot.press("enter")
-    return await wait_screen(pilot, RunScreen)
 
 
 async def test_runs_lists_every_run_with_status_and_filters(store):

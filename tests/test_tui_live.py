@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_store import build_store
-from tui_pilot import FROZEN_NOW, wait_for, wait_screen
+from tui_pilot import FROZEN_NOW, open_run, wait_for, wait_screen
 
 from engine.store import RunStore
 from ropd_tui.app import RopdApp
@@ -171,10 +171,7 @@ async def test_run_screen_announces_a_rejected_template_edit(store):
     rid = ids["verl-k1"]
     app = RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False)
     async with app.run_test(size=(100, 30)) as pilot:
-        runs = await wait_screen(pilot, RunsScreen)
-        runs.query_one("#runs-table").move_cursor(row=[r.name for r in runs.visible_rows()].index("verl-k1"))
-        await pilot.press("enter")
-        run = await wait_screen(pilot, RunScreen)
+        run = await open_run(pilot, "verl-k1")
         await wait_for(pilot, lambda: run.data is not None, what="run data")
         before = len(list(app._notifications))
         writer = RunStore(path, create=False)

@@ -39,3 +39,14 @@ def screen_text(app: Any) -> str:
                       record=True, legacy_windows=False, safe_box=False)
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text(styles=False)
+
+
+async def open_run(pilot: Any, name: str) -> Any:
+    """From the Runs screen, open the Run screen of the run called ``name``."""
+    from ropd_tui.screens.run import RunScreen
+    from ropd_tui.screens.runs import RunsScreen
+
+    runs = await wait_screen(pilot, RunsScreen)
+    runs.query_one("#runs-table").move_cursor(row=[r.name for r in runs.visible_rows()].index(name))
+    await pilot.press("enter")
+    return await wait_screen(pilot, RunScreen)
