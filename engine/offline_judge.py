@@ -43,7 +43,7 @@ from fractions import Fraction
 from typing import Any, Callable, Sequence
 
 from .parsing import RUBRIC_SCHEMA, SCALAR_SCHEMA, VERIFIER_SCHEMA
-from .tasks import final_answer, final_number, normalise_text, numbers_in, parse_number, strip_reasoning
+from .tasks import final_answer, final_number, numbers_in, parse_number, strip_reasoning
 from .types import Criterion, JudgeCall, Rubric
 
 CAT_TASK = "task fulfilment"

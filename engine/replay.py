@@ -26,7 +26,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Literal
 
 from .config import Config, build_config
@@ -360,7 +359,6 @@ async def _replay_group(judge: Any, cfg: Config, group: StoredGroup, mode: Rubri
                         ) -> tuple[Rubric | None, str, list[tuple[StoredAnswer, float | None, list[bool] | None]],
                                    list[JudgeCall]]:
     """Judge one stored group again. Returns (rubric used, its source, per-answer results, calls)."""
-    from .judges import JudgeStageError  # noqa: F401  (raised through to the caller)
 
     calls: list[JudgeCall] = []
     rubric = group.rubric

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import StoreError
-from .types import Criterion, JudgeCall, Rubric
+from .types import Criterion, Rubric
 
 
 def store_file(store: Any) -> Path:
@@ -219,7 +219,6 @@ class ReplayStore:
 
 
 def _stored_group(d: dict[str, Any]) -> StoredGroup:
-    from .types import Criterion
 
     rub = d.get("rubric")
     rubric = None

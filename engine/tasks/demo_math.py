@@ -134,7 +134,7 @@ def _facts(problem: dict[str, Any]) -> dict[str, Any]:
 
 
 def _styles(f: dict[str, Any]) -> list[str]:
-    op, a, b, c, n, o = f["op"], f["a"], f["b"], f["c"], f["name"], f["object"]
+    op, a, b, c, o = f["op"], f["a"], f["b"], f["c"], f["object"]
     s = _SYMBOL[op]
     if op == "add":
         story = f"We start with {a} {o} and {b} more come, so {a} + {b} = {c}."
