@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.config import load_config  # noqa: E402
-from engine.judge_client import aclose_loop_clients  # noqa: E402
-from engine.scorer import Scorer  # noqa: E402
+from engine.judging.client import aclose_loop_clients  # noqa: E402
+from engine.scoring.scorer import Scorer  # noqa: E402
 from engine.types import GroupInput  # noqa: E402
 
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=("reuse", "induce", "both"), default="both")
     args = ap.parse_args(argv)
 
-    from engine.replay import ReplaySpec, run_replay_sync
+    from engine.replay.runner import ReplaySpec, run_replay_sync
     from replay_fixtures import make_store
 
     per_step = 32

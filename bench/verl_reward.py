@@ -34,7 +34,7 @@ def main() -> int:
     from verl.experimental.reward_loop import RewardLoopManager
 
     import test_verl_reward as T
-    from engine.teacher_index import IndexWriter, make_row
+    from engine.teacher.index import IndexWriter, make_row
     from engine.verl_backend.gatherer import start_gatherer
 
     d = Path(tempfile.mkdtemp(prefix="ropd_bench_verl_"))

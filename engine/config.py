@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from .errors import ConfigError
+from engine.errors import ConfigError
 
 
 @dataclass

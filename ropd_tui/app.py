@@ -204,7 +204,7 @@ class RopdApp(App[int]):
 
     def _run_operation(self, op: str, run_id: int, name: str) -> None:
         from engine.store import RunStore
-        from engine.supervisor import Supervisor
+        from engine.runs.supervisor import Supervisor
 
         try:
             store = RunStore(self.store_path)

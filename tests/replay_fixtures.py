@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.config import Config
-from engine.scorer import weighted_reward
+from engine.scoring.scorer import weighted_reward
 from engine.store import RunStore
-from engine.templates import Template
+from engine.templates.render import Template
 from engine.types import AnswerResult, Criterion, GroupResult, JudgeCall, Rubric
 from loopback_server import judge_criterion, last_number
 
@@ -87,7 +87,7 @@ def make_store(path: Path, *, steps: int = 2, groups: int = 3, failed: set[tuple
     if templates_dir is not None:
         import shutil
 
-        from engine.templates import PROMPTS_DIR
+        from engine.templates.render import PROMPTS_DIR
 
         templates_dir.mkdir(parents=True, exist_ok=True)
         for role in ("rubricator", "verifier", "scalar_judge"):

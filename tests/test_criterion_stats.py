@@ -1,11 +1,11 @@
-"""Criterion verdicts (engine.criterion_stats) and the store's run-wide criterion page (RunStore.criterion_page):
+"""Criterion verdicts (engine.scoring.criterion_stats) and the store's run-wide criterion page (RunStore.criterion_page):
 counts per verdict, keyset paging (every row exactly once, in order), the verdict filter, attempts."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.criterion_stats import GAP, VERDICT_ORDER, CriterionStat, classify, criterion_stats, verdict_counts
+from engine.scoring.criterion_stats import GAP, VERDICT_ORDER, CriterionStat, classify, criterion_stats, verdict_counts
 from engine.store import RunStore
 from engine.types import AnswerResult, Criterion, GroupResult, Rubric
 from fixtures_store import make_group

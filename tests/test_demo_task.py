@@ -6,7 +6,7 @@ import pytest
 
 from engine.tasks import check_answer, final_number
 from engine.tasks import demo_math
-from engine.teacher_index import TeacherIndex
+from engine.teacher.index import TeacherIndex
 from engine.types import prompt_text
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.store import RunStore
-from engine.supervisor import Supervisor
+from engine.runs.supervisor import Supervisor
 from ropd_tui.cli import build_parser, main
 
 DUMMY = Path(__file__).resolve().parent / "dummy_trainers"

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from engine.errors import JudgeError
-from engine.judge_client import (JudgeCallError, JudgeClient, aclose_loop_clients, forget_unsupported_params,
+from engine.judging.client import (JudgeCallError, JudgeClient, aclose_loop_clients, forget_unsupported_params,
                                  scrub)
 from loopback_server import LoopbackJudgeServer, loopback_config
 
@@ -273,7 +273,7 @@ def test_non_json_response_is_a_judge_error(judge_server):
 
 
 def test_chat_reply_reader_is_lenient_about_shapes():
-    from engine.judge_client import _chat_reply
+    from engine.judging.client import _chat_reply
 
     assert _chat_reply({"choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"text": "b"}]}}]}) == \
         ("ab", None, None, None)

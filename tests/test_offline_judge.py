@@ -8,8 +8,8 @@ import json
 import pytest
 
 from engine.config import load_config
-from engine.offline_judge import OfflineJudge, criterion_check
-from engine.parsing import parse_rubric, parse_verifier
+from engine.judging.offline import OfflineJudge, criterion_check
+from engine.judging.parsing import parse_rubric, parse_verifier
 from engine.tasks import demo_math
 from engine.types import Criterion, Rubric, prompt_text
 
@@ -155,7 +155,7 @@ def test_rewards_vary_on_demo_problems(seed):
 
 
 def test_truncation_marker_is_not_read_as_the_answer():
-    from engine.scorer import TRUNCATION_MARKER
+    from engine.scoring.scorer import TRUNCATION_MARKER
 
     judge = OfflineJudge()
     rubric = judge.build_rubric(QUESTION, TEACHERS, STUDENTS, "4")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.parsing import (ReplyFormatError, extract_json, format_answers, format_rubric, parse_rubric,
+from engine.judging.parsing import (ReplyFormatError, extract_json, format_answers, format_rubric, parse_rubric,
                             parse_scalar, parse_scalar_batch, parse_verifier)
 from engine.types import Criterion, Rubric
 

@@ -11,9 +11,9 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 
 from engine.errors import ConfigError, JudgeError, StoreError, TemplateError, UserError
-from engine.replay import (ReplaySpec, list_replays, load_report, parse_reward_range, parse_steps,
+from engine.replay.runner import (ReplaySpec, list_replays, load_report, parse_reward_range, parse_steps,
                            parse_template_args, run_replay_sync)
-from engine.templates import Template
+from engine.templates.render import Template
 from loopback_server import LoopbackJudgeServer
 from replay_fixtures import make_store
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from engine.replay_metrics import CriterionFlips, agreement_rate, auc, count_flips
+from engine.replay.metrics import CriterionFlips, agreement_rate, auc, count_flips
 
 
 def _brute_auc(scores, labels):

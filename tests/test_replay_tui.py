@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.templates import Template
+from engine.templates.render import Template
 from loopback_server import LoopbackJudgeServer
 from replay_fixtures import MARKUP, make_store
 from tui_pilot import FROZEN_NOW, screen_text, wait_for

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.teacher_index import TeacherIndex, append_rows
+from engine.teacher.index import TeacherIndex, append_rows
 from loopback_server import LoopbackJudgeServer
 from ropd_tui.cli import main as cli_main
 

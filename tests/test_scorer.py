@@ -8,9 +8,9 @@ import pytest
 
 from engine.config import load_config
 from engine.errors import ScoringFailureRateError
-from engine.judge_client import forget_unsupported_params
-from engine.scorer import REFERENCE_LABEL, Scorer, strip_reasoning, truncate, weighted_reward
-from engine.templates import Template
+from engine.judging.client import forget_unsupported_params
+from engine.scoring.scorer import REFERENCE_LABEL, Scorer, strip_reasoning, truncate, weighted_reward
+from engine.templates.render import Template
 from engine.types import GroupInput, to_jsonable
 from loopback_server import ANSWER_RE, LoopbackJudgeServer, loopback_config
 
@@ -286,7 +286,7 @@ def test_failure_threshold(judge_server):
 
 
 def test_teacher_index_lookup_and_miss(judge_server, tmp_path):
-    from engine.teacher_index import IndexWriter, make_row
+    from engine.teacher.index import IndexWriter, make_row
 
     groups = make_groups(2)
     path = tmp_path / "index.jsonl"

@@ -73,7 +73,7 @@ def test_create_run_folder_snapshot_and_no_secrets(store):
     cfg = {"run": {"name": "a"}, "judge": {"verifier": {"api_key_env": "OPENAI_API_KEY", "api_key": "sk-live-123456789012345",
                                                         "base_url": "https://user:pw@host/v1", "max_tokens": 100}},
            "notes": "key sk-abcdefghijklmnopqrstuv in a comment"}
-    rec = store.create_run("a", "embedded", cfg, argv=["python", "-m", "engine.train_worker"],
+    rec = store.create_run("a", "embedded", cfg, argv=["python", "-m", "engine.runs.worker"],
                            env={"HF_TOKEN": "hf_" + "x" * 30, "CUDA_VISIBLE_DEVICES": "0"})
     assert rec.run_dir == store.root / "a" and (rec.run_dir / "checkpoints").is_dir()
     snap = yaml.safe_load(rec.config_path.read_text())

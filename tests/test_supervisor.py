@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import procinfo
+from engine.runs import procinfo
 from engine.errors import StoreError
-from engine.run_monitor import classify_exit
+from engine.runs.monitor import classify_exit
 from engine.store import RunStore
-from engine.supervisor import Supervisor
+from engine.runs.supervisor import Supervisor
 
 DUMMY = Path(__file__).resolve().parent / "dummy_trainers"
 
@@ -142,7 +142,7 @@ def test_stall_is_flagged_and_stop_ends_it(store, tmp_path):
 
 def test_reattach_after_the_supervising_process_exits(store, tmp_path):
     run = _run(store, "detached", "steps_ok.py", "--steps", "4", "--sleep", "0.4")
-    code = ("import sys; from engine.store import RunStore; from engine.supervisor import Supervisor;"
+    code = ("import sys; from engine.store import RunStore; from engine.runs.supervisor import Supervisor;"
             f"s = RunStore({str(store.path)!r}); r = Supervisor(s).launch({run.id}, cwd={str(tmp_path)!r});"
             "print(r.monitor_pid)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

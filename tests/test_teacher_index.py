@@ -10,7 +10,7 @@ import pytest
 
 from engine.config import load_config
 from engine.errors import JudgeError, TeacherIndexError
-from engine.teacher_index import TeacherIndex, append_rows, build_index, make_row, read_prompts
+from engine.teacher.index import TeacherIndex, append_rows, build_index, make_row, read_prompts
 from engine.types import prompt_hash
 from loopback_server import LoopbackJudgeServer, loopback_config
 from ropd_tui.cli import main as cli_main

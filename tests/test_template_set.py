@@ -11,10 +11,10 @@ import pytest
 
 from engine.config import Config
 from engine.errors import TemplateError
-from engine.scorer import Scorer
+from engine.scoring.scorer import Scorer
 from engine.store import RunStore
-from engine.template_set import TemplateSet
-from engine.templates import PROMPTS_DIR, Template
+from engine.templates.watched import TemplateSet
+from engine.templates.render import PROMPTS_DIR, Template
 from engine.types import GroupInput
 from loopback_server import LoopbackJudgeServer
 

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from engine.errors import TemplateError
-from engine.templates import ALLOWED_PLACEHOLDERS, REQUIRED_PLACEHOLDERS, ROLES, Template
+from engine.templates.render import ALLOWED_PLACEHOLDERS, REQUIRED_PLACEHOLDERS, ROLES, Template
 from engine.types import Criterion, Rubric
 
 VERIFIER = "Q: {question}\nR: {rubrics}\nA: {answers}\n{extra_scoring_instructions}\nJSON: {{\"a\": 1}}\n"

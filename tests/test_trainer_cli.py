@@ -94,7 +94,7 @@ def test_train_runs_to_the_end_and_streams_progress(tmp_path, tiny_model):
     assert res2.returncode == 0, res2.stdout + res2.stderr
     assert "run demo-2 started" in res2.stdout
     from engine.store import RunStore as RS
-    from engine.supervisor import Supervisor
+    from engine.runs.supervisor import Supervisor
 
     with RS(store) as s:
         rec = Supervisor(s).wait("demo-2", timeout=240)

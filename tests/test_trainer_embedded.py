@@ -166,7 +166,7 @@ def test_too_few_prompts_is_a_config_error(tmp_path, tiny_model, store):
 
 def _worker(store_path: Path, run_name: str, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "engine.train_worker", "--store", str(store_path), "--run",
+    return subprocess.Popen([sys.executable, "-m", "engine.runs.worker", "--store", str(store_path), "--run",
                              run_name, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

@@ -155,7 +155,7 @@ async def test_log_follow_pause_and_search(store):
 
 async def test_inspector_steps_prompts_sort_filter_and_run_wide(store):
     from engine.store import RunStore
-    from engine.criterion_stats import criterion_stats
+    from engine.scoring.criterion_stats import criterion_stats
 
     with RunStore(store) as s:
         all_rates = s.criterion_pass_rates(s.get_run("demo-baseline").id)

@@ -87,7 +87,7 @@ time.sleep(120)
 
 
 async def test_stop_then_delete_a_supervised_run_from_the_ui(tmp_path):
-    from engine.supervisor import Supervisor
+    from engine.runs.supervisor import Supervisor
 
     path = tmp_path / "ropd.db"
     store = RunStore(path)

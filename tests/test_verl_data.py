@@ -13,7 +13,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from engine.config import load_config  # noqa: E402
 from engine.errors import ConfigError  # noqa: E402
-from engine.teacher_index import TeacherIndex  # noqa: E402
+from engine.teacher.index import TeacherIndex  # noqa: E402
 from engine.verl_backend.data import prepare_data  # noqa: E402
 
 

@@ -148,7 +148,7 @@ def test_sigterm_to_the_train_worker_stops_verl_cleanly(tmp_path):
     run = store.create_run("verl-stop", "verl", cfg.to_dict())
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({launcher.MAIN_CMD_ENV: f"{sys.executable} {script}", "FAKE_PIDFILE": str(pidfile)})
-    worker = subprocess.Popen([sys.executable, "-m", "engine.train_worker", "--store", str(db), "--run", "verl-stop"],
+    worker = subprocess.Popen([sys.executable, "-m", "engine.runs.worker", "--store", str(db), "--run", "verl-stop"],
                               env=env, cwd=Path(__file__).resolve().parents[1],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 from loopback_server import LoopbackJudgeServer, loopback_config  # noqa: E402
 
-from engine.teacher_index import IndexWriter, make_row  # noqa: E402
+from engine.teacher.index import IndexWriter, make_row  # noqa: E402
 from engine.verl_backend.gatherer import GroupCollector, start_gatherer  # noqa: E402
 from engine.verl_backend.side_channel import JsonlTail, group_from_dict  # noqa: E402
 from engine.types import GroupResult  # noqa: E402

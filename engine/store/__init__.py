@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .queries import ACCURACY_KEYS, CURSOR_TABLES, REWARD_KEYS
-from .runstore import ACTIVE_STATUSES, STATUSES, TERMINAL_STATUSES, RunRecord, RunStore
-from .schema import MIGRATIONS, schema_version
-from .step_writer import DERIVED_KEYS
+from engine.store.queries import ACCURACY_KEYS, CURSOR_TABLES, REWARD_KEYS
+from engine.store.runstore import ACTIVE_STATUSES, STATUSES, TERMINAL_STATUSES, RunRecord, RunStore
+from engine.store.schema import MIGRATIONS, schema_version
+from engine.store.step_writer import DERIVED_KEYS
 
 __all__ = [
     "RunStore", "RunRecord", "STATUSES", "ACTIVE_STATUSES", "TERMINAL_STATUSES", "REWARD_KEYS", "ACCURACY_KEYS",
@@ -20,7 +20,7 @@ def resolve_store_path(flag: str | os.PathLike | None = None, cfg=None) -> Path:
     """flag > config run.store > $ROPD_STORE > ./runs/ropd.db (see :func:`engine.config.store_path`)."""
     if flag:
         return Path(flag)
-    from ..config import store_path
+    from engine.config import store_path
 
     return store_path(cfg)
 

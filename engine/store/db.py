@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import StoreError
-from .schema import MIGRATIONS, schema_version
+from engine.errors import StoreError
+from engine.store.schema import MIGRATIONS, schema_version
 
 BUSY_TIMEOUT_MS = 10_000
 LOCK_GIVE_UP_S = 300.0  # a write waits this long for another process's lock before failing clearly

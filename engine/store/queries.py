@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any, Iterable
 
-from ..criterion_stats import EDGE, GAP, VERDICT_ORDER, CriterionStat
+from engine.scoring.criterion_stats import EDGE, GAP, VERDICT_ORDER, CriterionStat
 
 # Tables with a monotonically increasing ``seq`` that readers can follow with a cursor.
 CURSOR_TABLES = ("metrics", "events", "steps", "groups", "judge_calls")
@@ -155,7 +155,7 @@ def pass_rates_grouped(c: sqlite3.Connection, run_id: int, attempt: int, by: str
     return [{by: r[0], "n_criteria": r[1], "student_pass_rate": r[2], "teacher_pass_rate": r[3]} for r in rows]
 
 
-# Criterion verdicts in SQL: the same rules as engine.criterion_stats.classify (over t = teacher and
+# Criterion verdicts in SQL: the same rules as engine.scoring.criterion_stats.classify (over t = teacher and
 # s = student pass rate), so a long run's 100k+ criteria are counted and paged without loading them.
 VERDICT_SQL = f"""CASE
     WHEN s IS NULL THEN 'no data'

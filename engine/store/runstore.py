@@ -25,13 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..criterion_stats import VERDICT_ORDER, RunWide
-from ..errors import StoreError
-from ..types import GroupResult, to_jsonable
-from . import queries as q
-from .db import Connection
-from .scrub import scrub, scrub_env, scrub_text
-from .step_writer import delete_group_rows, insert_calls, write_metric_rows, write_step_rows
+from engine.scoring.criterion_stats import VERDICT_ORDER, RunWide
+from engine.errors import StoreError
+from engine.types import GroupResult, to_jsonable
+from engine.store import queries as q
+from engine.store.db import Connection
+from engine.store.scrub import scrub, scrub_env, scrub_text
+from engine.store.step_writer import delete_group_rows, insert_calls, write_metric_rows, write_step_rows
 
 # Run lifecycle. "stalled" is still alive (the supervisor flags it; a new step clears it).
 ACTIVE_STATUSES = ("starting", "running", "stalled")
@@ -483,7 +483,7 @@ class RunStore:
 
     def criterion_page(self, run_id: int, limit: int = 200, *, verdict: str | None = None, after: tuple | None = None,
                        with_counts: bool = True, attempt: int | None = None) -> RunWide:
-        """Run-wide criterion statistics (see :mod:`engine.criterion_stats`): one keyset page of the
+        """Run-wide criterion statistics (see :mod:`engine.scoring.criterion_stats`): one keyset page of the
         run's criteria, most telling first (verdict rank, then the teacher-student gap), optionally of
         one ``verdict`` only; the next page starts ``after`` the returned ``cursor`` (None: no more).
         ``with_counts``: also the number of criteria per verdict and the per-category pass rates.

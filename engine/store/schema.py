@@ -206,7 +206,7 @@ _V1 = [
         first_seen REAL NOT NULL,
         PRIMARY KEY (run_id, sha)
     ) WITHOUT ROWID""",
-    # -- replays (filled by engine.replay) ---------------------------------------------------------------
+    # -- replays (filled by engine.replay.runner) ---------------------------------------------------------------
     """CREATE TABLE replays (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         run_id INTEGER NOT NULL,
@@ -264,7 +264,7 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
 
 
 def _v2_judge_cache(conn: sqlite3.Connection) -> None:
-    """Judge replies keyed by the sha256 of the request (engine.judge_cache; added by the replay work)."""
+    """Judge replies keyed by the sha256 of the request (engine.judging.cache; added by the replay work)."""
     conn.execute("""CREATE TABLE judge_cache (
         request_sha TEXT PRIMARY KEY,
         model TEXT,

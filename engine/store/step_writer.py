@@ -8,8 +8,8 @@ import sqlite3
 import time
 from typing import Iterable, Mapping
 
-from ..types import GroupResult, canonical_prompt, prompt_hash
-from .scrub import scrub_text
+from engine.types import GroupResult, canonical_prompt, prompt_hash
+from engine.store.scrub import scrub_text
 
 # Metrics derived from the groups of a step; a key the caller passes itself wins.
 DERIVED_KEYS = (

@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..types import prompt_hash, prompt_text
-from . import check_answer  # re-exported: engine.tasks.demo_math.check_answer
+from engine.types import prompt_hash, prompt_text
+from engine.tasks import check_answer  # re-exported: engine.tasks.demo_math.check_answer
 
 __all__ = ["DATA_SOURCE", "INSTRUCTION", "make_problems", "teacher_answers", "check_answer", "ensure_teacher_index",
            "solve_question", "TEACHER_SETTINGS"]
@@ -178,7 +178,7 @@ def ensure_teacher_index(path: str | Path, problems: list[dict[str, Any]], k: in
     Existing rows are kept; missing or short ones are (re)written with :func:`teacher_answers`, appended
     crash-safely. Returns the path.
     """
-    from ..teacher_index import TeacherIndex, append_rows
+    from engine.teacher.index import TeacherIndex, append_rows
 
     path = Path(path)
     existing = TeacherIndex.load(path) if path.exists() else None

@@ -6,19 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..errors import ConfigError, TeacherIndexError
-from ..types import Prompt, prompt_hash
+from engine.config import Config
+from engine.errors import ConfigError, TeacherIndexError
+from engine.types import Prompt, prompt_hash
 # the demo's held-out problems use the verl backend's demo validation seed offset (a constant; the
 # module imports nothing heavy)
-from ..verl_backend.data import DEMO_VAL_SEED_OFFSET
+from engine.verl_backend.data import DEMO_VAL_SEED_OFFSET
 
 
 def load_problems(cfg: Config) -> list[dict[str, Any]]:
     """``[{"prompt": str | messages, "ground_truth": str | None, "data_source": str}]`` for ``cfg.task``."""
     task = cfg.task
     if task.name == "demo_math":
-        from ..tasks import demo_math
+        from engine.tasks import demo_math
 
         return [dict(p) for p in demo_math.make_problems(task.num_prompts, task.seed)]
     if task.name == "jsonl":
@@ -81,7 +81,7 @@ def load_validation_problems(cfg: Config, train_problems: list[dict[str, Any]]) 
 
 def demo_heldout_problems(train_problems: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` demo problems, deterministic in ``seed``, none of which is a training prompt."""
-    from ..tasks import demo_math
+    from engine.tasks import demo_math
 
     train = {prompt_hash(p["prompt"]) for p in train_problems}
     # at most len(train) candidates can be training prompts, so n + len(train) distinct ones suffice
@@ -108,7 +108,7 @@ def chat_messages(prompt: Prompt, system_prompt: str | None) -> list[dict[str, A
 
 def teacher_index_for(cfg: Config, problems: list[dict[str, Any]], *, build: bool = True, log=print):
     """Load the teacher index (building it first for the demo task when allowed)."""
-    from ..teacher_index import TeacherIndex
+    from engine.teacher.index import TeacherIndex
 
     if cfg.scorer.k == 0:  # no teacher answers wanted
         return None
@@ -117,7 +117,7 @@ def teacher_index_for(cfg: Config, problems: list[dict[str, Any]], *, build: boo
                                 hint="build one with `ropd-tui --headless index build ...` and set teacher.index")
     path = Path(cfg.teacher.index)
     if cfg.task.name == "demo_math" and cfg.teacher.build_if_missing and build:
-        from ..tasks import demo_math
+        from engine.tasks import demo_math
 
         if not path.exists():
             log(f"building the demo teacher index at {path} ...")

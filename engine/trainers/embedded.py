@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Config
-from ..errors import ConfigError, ScoringFailureRateError
-from ..types import BatchResult, GroupInput, prompt_hash
-from . import data as task_data
-from .evaluate import evaluate
-from .model_cache import load_model_and_tokenizer, resolve_model_dir
+from engine.config import Config
+from engine.errors import ConfigError, ScoringFailureRateError
+from engine.types import BatchResult, GroupInput, prompt_hash
+from engine.trainers import data as task_data
+from engine.trainers.evaluate import evaluate
+from engine.trainers.model_cache import load_model_and_tokenizer, resolve_model_dir
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -361,7 +361,7 @@ class EmbeddedRun:
     def _build_scorer(self, problems):
         if self._scorer is not None:
             return self._scorer
-        from ..scorer import Scorer
+        from engine.scoring.scorer import Scorer
 
         index = task_data.teacher_index_for(self.cfg, problems, log=self.log)
         self.templates = self._build_templates()
@@ -369,7 +369,7 @@ class EmbeddedRun:
 
     def _build_templates(self):
         try:
-            from ..template_set import TemplateSet
+            from engine.templates.watched import TemplateSet
         except ImportError:  # pragma: no cover - the scorer falls back to static templates
             return None
         ts = TemplateSet(self.cfg, self.store, self.run.id)
@@ -432,7 +432,7 @@ class EmbeddedRun:
         return ropd_rubric_reward
 
     def _score(self, completions: list[Any], uids: list[str] | None) -> list[float | None]:
-        from ..tasks import check_answer
+        from engine.tasks import check_answer
 
         self.stop.set_phase("score")
         n = self.cfg.trainer.rollouts

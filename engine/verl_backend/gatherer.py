@@ -4,7 +4,7 @@ verl's reward loop calls ``run_single`` once per rollout, spread over several re
 sit on other nodes. ROPD needs all n rollouts of a prompt in ONE rubricator call, so every reward
 worker forwards its rollout to one named async Ray actor per run (:class:`GroupGatherer`, looked up by
 name and namespace from any node). The actor collects rollouts by ``uid`` until n have arrived, scores
-the group with the engine :class:`~engine.scorer.Scorer`, resolves every waiting rollout with its own
+the group with the engine :class:`~engine.scoring.scorer.Scorer`, resolves every waiting rollout with its own
 reward, and appends the :class:`~engine.types.GroupResult` to the run's side-channel file.
 
 A group whose rollouts do not all arrive within ``group_timeout_s`` (counted from its first rollout),
@@ -220,9 +220,9 @@ class GroupGatherer:
 
     def __init__(self, cfg_dict: dict[str, Any], side_channel_path: str, group_timeout_s: float):
         from engine.config import build_config
-        from engine.scorer import Scorer
+        from engine.scoring.scorer import Scorer
 
-        from .side_channel import SideChannelWriter, group_to_record
+        from engine.verl_backend.side_channel import SideChannelWriter, group_to_record
 
         self._cfg = build_config(cfg_dict, source="run config (group gatherer)")
         self._scorer = Scorer(self._cfg, templates=_live_templates(self._cfg))
@@ -260,7 +260,7 @@ def _live_templates(cfg: "Config"):
     only the launcher writes the store."""
     if not cfg.templates.watch:
         return None
-    from engine.template_set import TemplateSet
+    from engine.templates.watched import TemplateSet
 
     return TemplateSet(cfg).start()
 
@@ -307,8 +307,8 @@ def check_scoring_setup(cfg_dict: dict[str, Any]) -> None:
     """What the actor's constructor would fail on (config, templates, teacher index), checked here on the
     launch node first: Ray keeps only the text of a constructor's exception, not the error itself."""
     from engine.config import build_config
-    from engine.scorer import Scorer
-    from engine.template_set import TemplateSet
+    from engine.scoring.scorer import Scorer
+    from engine.templates.watched import TemplateSet
 
     cfg = build_config(cfg_dict, source="run config (group gatherer)")
     scorer = Scorer(cfg, templates=TemplateSet(cfg))

@@ -1,6 +1,6 @@
 """Launch one verl run and write its progress into the run store (runs on the launch node).
 
-``run(cfg, store, run, resume)`` is called by ``engine.train_worker`` (the process the supervisor
+``run(cfg, store, run, resume)`` is called by ``engine.runs.worker`` (the process the supervisor
 starts) for ``run.backend == "verl"``. It
 
 1. writes the task as parquet (``<run_dir>/verl/data``) unless ``verl.train_files`` is set;
@@ -35,9 +35,9 @@ from typing import Any
 from engine.config import Config
 from engine.errors import ConfigError, ScoringFailureRateError
 
-from . import GATHERER_NAMESPACE
-from .gatherer import gatherer_name
-from .metrics_ingest import StepIngestor, StepReport
+from engine.verl_backend import GATHERER_NAMESPACE
+from engine.verl_backend.gatherer import gatherer_name
+from engine.verl_backend.metrics_ingest import StepIngestor, StepReport
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "verl"
 MAIN_MODULE = "verl.trainer.main_ppo"
@@ -146,16 +146,16 @@ def preflight(cfg: Config) -> None:
                           hint="pip install -e '.[verl]' (verl[verl-core]==0.9.1; GPU nodes also need vLLM)")
     check_verl_settings(cfg)
     if not cfg.verl.train_files:
-        from .data import task_problems
+        from engine.verl_backend.data import task_problems
 
         task_problems(cfg)
-    from engine.judges import make_judge
-    from engine.template_set import TemplateSet
+    from engine.judging.factory import make_judge
+    from engine.templates.watched import TemplateSet
 
     make_judge(cfg, TemplateSet(cfg))
     builds_index = cfg.task.name == "demo_math" and cfg.teacher.build_if_missing
     if cfg.scorer.k > 0 and not (builds_index and cfg.teacher.index and not Path(cfg.teacher.index).exists()):
-        from engine.scorer import Scorer
+        from engine.scoring.scorer import Scorer
 
         Scorer(cfg).teacher_index  # noqa: B018 - TeacherIndexError naming the file
 
@@ -294,9 +294,9 @@ def run(cfg: Config, store, run, resume: bool) -> int:
 
     import ray
 
-    from engine.template_set import TemplateSet
+    from engine.templates.watched import TemplateSet
 
-    from .gatherer import start_gatherer
+    from engine.verl_backend.gatherer import start_gatherer
 
     # Records the template versions in use and every live edit (accepted or rejected) in the store; the
     # gatherer watches the same files on this node and scores with them (it never writes the store).
@@ -381,6 +381,6 @@ def _gatherer_stats(gatherer) -> str:
 
 
 def _prepare_data(cfg: Config, paths: AttemptPaths) -> tuple[str, str]:
-    from .data import prepare_data
+    from engine.verl_backend.data import prepare_data
 
     return prepare_data(cfg, paths.data)

@@ -25,7 +25,7 @@ from typing import Any
 
 from engine.types import GroupResult
 
-from .side_channel import JsonlTail, group_from_dict
+from engine.verl_backend.side_channel import JsonlTail, group_from_dict
 
 
 def _number(v: Any) -> float | None:

@@ -11,14 +11,14 @@ Harmless to import: no Ray calls, no side effects beyond the registry entry; ide
 
 from __future__ import annotations
 
-from . import REWARD_MANAGER_NAME
+from engine.verl_backend import REWARD_MANAGER_NAME
 
 
 def register() -> None:
     from verl.experimental.reward_loop.reward_manager import register as verl_register
     from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
 
-    from .reward_manager import ROPDRewardManager
+    from engine.verl_backend.reward_manager import ROPDRewardManager
 
     if REWARD_MANAGER.get(REWARD_MANAGER_NAME) is not ROPDRewardManager:
         verl_register(REWARD_MANAGER_NAME)(ROPDRewardManager)

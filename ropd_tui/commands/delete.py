@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     from engine.errors import UserError
-    from engine.supervisor import Supervisor
+    from engine.runs.supervisor import Supervisor
 
     with open_store(args) as store:
         rec = store.get_run(args.run)

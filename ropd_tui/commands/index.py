@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 def build_handler(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.errors import ConfigError
-    from engine.teacher_index import build_index
+    from engine.teacher.index import build_index
 
     overrides = list(args.overrides)
     for flag, key in (("teacher_model", "model"), ("base_url", "base_url"), ("api_key_env", "api_key_env"),
@@ -66,7 +66,7 @@ def build_handler(args: argparse.Namespace) -> int:
 def show_handler(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from engine.teacher_index import TeacherIndex
+    from engine.teacher.index import TeacherIndex
 
     idx = TeacherIndex.load(args.path)
     counts = Counter(len(r["answers"]) for r in idx.rows.values())

@@ -135,7 +135,7 @@ def handler(args: argparse.Namespace) -> int:
     import threading
 
     from engine.errors import ConfigError
-    from engine.replay import (ReplaySpec, list_replays, load_report, parse_reward_range, parse_steps,
+    from engine.replay.runner import (ReplaySpec, list_replays, load_report, parse_reward_range, parse_steps,
                                parse_template_args, run_replay)
     from engine.store import resolve_store_path
 

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from engine.supervisor import Supervisor
+    from engine.runs.supervisor import Supervisor
 
     with open_store(args) as store:
         rec = Supervisor(store).restart(args.run)

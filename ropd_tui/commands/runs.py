@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from engine.supervisor import Supervisor
+    from engine.runs.supervisor import Supervisor
 
     if not store_exists(args):
         if args.json:

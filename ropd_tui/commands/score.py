@@ -110,7 +110,7 @@ def prepare_teacher_index(cfg: Any, groups: list[tuple[Any, dict[str, Any]]]) ->
     """
     from engine.errors import TeacherIndexError
     from engine.tasks.demo_math import ensure_teacher_index
-    from engine.teacher_index import TeacherIndex
+    from engine.teacher.index import TeacherIndex
 
     notes: list[str] = []
     need = [(g, raw) for g, raw in groups if g.teacher_answers is None]
@@ -200,7 +200,7 @@ def _fmt_rewards(values: list[Any]) -> str:
 
 
 def summary_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
-    from engine.teacher_index import shorten
+    from engine.teacher.index import shorten
     from engine.types import prompt_text
 
     rows = []
@@ -219,8 +219,8 @@ def summary_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
 def handler(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.errors import ScoringFailureRateError, UserError
-    from engine.judges import make_judge
-    from engine.scorer import Scorer
+    from engine.judging.factory import make_judge
+    from engine.scoring.scorer import Scorer
 
     from ._output import print_json, print_table
 

@@ -48,7 +48,7 @@ def _store(args):
     path = resolve_store_path(args.store)
     if not path.exists():
         raise StoreError(f"no run store at {path}", hint="pass --store PATH or set $ROPD_STORE")
-    from engine.replay_store import ReplayStore
+    from engine.replay.store import ReplayStore
 
     return ReplayStore(path)
 
@@ -125,7 +125,7 @@ def handle_validate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from engine.errors import ConfigError, TemplateError
-    from engine.templates import Template
+    from engine.templates.render import Template
 
     role = args.role or guess_role(Path(args.file).name)
     if role is None:

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.errors import ConfigError
-    from engine.launch import launch_run, unique_run_name
+    from engine.runs.launch import launch_run, unique_run_name
     from engine.store import open_store
     from engine.trainers.preflight import preflight
 
@@ -49,7 +49,7 @@ def handle(args: argparse.Namespace) -> int:
     store = open_store(args.store, cfg)
     name = args.name or unique_run_name(store, cfg.run.name)
     store_file = Path(store.path).resolve()
-    from engine.supervisor import Supervisor
+    from engine.runs.supervisor import Supervisor
 
     run = launch_run(cfg, store, name)
     sup = Supervisor(store)

@@ -45,7 +45,7 @@ class StoreGateway:
     def supervisor(self) -> Any:
         """The reader thread's Supervisor (only call from inside :meth:`call`)."""
         if self._supervisor is None:
-            from engine.supervisor import Supervisor
+            from engine.runs.supervisor import Supervisor
 
             self._supervisor = Supervisor(self._open())
         return self._supervisor

@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
-from engine.criterion_stats import VERDICT_ORDER, RunWide
+from engine.scoring.criterion_stats import VERDICT_ORDER, RunWide
 
 from ..widgets.answers import AnswerPanes
 from ..widgets.safe import one_line, plain

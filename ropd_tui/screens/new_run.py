@@ -1,7 +1,7 @@
 """New run: pick a config from configs/, edit overrides, validate (engine.config.load_config), launch.
 
 The launch does what ``ropd-tui --headless train --detach`` does: preflight checks, create the run in
-the store, and let the supervisor start ``python -m engine.train_worker --store PATH --run ID`` in its
+the store, and let the supervisor start ``python -m engine.runs.worker --store PATH --run ID`` in its
 own session (so the run outlives the UI).
 """
 
@@ -62,7 +62,7 @@ def launch(cfg: Any, store_path: str, name: str) -> tuple[str, list[str]]:
 
     Returns (run name, preflight notes). Raises UserError (bad config, taken name, launch failure).
     """
-    from engine.launch import launch_run
+    from engine.runs.launch import launch_run
     from engine.store import RunStore
     from engine.trainers.preflight import preflight
 

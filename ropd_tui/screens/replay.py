@@ -115,7 +115,7 @@ class ReplayScreen(Screen):
     # -- reading the store -------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="rp-load", exit_on_error=False)
     def load_runs(self) -> None:
-        from engine.replay import list_replays
+        from engine.replay.runner import list_replays
         from engine.store import RunStore
 
         try:
@@ -166,7 +166,7 @@ class ReplayScreen(Screen):
 
     @work(thread=True, exclusive=True, group="rp-open", exit_on_error=False)
     def open_report(self, replay_id: int) -> None:
-        from engine.replay import load_report
+        from engine.replay.runner import load_report
 
         try:
             report = load_report(self.store_path, replay_id)
@@ -179,7 +179,7 @@ class ReplayScreen(Screen):
     def build_spec(self) -> Any:
         """The form as a ReplaySpec (UserError on bad input)."""
         from engine.errors import ConfigError
-        from engine.replay import ReplaySpec, parse_reward_range, parse_steps
+        from engine.replay.runner import ReplaySpec, parse_reward_range, parse_steps
 
         def val(wid: str) -> str:
             return self.query_one(wid, Input).value.strip()
@@ -231,7 +231,7 @@ class ReplayScreen(Screen):
     @work(thread=True, exclusive=True, group="rp-run", exit_on_error=False)
     def run_replay(self, spec: Any, cancel: threading.Event) -> None:
         from engine.errors import UserError
-        from engine.replay import run_replay_sync
+        from engine.replay.runner import run_replay_sync
 
         def progress(p: Any) -> None:
             self.app.call_from_thread(self._progress, p.done_answers, p.total_answers, p.done_groups,

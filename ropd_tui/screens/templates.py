@@ -50,7 +50,7 @@ class TemplateEditor(TextArea):
         self.theme = self.THEME_NAME
 
     def _build_highlight_map(self) -> None:  # textual's hook (normally fed by tree-sitter)
-        from engine.template_edit import placeholder_spans
+        from engine.templates.editing import placeholder_spans
 
         self._line_cache.clear()
         highlights = self._highlights
@@ -159,7 +159,7 @@ class TemplatesScreen(Screen):
     def load_context(self) -> None:
         """Read (on a thread) which files the run uses, the version history and a group for previews."""
         from engine.store import RunStore
-        from engine.template_edit import default_template_paths, run_template_paths
+        from engine.templates.editing import default_template_paths, run_template_paths
 
         try:
             store = RunStore(self.store_path, create=False)
@@ -283,7 +283,7 @@ class TemplatesScreen(Screen):
         self.query_one("#tpl-file", Static).update(line)
 
     def action_validate(self) -> None:
-        from engine.template_edit import render_preview, validate_text
+        from engine.templates.editing import render_preview, validate_text
 
         text = self.editor.text
         v = validate_text(text, self.role, source=str(self.paths.get(self.role, "<editor>")))
@@ -313,7 +313,7 @@ class TemplatesScreen(Screen):
 
     # -- saving ----------------------------------------------------------------------------------------
     def action_save(self) -> None:
-        from engine.template_edit import save_atomically
+        from engine.templates.editing import save_atomically
 
         self.action_validate()
         v = self.last_validation
@@ -392,7 +392,7 @@ class TemplatesScreen(Screen):
             self._fill_history()
 
     def action_diff(self) -> None:
-        from engine.template_edit import unified_diff
+        from engine.templates.editing import unified_diff
 
         sel = self._selected_version()
         if sel is None:

@@ -1,5 +1,5 @@
 """Shared bits of the dummy training programs: argument parsing and writing steps to the store
-through RunStore, exactly like a real trainer (engine.train_worker) does."""
+through RunStore, exactly like a real trainer (engine.runs.worker) does."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dummy trainer that records its own end (like engine.train_worker does) before exiting with code 4."""
+"""Dummy trainer that records its own end (like engine.runs.worker does) before exiting with code 4."""
 import sys
 import time
 

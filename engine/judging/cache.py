@@ -2,12 +2,12 @@
 
 The key is the sha256 of the request as it would be sent: API flavour, base URL (without
 credentials), model, rendered messages, temperature, max tokens, reasoning effort, output format and
-schema. A hit returns the stored reply as a :class:`~engine.judge_client.Completion` (zero latency,
+schema. A hit returns the stored reply as a :class:`~engine.judging.client.Completion` (zero latency,
 zero attempts) without any network I/O; a miss calls the judge and stores the reply. ``force=True``
 skips the lookup (the new reply replaces the stored one).
 
-:class:`CachingClient` wraps a :class:`~engine.judge_client.JudgeClient`; :class:`CachingJudge` wraps a
-Judge (see :mod:`engine.judges`) by wrapping the judge clients it holds, so the rubricator and
+:class:`CachingClient` wraps a :class:`~engine.judging.client.JudgeClient`; :class:`CachingJudge` wraps a
+Judge (see :mod:`engine.judging.protocol`) by wrapping the judge clients it holds, so the rubricator and
 verifier logic (rendering, re-asks with the validation error, parsing) is exactly the judge's own.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .judge_client import Completion, JudgeClient, display_url, request_sha
+from engine.judging.client import Completion, JudgeClient, display_url, request_sha
 
 
 def cache_key(client: JudgeClient, messages: list[dict[str, Any]], *, json_mode: bool, schema: dict | None) -> str:
@@ -34,7 +34,7 @@ class CachingClient:
     def __init__(self, inner: JudgeClient, cache: Any, *, force: bool = False,
                  on_request: Callable[[bool, str], None] | None = None):
         self.inner = inner
-        self.cache = cache  # anything with cache_get(sha) / cache_put(sha, ...): engine.replay_store.ReplayStore
+        self.cache = cache  # anything with cache_get(sha) / cache_put(sha, ...): engine.replay.store.ReplayStore
         self.force = force
         self.on_request = on_request
         self.hits = 0

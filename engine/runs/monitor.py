@@ -1,6 +1,6 @@
-"""The per-run monitor: ``python -m engine.run_monitor --store PATH --run ID -- COMMAND...``.
+"""The per-run monitor: ``python -m engine.runs.monitor --store PATH --run ID -- COMMAND...``.
 
-Started by :class:`engine.supervisor.Supervisor` as the leader of a new session. It starts the
+Started by :class:`engine.runs.supervisor.Supervisor` as the leader of a new session. It starts the
 training command as its child (same session, output to the run log it inherited), records the
 child's pid and start time, flags stalls while waiting, and when the child ends classifies the end
 (finished / failed / killed / oom / stopped), kills leftover processes of the session, and writes
@@ -17,9 +17,9 @@ import subprocess
 import sys
 import time
 
-from . import procinfo
-from .errors import UserError
-from .store import RunRecord, RunStore
+from engine.runs import procinfo
+from engine.errors import UserError
+from engine.store import RunRecord, RunStore
 
 
 def note(msg: str) -> None:
@@ -99,7 +99,7 @@ def _kill_leftovers(run: RunRecord, grace: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.run_monitor")
+    ap = argparse.ArgumentParser(prog="python -m engine.runs.monitor")
     ap.add_argument("--store", required=True)
     ap.add_argument("--run", required=True, type=int)
     ap.add_argument("--poll", type=float, default=float(os.environ.get("ROPD_MONITOR_POLL_S", "2.0")))
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)
 
-    from .supervisor import check_stall, log_tail, supervisor_settings
+    from engine.runs.supervisor import check_stall, log_tail, supervisor_settings
 
     try:
         store = RunStore(args.store, create=False)

@@ -2,7 +2,7 @@
 
 Each call renders the role's *current* template (``templates.current(role)``, so a live-edited
 template takes effect from the next group on), sends it through :class:`JudgeClient`, and parses the
-reply with :mod:`engine.parsing`. A reply that fails to parse or validate is **re-asked**: the
+reply with :mod:`engine.judging.parsing`. A reply that fails to parse or validate is **re-asked**: the
 conversation continues with the model's reply and a user turn that states the exact problem and asks
 for the corrected JSON only, up to ``judge.reask_attempts`` times.
 
@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, TypeVar
 
-from .config import Config, EndpointConfig
-from .errors import UserError
-from .judge_client import Completion, JudgeCallError, JudgeClient
-from .judges import JudgeStageError, StaticTemplates
-from .parsing import ReplyFormatError, parse_rubric, parse_scalar_batch, parse_verifier
-from .types import JudgeCall, Rubric
+from engine.config import Config, EndpointConfig
+from engine.errors import UserError
+from engine.judging.client import Completion, JudgeCallError, JudgeClient
+from engine.judging.protocol import JudgeStageError
+from engine.templates.static import StaticTemplates
+from engine.judging.parsing import ReplyFormatError, parse_rubric, parse_scalar_batch, parse_verifier
+from engine.types import JudgeCall, Rubric
 
 T = TypeVar("T")
 

@@ -44,10 +44,11 @@ import time
 from collections import Counter
 from typing import Any, Sequence
 
-from .config import Config
-from .errors import ScoringFailureRateError, TeacherIndexError, UserError
-from .judges import JudgeStageError, make_judge
-from .types import AnswerResult, BatchResult, GroupInput, GroupResult, JudgeCall, Rubric, prompt_text
+from engine.config import Config
+from engine.errors import ScoringFailureRateError, TeacherIndexError, UserError
+from engine.judging.factory import make_judge
+from engine.judging.protocol import JudgeStageError
+from engine.types import AnswerResult, BatchResult, GroupInput, GroupResult, JudgeCall, Rubric, prompt_text
 
 log = logging.getLogger("ropd.scorer")
 
@@ -92,7 +93,7 @@ def chunked(items: list[Any], size: int) -> list[list[Any]]:
 
 def _check_answer(text: str, ground_truth: str) -> bool | None:
     try:
-        from .tasks import check_answer
+        from engine.tasks import check_answer
     except ImportError:  # pragma: no cover - tasks package missing
         return None
     try:
@@ -107,7 +108,7 @@ def run_sync(make_coro):
 
     Works in a thread with no event loop (``asyncio.run``) and in one that already runs a loop (the
     coroutine then runs on a fresh loop in a helper thread, so the caller's loop is never re-entered)."""
-    from .judge_client import aclose_loop_clients
+    from engine.judging.client import aclose_loop_clients
 
     async def main():
         try:
@@ -135,7 +136,7 @@ class _StageFailure(Exception):
 # the scorer
 
 class Scorer:
-    """Scores batches of groups with a Judge (offline or LLM; see :func:`engine.judges.make_judge`)."""
+    """Scores batches of groups with a Judge (offline or LLM; see :func:`engine.judging.protocol.make_judge`)."""
 
     def __init__(self, cfg: Config, *, judge=None, teacher_index=None, templates=None):
         self.cfg = cfg
@@ -165,7 +166,7 @@ class Scorer:
                     hint="set teacher.index to a JSONL index (ropd-tui --headless index build ...), "
                     "or give teacher_answers with each group")
                 raise self._index_error
-            from .teacher_index import TeacherIndex
+            from engine.teacher.index import TeacherIndex
 
             try:
                 self._teacher_index = TeacherIndex.load(path)

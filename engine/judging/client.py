@@ -52,8 +52,8 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.responses import Response
 
-from .config import EndpointConfig, JudgeConfig
-from .errors import JudgeError
+from engine.config import EndpointConfig, JudgeConfig
+from engine.errors import JudgeError
 
 log = logging.getLogger("ropd.judge")
 

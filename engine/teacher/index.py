@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import JudgeError, TeacherIndexError
-from .types import Prompt, prompt_hash, prompt_text
+from engine.errors import JudgeError, TeacherIndexError
+from engine.types import Prompt, prompt_hash, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ async def build_index_async(
     Each finished prompt is appended at once (fsynced), so an interrupted build loses at most the
     prompts in flight. ``concurrency`` bounds prompts in flight; the client bounds requests.
     """
-    from .tasks import strip_reasoning
+    from engine.tasks import strip_reasoning
 
     if answers < 1:
         raise TeacherIndexError("--answers must be >= 1")
@@ -461,8 +461,8 @@ def build_index(
     ``judge_cfg`` a :class:`engine.config.JudgeConfig` (concurrency, retries). A dead or misconfigured
     server fails fast (JudgeError naming the URL) before any prompt is sent.
     """
-    from .config import JudgeConfig
-    from .judge_client import JudgeClient, aclose_loop_clients
+    from engine.config import JudgeConfig
+    from engine.judging.client import JudgeClient, aclose_loop_clients
 
     if not teacher_endpoint.model:
         raise TeacherIndexError("no teacher model given",

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TemplateError
-from .templates import ALLOWED_PLACEHOLDERS, REQUIRED_PLACEHOLDERS, ROLES, Template, resolve_template_path
-from .types import Criterion, Rubric
+from engine.errors import TemplateError
+from engine.templates.render import ALLOWED_PLACEHOLDERS, REQUIRED_PLACEHOLDERS, ROLES, Template, resolve_template_path
+from engine.types import Criterion, Rubric
 
 PLACEHOLDER_RE = re.compile(r"(?<!\{)\{([^{}]*)\}(?!\})")
 
@@ -38,7 +38,7 @@ def validate_text(text: str, role: str, source: str = "<editor>") -> Validation:
     try:
         tpl = Template.from_text(text, role, source=source)
     except TemplateError as err:
-        from .template_set import _error_location
+        from engine.templates.watched import _error_location
 
         line, placeholder = _error_location(err)
         return Validation(False, None, str(err), line, placeholder, missing, unknown)

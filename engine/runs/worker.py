@@ -1,6 +1,6 @@
 """The training subprocess the supervisor launches, for every backend.
 
-    python -m engine.train_worker --store PATH --run RUN [--resume]
+    python -m engine.runs.worker --store PATH --run RUN [--resume]
 
 Reads the run's config snapshot from the store, rebuilds the typed :class:`~engine.config.Config`,
 dispatches on ``run.backend`` (``embedded`` -> :mod:`engine.trainers.embedded`, ``verl`` ->
@@ -23,7 +23,7 @@ import time
 import traceback
 from typing import Any
 
-from .errors import UserError
+from engine.errors import UserError
 
 EXIT_OK, EXIT_CRASHED, EXIT_STOPPED = 0, 1, 143
 
@@ -48,9 +48,9 @@ def _finish(store, run_id: int, *, status: str, exit_code: int, cause: str | Non
 
 
 def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int:
-    from .config import build_config
-    from .store import TERMINAL_STATUSES, RunStore
-    from .trainers.embedded import StopControl, StopRequested
+    from engine.config import build_config
+    from engine.store import TERMINAL_STATUSES, RunStore
+    from engine.trainers.embedded import StopControl, StopRequested
 
     stop = stop or StopControl()
     try:
@@ -74,7 +74,7 @@ def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            from .trainers import embedded
+            from engine.trainers import embedded
 
             result = embedded.run(cfg, store, run, resume, stop=stop, log=_log)
             if result.status == "stopped":
@@ -84,7 +84,7 @@ def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int
             _log(result.message)
             return EXIT_OK
         if run.backend == "verl":
-            from .verl_backend import launcher
+            from engine.verl_backend import launcher
 
             rc = int(launcher.run(cfg, store, run, resume) or 0)
             if stop.requested or rc in (130, EXIT_STOPPED):  # the launcher handles the signal itself
@@ -136,11 +136,11 @@ def _stopped(store, run, last_step: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .trainers.embedded import StopControl
+    from engine.trainers.embedded import StopControl
 
     stop = StopControl()
     stop.install()  # before anything slow, so a stop during start-up is clean too
-    parser = argparse.ArgumentParser(prog="python -m engine.train_worker",
+    parser = argparse.ArgumentParser(prog="python -m engine.runs.worker",
                                      description="Train one run of a ropd-tui run store (launched by the supervisor).")
     parser.add_argument("--store", required=True, help="run store path (the SQLite file)")
     parser.add_argument("--run", required=True, help="run name or id")

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import StoreError
-from .types import Criterion, Rubric
+from engine.errors import StoreError
+from engine.types import Criterion, Rubric
 
 
 def store_file(store: Any) -> Path:
@@ -82,7 +82,7 @@ class ReplayStore:
     """Replay reads and writes through a :class:`engine.store.RunStore` (opened here from a path)."""
 
     def __init__(self, store: Any):
-        from .store import RunStore
+        from engine.store import RunStore
 
         if isinstance(store, RunStore):
             self.store, self._owned = store, False
@@ -140,7 +140,7 @@ class ReplayStore:
     def load_groups(self, run_id: int, *, steps: Iterable[int] | None = None, group_ids: Iterable[int] | None = None
                     ) -> list[StoredGroup]:
         """The run's groups (current attempt) with rubric, answers and verdicts, oldest step first."""
-        from .store import queries as q
+        from engine.store import queries as q
 
         sql = "SELECT * FROM groups WHERE run_id = ?"
         params: list[Any] = [int(run_id)]

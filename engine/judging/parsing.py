@@ -25,7 +25,7 @@ import math
 import re
 from typing import Any, Iterable, Sequence
 
-from .types import Criterion, Rubric
+from engine.types import Criterion, Rubric
 
 RUBRIC_SCHEMA = "ropd.rubric.v1"
 VERIFIER_SCHEMA = "ropd.batch_verifier.v2"

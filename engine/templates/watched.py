@@ -1,6 +1,6 @@
 """Versioned, watched prompt templates: what the scorer asks for with ``.current(role)``.
 
-A :class:`TemplateSet` holds one :class:`engine.templates.Template` per role (rubricator, verifier,
+A :class:`TemplateSet` holds one :class:`engine.templates.render.Template` per role (rubricator, verifier,
 scalar_judge). With :meth:`TemplateSet.start` a background thread watches the template files
 (watchfiles). When a file changes:
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import TemplateError
-from .templates import Template, resolve_template_path
+from engine.errors import TemplateError
+from engine.templates.render import Template, resolve_template_path
 
 log = logging.getLogger("ropd.templates")
 

@@ -15,9 +15,9 @@ Roles and their placeholders (the ``extra_*`` ones are optional, everything else
 * scalar_judge: ``{question}`` ``{answers}`` ``{extra_scoring_instructions}``
 
 List values are rendered as numbered blocks with untrusted text neutralised (see
-:mod:`engine.parsing`): ``teacher_response`` -> ``<teacher_answer id="N">``, ``student_response`` ->
+:mod:`engine.judging.parsing`): ``teacher_response`` -> ``<teacher_answer id="N">``, ``student_response`` ->
 ``<student_answer id="N">``, ``answers`` -> ``<answer id="N">``. A :class:`~engine.types.Rubric`
-given as ``rubrics`` is rendered with :func:`engine.parsing.format_rubric`.
+given as ``rubrics`` is rendered with :func:`engine.judging.parsing.format_rubric`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import TemplateError
-from .parsing import format_answers, format_blocks, format_rubric
-from .types import Rubric
+from engine.errors import TemplateError
+from engine.judging.parsing import format_answers, format_blocks, format_rubric
+from engine.types import Rubric
 
 ROLES = ("rubricator", "verifier", "scalar_judge")
 
@@ -63,7 +63,7 @@ class _Placeholder:
 Segment = Union[str, _Placeholder]
 
 #: The shipped templates, next to the ``engine`` package.
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 
 
 def default_template_path(role: str) -> Path:

@@ -2,7 +2,7 @@
 
 Used by ``ropd-tui --headless train`` and by the TUI's new-run screen, so both launch the same way:
 the run is created in the store (config snapshot, run folder) and its training worker
-(``python -m engine.train_worker``) is started under the supervisor in its own session.
+(``python -m engine.runs.worker``) is started under the supervisor in its own session.
 Run :func:`engine.trainers.preflight.preflight` first; it reports config problems before a run exists.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config
-from .errors import ConfigError
+from engine.config import Config
+from engine.errors import ConfigError
 
 
 def unique_run_name(store, base: str) -> str:
@@ -29,7 +29,7 @@ def launch_run(cfg: Config, store, name: str, *, cwd: str | None = None):
 
     Raises ConfigError when the name is taken (callers that want a fresh name use
     :func:`unique_run_name`)."""
-    from .supervisor import Supervisor, worker_argv
+    from engine.runs.supervisor import Supervisor, worker_argv
 
     if store.find_run(name) is not None:
         raise ConfigError(f"a run named {name!r} already exists", hint="choose another run name")

@@ -3,7 +3,7 @@
 Process layout of a run::
 
     supervisor (TUI / headless command; may exit at any time)
-      └─ python -m engine.run_monitor      <- new session (start_new_session): session id = its pid
+      └─ python -m engine.runs.monitor      <- new session (start_new_session): session id = its pid
            └─ training command             <- same session; its workers (Ray, dataloaders) too,
                                               even when they create their own process groups
 
@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from . import procinfo
-from .config import SupervisorConfig
-from .errors import StoreError
-from .store import ACTIVE_STATUSES, RunRecord, RunStore
-from .store.scrub import is_secret_name
+from engine.runs import procinfo
+from engine.config import SupervisorConfig
+from engine.errors import StoreError
+from engine.store import ACTIVE_STATUSES, RunRecord, RunStore
+from engine.store.scrub import is_secret_name
 
 RESUME_FLAG = "--resume"
 STARTING_GRACE_S = 60.0  # a launch that has not recorded its monitor yet is not "lost" before this
@@ -45,10 +45,24 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+# Module names a run recorded before engine/ was split into folders (v0.1): a resume or restart of
+# such a run starts the same program under its current name.
+LEGACY_MODULES = {"engine.train_worker": "engine.runs.worker", "engine.run_monitor": "engine.runs.monitor"}
+
+
+def current_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with any of our pre-move module names (``-m engine.train_worker``) replaced by today's."""
+    out = [str(a) for a in argv]
+    for i in range(len(out) - 1):
+        if out[i] == "-m" and out[i + 1] in LEGACY_MODULES:
+            out[i + 1] = LEGACY_MODULES[out[i + 1]]
+    return out
+
+
 def worker_argv(store: RunStore | str | os.PathLike, run_id: int) -> list[str]:
-    """The training command for every backend (engine.train_worker dispatches on run.backend)."""
+    """The training command for every backend (engine.runs.worker dispatches on run.backend)."""
     path = store.path if isinstance(store, RunStore) else Path(store)
-    return [sys.executable, "-m", "engine.train_worker", "--store", str(path), "--run", str(run_id)]
+    return [sys.executable, "-m", "engine.runs.worker", "--store", str(path), "--run", str(run_id)]
 
 
 def supervisor_settings(run: RunRecord) -> SupervisorConfig:
@@ -151,7 +165,7 @@ class Supervisor:
                resume: bool = False, event: str | None = None) -> RunRecord:
         """Start the run's training command under a monitor in a new session; returns at once.
 
-        ``argv`` defaults to the run's recorded command (or ``python -m engine.train_worker ...``);
+        ``argv`` defaults to the run's recorded command (or ``python -m engine.runs.worker ...``);
         it is recorded without ``--resume``, which is appended when ``resume`` is true.
         """
         run = self.refresh(run)
@@ -159,7 +173,7 @@ class Supervisor:
             raise StoreError(f"run {run.name!r} is already {run.status} (pid {run.pid or run.monitor_pid})",
                              hint=f"stop it first: ropd-tui --headless stop {run.name}")
         self._wait_previous_monitor(run)
-        base = [str(a) for a in (argv if argv is not None else (run.argv or worker_argv(self.store, run.id)))]
+        base = current_argv(argv if argv is not None else (run.argv or worker_argv(self.store, run.id)))
         base = [a for a in base if a != RESUME_FLAG]
         command = base + ([RESUME_FLAG] if resume else [])
         env_over = {str(k): str(v) for k, v in (env if env is not None else run.env or {}).items()}
@@ -184,7 +198,7 @@ class Supervisor:
             log.write(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} {kind} attempt {run.attempt}: "
                       f"{' '.join(command)}\n".encode())
             log.flush()
-            monitor_cmd = [sys.executable, "-m", "engine.run_monitor", "--store", str(self.store.path),
+            monitor_cmd = [sys.executable, "-m", "engine.runs.monitor", "--store", str(self.store.path),
                            "--run", str(run.id), "--"] + command
             try:
                 proc = subprocess.Popen(monitor_cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -8,11 +8,11 @@ version per role (the current file, another file, or any stored version by sha p
 - ``induce``: re-runs rubric induction from the stored teacher and student answers, then verification.
 
 Results are stored as a replay linked to the original groups and answers (see
-:mod:`engine.replay_store`). The report gives, per answer, the old and new reward; per criterion, the
+:mod:`engine.replay.store`). The report gives, per answer, the old and new reward; per criterion, the
 verdict flips; and a summary: mean reward shift, verdict agreement rate, and where ground truth exists
 the AUC of reward against correctness, old vs new (the paper's measure of reward quality).
 
-Judge requests go through a cache (:mod:`engine.judge_cache`): an identical request (same rendered
+Judge requests go through a cache (:mod:`engine.judging.cache`): an identical request (same rendered
 messages, model and parameters) is answered from the store instead of being paid for again, unless
 ``force`` is set.
 """
@@ -28,12 +28,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal
 
-from .config import Config, build_config
-from .errors import ConfigError, StoreError, TemplateError, UserError
-from .replay_metrics import CriterionFlips, agreement_rate, auc, count_flips, mean
-from .replay_store import ReplayStore, StoredAnswer, StoredGroup
-from .templates import Template, resolve_template_path
-from .types import AnswerResult, GroupResult, JudgeCall, Rubric
+from engine.config import Config, build_config
+from engine.errors import ConfigError, StoreError, TemplateError, UserError
+from engine.replay.metrics import CriterionFlips, agreement_rate, auc, count_flips, mean
+from engine.replay.store import ReplayStore, StoredAnswer, StoredGroup
+from engine.templates.render import Template, resolve_template_path
+from engine.types import AnswerResult, GroupResult, JudgeCall, Rubric
 
 RubricMode = Literal["reuse", "induce"]
 REPLAY_ROLES = ("rubricator", "verifier")
@@ -370,7 +370,7 @@ async def _replay_group(judge: Any, cfg: Config, group: StoredGroup, mode: Rubri
                                                [a.text for a in group.students], ground_truth=group.ground_truth)
         calls += rcalls
         source = "induced"
-    from .scorer import REFERENCE_LABEL, chunked
+    from engine.scoring.scorer import REFERENCE_LABEL, chunked
 
     def pool_text(a: StoredAnswer) -> str:  # as the scorer shows it: labelled only when not blind
         return REFERENCE_LABEL + a.text if a.kind == "teacher" and not cfg.scorer.blind else a.text
@@ -383,7 +383,7 @@ async def _replay_group(judge: Any, cfg: Config, group: StoredGroup, mode: Rubri
         calls += vcalls
         for answer, v in zip(chunk, verdicts):
             by_answer[answer.id] = [bool(x) for x in v]
-    from .scorer import weighted_reward
+    from engine.scoring.scorer import weighted_reward
 
     points = [c.points for c in rubric.criteria]
     out = []
@@ -419,7 +419,7 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
                      cancel: threading.Event | asyncio.Event | None = None, judge: Any = None) -> ReplayReport:
     """Run a replay and store it; returns its report. ``cancel`` stops it between groups (the groups
     done so far are kept, status ``cancelled``). ``judge``: an already built Judge (tests, benches)."""
-    from .judge_cache import CachingJudge
+    from engine.judging.cache import CachingJudge
 
     if spec.rubric_mode not in ("reuse", "induce"):
         raise ConfigError(f"--rubric must be reuse or induce, got {spec.rubric_mode!r}")
@@ -435,7 +435,7 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
         templates = resolve_templates(rs, cfg, spec, groups)
         fixed = _Fixed(templates)
         if judge is None:
-            from .judges import make_judge
+            from engine.judging.factory import make_judge
 
             judge = make_judge(cfg, templates=fixed)
         is_llm = cfg.judge_is_llm()
@@ -548,7 +548,7 @@ def run_replay_sync(store: Any, spec: ReplaySpec, **kwargs: Any) -> ReplayReport
 def _rubric_from_json(data: dict[str, Any] | None) -> Rubric | None:
     if not data:
         return None
-    from .types import Criterion
+    from engine.types import Criterion
 
     return Rubric(criteria=[Criterion(id=c["id"], text=c["text"], points=int(c["points"]),
                                       category=c.get("category") or "") for c in data.get("criteria", [])],

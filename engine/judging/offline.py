@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Sequence
 
-from .parsing import RUBRIC_SCHEMA, SCALAR_SCHEMA, VERIFIER_SCHEMA
-from .tasks import final_answer, final_number, numbers_in, parse_number, strip_reasoning
-from .types import Criterion, JudgeCall, Rubric
+from engine.judging.parsing import RUBRIC_SCHEMA, SCALAR_SCHEMA, VERIFIER_SCHEMA
+from engine.tasks import final_answer, final_number, numbers_in, parse_number, strip_reasoning
+from engine.types import Criterion, JudgeCall, Rubric
 
 CAT_TASK = "task fulfilment"
 CAT_QUALITY = "observable response quality"
@@ -146,7 +146,7 @@ class _Candidate:
 
 
 def _final_check(value: str) -> Callable[[str], bool]:
-    from .tasks import check_answer
+    from engine.tasks import check_answer
 
     return lambda a: check_answer(a, value)
 
@@ -339,7 +339,7 @@ class OfflineJudge:
         if ground_truth is not None:
             value = parse_number(str(ground_truth))
         if value is None:
-            from .tasks.demo_math import solve_question
+            from engine.tasks.demo_math import solve_question
 
             solved = solve_question(question)
             if solved is not None:
@@ -372,7 +372,7 @@ class OfflineJudge:
 
 def _stage_error(stage: str, cause: Exception, calls: list[JudgeCall]) -> Exception:
     try:
-        from .judges import JudgeStageError
-    except ImportError:  # pragma: no cover - engine.judges not present
+        from engine.judging.protocol import JudgeStageError
+    except ImportError:  # pragma: no cover - engine.judging.protocol not present
         return cause
     return JudgeStageError(stage, cause, calls)

@@ -1,0 +1,1 @@
+"""Teacher answers: the offline teacher index (K answers per prompt, built once before training)."""
