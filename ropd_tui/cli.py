@@ -17,7 +17,11 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from engine.errors import UserError
+from ropd_tui.package_check import exit_if_engine_is_foreign
+
+exit_if_engine_is_foreign()  # before the first import of engine: a user's own engine/ would fail obscurely
+
+from engine.errors import UserError  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -82,7 +86,9 @@ def serve_command(store: str | None) -> str:
     """The shell command each browser tab runs: this same program's UI on the same store."""
     import shlex
 
-    parts = [sys.executable, "-m", "ropd_tui.cli"] + (["--store", str(Path(store).resolve())] if store else [])
+    from engine.runs.entrypoint import module_argv
+
+    parts = module_argv("ropd_tui.cli", *(["--store", str(Path(store).resolve())] if store else []))
     return shlex.join(parts)
 
 

@@ -21,8 +21,8 @@ def _free_port() -> int:
 
 def test_each_tab_runs_this_ui_on_the_same_store(tmp_path):
     argv = shlex.split(serve_command(str(tmp_path / "s.db")))
-    assert argv[:3] == [sys.executable, "-m", "ropd_tui.cli"]
-    assert argv[3:] == ["--store", str((tmp_path / "s.db").resolve())]
+    assert argv[0] == sys.executable and argv[1].endswith("entrypoint.py")  # the cwd cannot shadow ropd_tui
+    assert argv[3:] == ["ropd_tui.cli", "--store", str((tmp_path / "s.db").resolve())]
     assert "--headless" not in argv
 
 

@@ -26,12 +26,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from engine.runs import procinfo
+from engine.runs.entrypoint import OUR_PACKAGES, is_entrypoint_argv, module_argv
 from engine.config import SupervisorConfig
 from engine.errors import StoreError
 from engine.store import ACTIVE_STATUSES, RunRecord, RunStore
@@ -48,21 +48,29 @@ def hostname() -> str:
 # Module names a run recorded before engine/ was split into folders (v0.1): a resume or restart of
 # such a run starts the same program under its current name.
 LEGACY_MODULES = {"engine.train_worker": "engine.runs.worker", "engine.run_monitor": "engine.runs.monitor"}
+WORKER_MODULE = "engine.runs.worker"
+MONITOR_MODULE = "engine.runs.monitor"
 
 
 def current_argv(argv: Sequence[str]) -> list[str]:
-    """``argv`` with any of our pre-move module names (``-m engine.train_worker``) replaced by today's."""
+    """A recorded command as it must be started today.
+
+    Our own modules are always started through :mod:`engine.runs.entrypoint` (so that the working
+    directory cannot shadow our packages), with this install's package folders; a command recorded
+    as ``python -m engine.train_worker ...`` (before the move, or before the entrypoint) is
+    translated. Any other command (a user's own trainer) is kept as it is."""
     out = [str(a) for a in argv]
-    for i in range(len(out) - 1):
-        if out[i] == "-m" and out[i + 1] in LEGACY_MODULES:
-            out[i + 1] = LEGACY_MODULES[out[i + 1]]
+    if is_entrypoint_argv(out):
+        return module_argv(LEGACY_MODULES.get(out[3], out[3]), *out[4:])
+    if len(out) >= 3 and out[1] == "-m" and out[2].split(".")[0] in OUR_PACKAGES:
+        return module_argv(LEGACY_MODULES.get(out[2], out[2]), *out[3:])
     return out
 
 
 def worker_argv(store: RunStore | str | os.PathLike, run_id: int) -> list[str]:
     """The training command for every backend (engine.runs.worker dispatches on run.backend)."""
     path = store.path if isinstance(store, RunStore) else Path(store)
-    return [sys.executable, "-m", "engine.runs.worker", "--store", str(path), "--run", str(run_id)]
+    return module_argv(WORKER_MODULE, "--store", path, "--run", run_id)
 
 
 def supervisor_settings(run: RunRecord) -> SupervisorConfig:
@@ -198,8 +206,7 @@ class Supervisor:
             log.write(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} {kind} attempt {run.attempt}: "
                       f"{' '.join(command)}\n".encode())
             log.flush()
-            monitor_cmd = [sys.executable, "-m", "engine.runs.monitor", "--store", str(self.store.path),
-                           "--run", str(run.id), "--"] + command
+            monitor_cmd = module_argv(MONITOR_MODULE, "--store", self.store.path, "--run", run.id, "--") + command
             try:
                 proc = subprocess.Popen(monitor_cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                         cwd=workdir, env=full_env, start_new_session=True, close_fds=True)

@@ -22,7 +22,7 @@ def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool =
     """``live``: also ask an LLM judge's endpoints whether they answer and serve the models (a second
     or two; JudgeError naming the URL and cause otherwise)."""
     env = os.environ if env is None else env
-    notes: list[str] = []
+    notes: list[str] = _check_working_dir(cfg)
     if cfg.run.backend == "verl":
         notes += _check_verl(cfg)
     else:
@@ -39,6 +39,26 @@ def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool =
     if cfg.run.backend == "embedded":
         notes += _check_task_and_index(cfg)
     return notes
+
+
+def _check_working_dir(cfg: Config, cwd: str | None = None) -> list[str]:
+    """A folder named like one of our packages in the working directory (many ML repositories have an
+    ``engine/``). Our own subprocesses never import it (engine.runs.entrypoint); verl's Ray workers
+    would, since Ray puts the driver's working directory first on their sys.path."""
+    from engine.runs.entrypoint import shadowing_folders
+
+    names = shadowing_folders(cwd)
+    if not names:
+        return []
+    where = os.path.abspath(cwd or os.getcwd())
+    folders = ", ".join(f"{n}/" for n in names)
+    if cfg.run.backend == "verl":
+        raise ConfigError(f"the working directory {where} has its own {folders}, which verl's Ray workers would "
+                          f"import instead of ropd-tui's (Ray puts the driver's working directory first on "
+                          f"their sys.path)", hint="start the run from another directory (paths in the config "
+                          "may stay absolute), or rename that folder")
+    return [f"note: {where} has its own {folders}; ropd-tui's processes never import it, but `python -m "
+            f"{names[0]}...` or `import {names[0]}` in a script started here would"]
 
 
 def _check_verl(cfg: Config) -> list[str]:

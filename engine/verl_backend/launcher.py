@@ -34,6 +34,7 @@ from typing import Any
 
 from engine.config import Config
 from engine.errors import ConfigError, ScoringFailureRateError
+from engine.runs.entrypoint import module_argv
 
 from engine.verl_backend import GATHERER_NAMESPACE
 from engine.verl_backend.gatherer import gatherer_name
@@ -184,7 +185,9 @@ def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_file
     }
     if resume_from:
         ov["trainer.resume_from_path"] = resume_from
-    main = shlex.split(os.environ[MAIN_CMD_ENV]) if os.environ.get(MAIN_CMD_ENV) else [sys.executable, "-m", MAIN_MODULE]
+    # verl's main_ppo loads our plugin (engine.verl_backend): started through our entrypoint so that a
+    # folder named engine/ (or verl/) in the working directory cannot shadow it
+    main = shlex.split(os.environ[MAIN_CMD_ENV]) if os.environ.get(MAIN_CMD_ENV) else module_argv(MAIN_MODULE)
     argv = main + ["--config-path", str(config_dir), "--config-name", config_name]
     argv += [f"{k}={hydra_value(v)}" for k, v in ov.items()]
     argv += list(cfg.verl.overrides)
