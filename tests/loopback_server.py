@@ -163,8 +163,16 @@ def _safe_eval(node: ast.AST) -> int:
     raise ValueError("unsupported")
 
 
-def default_chat(prompt: str) -> str:
-    """A teacher-like answer; computes simple integer arithmetic found in the question."""
+#: How a sampling teacher phrases its answer: a real model at temperature > 0 seldom repeats itself.
+CHAT_PHRASINGS = ("We compute {expr} = {value}.\nThe answer is {value}.",
+                  "{expr} gives {value}.\nThe answer is {value}.",
+                  "Working it out: {expr} = {value}.\nThe answer is {value}.",
+                  "First, {expr} = {value}.\nSo the answer is {value}.")
+
+
+def default_chat(prompt: str, variant: int = 0) -> str:
+    """A teacher-like answer; computes simple integer arithmetic found in the question. ``variant`` picks
+    the phrasing (0 is what a greedy, temperature-0 model would always say)."""
     for expr in sorted(re.findall(r"[\d\s+\-*/()x×%]{3,}", prompt), key=len, reverse=True):
         expr = expr.replace("×", "*").replace("x", "*").strip()
         if not re.search(r"\d\s*[-+*/%]\s*\(?\s*\d", expr):
@@ -173,8 +181,9 @@ def default_chat(prompt: str) -> str:
             value = _safe_eval(ast.parse(expr, mode="eval"))
         except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
             continue
-        return f"We compute {expr} = {value}.\nThe answer is {value}."
-    return "Let me think about it step by step.\nThe answer is 42."
+        return CHAT_PHRASINGS[variant % len(CHAT_PHRASINGS)].format(expr=expr, value=value)
+    return ("Let me think about it step by step.", "Step by step:", "Thinking it through:",
+            "Let me see.")[variant % 4] + "\nThe answer is 42."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +281,7 @@ class LoopbackJudgeServer:
         self.scalar_fn: Callable[[list[str]], Any] | None = None
         self.chat_fn: Callable[[str], str] | None = None
         self.faults: list[Fault] = []
+        self._samples: dict[str, int] = {}  # prompt -> requests sampled at temperature > 0 so far
         self.requests: list[RequestRecord] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -502,7 +512,7 @@ class LoopbackJudgeServer:
             if request.transport is not None:
                 request.transport.close()
             raise ConnectionResetError("dropped by script")
-        text = fault.text if fault and fault.kind == "reply" else self._content(messages, role, fault)
+        text = fault.text if fault and fault.kind == "reply" else self._content(messages, role, fault, body)
         rec.reply = text
         prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
         ptok, ctok = prompt_chars // 4 + 1, len(text) // 4 + 1
@@ -521,8 +531,12 @@ class LoopbackJudgeServer:
             "usage": {"input_tokens": ptok, "output_tokens": ctok, "total_tokens": ptok + ctok,
                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}})
 
-    def _content(self, messages: list[dict], role: str, fault: Fault | None) -> str:
+    def _content(self, messages: list[dict], role: str, fault: Fault | None, body: dict[str, Any] | None = None) -> str:
         prompt = prompt_of(messages)
+        variant = 0
+        if (body or {}).get("temperature"):  # sampling: each request of the same prompt may read differently
+            with self._lock:
+                self._samples[prompt] = variant = self._samples.get(prompt, -1) + 1
         if role == "rubricator":
             out = self.rubric_fn(prompt) if self.rubric_fn else default_rubric(prompt)
         elif role == "verifier":
@@ -538,7 +552,7 @@ class LoopbackJudgeServer:
             if fault and fault.kind == "wrong_count" and isinstance(out, dict):
                 out = dict(out, answers=out["answers"][:-1])
         else:
-            out = self.chat_fn(prompt) if self.chat_fn else default_chat(prompt)
+            out = self.chat_fn(prompt) if self.chat_fn else default_chat(prompt, variant)
         return out if isinstance(out, str) else json.dumps(out)
 
 

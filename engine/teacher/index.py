@@ -115,6 +115,12 @@ class TeacherIndex:
         self.warnings += out
         return out
 
+    def identical_answer_rows(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Rows (of ``keys``, default all) holding two or more answers that are all the same text: the
+        K-answer contrast of ROPD collapses to a single answer there."""
+        rows = self.rows.values() if keys is None else [self.rows[k] for k in keys if k in self.rows]
+        return [r for r in rows if len(r["answers"]) >= 2 and len({a.strip() for a in r["answers"]}) == 1]
+
     def _row(self, prompt: Prompt) -> dict[str, Any] | None:
         row = self.rows.get(prompt_hash(prompt))
         if row is None:
@@ -158,6 +164,21 @@ class TeacherIndex:
                 self.warnings.append(msg)
                 log.warning(msg)
         return answers[:k]
+
+
+def identical_answers_warning(rows: Sequence[dict[str, Any]], total: int, path: str | Path) -> str | None:
+    """The warning for rows whose answers are all identical (None when there are none), naming an example,
+    the temperature they were built with and the fix."""
+    if not rows:
+        return None
+    first = rows[0]
+    temps = sorted({str((r.get("settings") or {}).get("temperature")) for r in rows})
+    shown = [shorten(a, 30) for a in first["answers"][:4]]
+    return (f"{len(rows)} of {total} prompt(s) in {path} have identical teacher answers, e.g. "
+            f"{shorten(prompt_text(first['prompt']), 50)!r}: {shown}; K identical answers give the rubricator "
+            f"nothing to contrast (K collapses to 1). They were sampled at temperature {', '.join(temps)}: "
+            f"rebuild them with a sampling temperature (index build --temperature 0.7, the judge.teacher "
+            f"default) after removing those rows or the file")
 
 
 def parse_index_bytes(raw: bytes, source: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -316,6 +337,7 @@ class BuildSummary:
     elapsed_s: float
     failures: list[tuple[str, str]] = field(default_factory=list)  # (prompt, error)
     repaired: bool = False
+    identical_warning: str | None = None  # prompts of this build whose answers are all the same text
 
     def lines(self) -> list[str]:
         out = [f"teacher index: {self.out}",
@@ -330,6 +352,8 @@ class BuildSummary:
             out.append(f"  ... and {len(self.failures) - 5} more failures")
         if self.failed:
             out.append("  run the same command again to retry the failed prompts")
+        if self.identical_warning:
+            out.append(f"  warning: {self.identical_warning}")
         return out
 
 
@@ -439,6 +463,8 @@ async def build_index_async(
         await asyncio.gather(*[one(p, have) for p, have in todo])
     finally:
         writer.close()
+    built = TeacherIndex.load(out)
+    summary.identical_warning = identical_answers_warning(built.identical_answer_rows(unique), len(unique), out)
     summary.elapsed_s = time.monotonic() - t0
     return summary
 
