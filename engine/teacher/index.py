@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from engine.errors import JudgeError, TeacherIndexError
+from engine.errors import JudgeError, TeacherIndexError, one_line
 from engine.types import Prompt, prompt_hash, prompt_text
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ log = logging.getLogger(__name__)
 BUILD_HINT = "ropd-tui --headless index build --prompts PROMPTS.jsonl --out {path} --teacher-model MODEL --answers {k}"
 
 
-def shorten(text: str, limit: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+shorten = one_line  # the name the commands import
 
 
 def _messages_for(prompt: Prompt) -> list[dict[str, Any]]:
