@@ -184,3 +184,47 @@ def is_format_rejection(status: int | None, message: str) -> bool:
         return False
     low = (message or "").lower()
     return any(w in low for w in _FORMAT_WORDS)
+
+
+# ---------------------------------------------------------------------------------------------
+# settings for a server of a given context (judge serve prints them)
+
+#: Tokens of one verifier answer entry with 12 criteria ({"answer_index": 1, "judgement": [12 x
+#: true/false], "final_score": 17}), and of a whole 12-criterion rubric, as small tokenizers count them.
+_VERIFIER_ENTRY_TOKENS = 48
+_CRITERION_TOKENS = 55  # one rubric criterion in the reply
+MIN_ANSWER_CHARS = 200  # below this an answer is mostly its truncation marker
+
+
+@dataclass
+class ContextPlan:
+    """Judge settings that fit a server's context: what ``judge serve`` prints for the run config."""
+
+    context_len: int
+    max_tokens: int  # per reply: a rubric or a verifier chunk fits in it
+    verifier_chunk_size: int  # answers per verifier call whose reply fits max_tokens
+    answer_char_budget: int  # characters per answer so the fullest prompt fits beside max_tokens
+    max_criteria: int  # criteria per rubric whose reply fits max_tokens
+    answers_per_prompt: int  # what the budget is sized for (the rubricator sees k + rollouts answers)
+    too_small: bool  # the budget came out under MIN_ANSWER_CHARS: use a longer context
+
+
+def plan_for_context(context_len: int, *, prompt_overhead_chars: int, answers_per_prompt: int,
+                     default_chunk: int = 16, default_budget: int = 6000, default_max_criteria: int = 12,
+                     min_criteria: int = 4) -> ContextPlan:
+    """Settings for a server with ``context_len`` tokens: ``max_tokens`` a quarter of the context (at
+    most 4096, the judge.<role>.max_tokens default, room for a reasoning model's thinking; 1024 holds
+    a 12-criterion rubric or 16 verifier entries), a verifier chunk whose reply fits it, and an
+    ``answer_char_budget`` that lets ``answers_per_prompt`` answers plus the template and question
+    (``prompt_overhead_chars``) fit in what is left."""
+    max_tokens = max(MIN_OUTPUT_TOKENS * 4, min(4096, context_len // 4))
+    max_tokens = max(MIN_OUTPUT_TOKENS, min(max_tokens, context_len // 2))
+    chunk = max(1, min(default_chunk, int(max_tokens * 0.8) // _VERIFIER_ENTRY_TOKENS))
+    answers = max(answers_per_prompt, chunk)
+    room = context_len - max_tokens - int(prompt_overhead_chars / CHARS_PER_TOKEN) - 64
+    budget = int(max(0, room) * CHARS_PER_TOKEN / answers) // 50 * 50
+    budget = min(default_budget, budget)
+    criteria = max(min_criteria, min(default_max_criteria, (max_tokens - 60) // _CRITERION_TOKENS))
+    return ContextPlan(context_len=context_len, max_tokens=max_tokens, verifier_chunk_size=chunk,
+                       answer_char_budget=max(budget, 50), max_criteria=criteria, answers_per_prompt=answers,
+                       too_small=budget < MIN_ANSWER_CHARS)
