@@ -180,3 +180,18 @@ def test_teacher_model_override_keeps_the_teacher_temperature(tmp_path):
     cfg = load_config(f, ["judge.teacher.base_url=http://127.0.0.1:1/v1"])
     assert cfg.judge.teacher.temperature == 0.7
     assert cfg.judge.teacher.max_tokens == 256 and cfg.judge.teacher.model == "t"
+
+
+def test_readme_local_server_settings_paste_into_a_valid_config():
+    """The "Judging with a local server" blocks are meant to be pasted: each must be a valid config."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Judging with a local server"):readme.index("## Teacher index")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 3
+    for block in blocks:
+        cfg = build_config(yaml.safe_load(block))
+        for role in (cfg.judge.rubricator, cfg.judge.verifier):
+            assert role.base_url and role.max_tokens and role.response_format in ("json_schema", "json_object")
