@@ -88,6 +88,7 @@ class LLMJudge:
     def __init__(self, cfg: Config, templates=None):
         self.cfg = cfg
         self.templates = templates if templates is not None else StaticTemplates(cfg)
+        self._examples: dict[str, set[str]] = {}  # template sha -> its example rubric's criterion texts
         j = cfg.judge
         self.clients: dict[str, JudgeClient] = {
             "rubricator": JudgeClient(j.rubricator, j, "rubricator"),
@@ -156,10 +157,9 @@ class LLMJudge:
 
     def _example_criteria(self, tpl) -> set[str]:
         """The criterion texts of the template's own example rubric (cached per template version)."""
-        cache = self.__dict__.setdefault("_examples", {})
-        if tpl.sha256 not in cache:
-            cache[tpl.sha256] = example_criteria(tpl.literal_text)
-        return cache[tpl.sha256]
+        if tpl.sha256 not in self._examples:
+            self._examples[tpl.sha256] = example_criteria(tpl.literal_text)
+        return self._examples[tpl.sha256]
 
     async def _ask(self, role: str, stage: str, prompt: str, template_sha: str, schema: dict[str, Any],
                    parse: Callable[[str], T]) -> tuple[T, list[JudgeCall]]:
