@@ -182,14 +182,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str, source: str, default: Any = None) -> Any:
+    """``value`` as type ``tp``. A section (dataclass) starts from ``default``, the enclosing field's own
+    default, so the keys a mapping leaves out keep it (judge.teacher's temperature is 0.7, not the
+    class default 0.0)."""
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        base = default if isinstance(default, tp) else tp()
         if value is None:
-            return tp()
+            return base
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{where}' must be a mapping (section), got {type(value).__name__}")
-        return _build(tp, value, where, source)
+        return _build(tp, value, where, source, base=base)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -245,9 +249,12 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
     raise ConfigError(f"{source}: '{where}' has unsupported type {_type_name(tp)}")
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, source: str, base: Any = None) -> Any:
+    """``cls`` with the keys of ``data`` set on ``base`` (default: ``cls()``, every field at its default,
+    factory defaults included); keys ``data`` leaves out keep the value ``base`` has."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    base = cls() if base is None else base
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
@@ -256,8 +263,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
             hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else (
                 f"valid keys here: {', '.join(names)}")
             raise ConfigError(f"{source}: unknown config key '{where}'", hint=hint)
-        kwargs[key] = _coerce(value, hints[key], where, source)
-    return cls(**kwargs)
+        kwargs[key] = _coerce(value, hints[key], where, source, default=getattr(base, key))
+    return dataclasses.replace(base, **kwargs)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

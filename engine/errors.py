@@ -8,6 +8,14 @@ answer) is raised as a subclass of :class:`UserError`. Front ends print ``str(er
 from __future__ import annotations
 
 
+def one_line(text: object, limit: int = 80) -> str:
+    """``text`` on one line (runs of whitespace, newlines included, become one space), cut to ``limit``
+    characters with "..." when longer: for causes in summaries, where a first line alone can lose the
+    reason (a server's "1 validation error:\n  ...")."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: max(0, limit - 3)] + "..."
+
+
 class UserError(Exception):
     """An error with a message that names the thing and says what to do."""
 

@@ -93,6 +93,8 @@ class JudgeCall:
     request_sha: str | None = None  # sha256 of the canonical request, for replay caching
     cached: bool = False
     endpoint: str | None = None  # base URL without credentials, or "offline"
+    finish_reason: str | None = None  # the server's: "stop", or "length" when the reply hit max_tokens
+    response_format: str | None = None  # the output format asked for: json_schema | json_object | none
 
 
 @dataclass

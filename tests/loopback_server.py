@@ -23,6 +23,20 @@ Scriptable: ``latency_s`` / ``latency_fn``; faults consumed in order by matching
 ``models`` (404 for other models), ``reject_response_format`` (400); a per-request log
 (:attr:`requests`, with messages and timing), in-flight and peak in-flight counters, and usage numbers.
 
+Real servers' limits, as they behave (see :meth:`LoopbackJudgeServer.like_vllm` and
+:meth:`LoopbackJudgeServer.like_llama_cpp_python`):
+
+* a reply longer than the request's ``max_tokens`` is cut there with ``finish_reason: "length"``
+  (``"incomplete"`` / ``max_output_tokens`` on the Responses API), as every server does
+  (``cut_at_max_tokens``, on by default; tokens are counted as characters / 4);
+* ``max_model_len``: vLLM's context checks, HTTP 400 with vLLM's messages when ``max_tokens`` exceeds
+  it or the prompt (plus ``max_tokens``) does not fit; ``/v1/models`` reports it as vLLM does;
+* ``response_format_types``: the ``response_format`` types the server accepts; another type is
+  rejected with ``response_format_status`` (llama-cpp-python: HTTP 500 and its validation message
+  "Input should be 'text' or 'json_object'");
+* ``slots``: llama.cpp's ``--parallel``: at most that many requests are worked on at once (the others
+  wait in the server's queue), reported by ``GET /props`` (``total_slots``, ``n_ctx``).
+
 Use it as a context manager (``with LoopbackJudgeServer() as srv: srv.base_url``; see the
 ``judge_server`` fixtures in tests/test_judge_client.py and tests/test_scorer.py), with
 :func:`loopback_config` for a Config whose judge roles point at it, or as a separate process for
@@ -163,8 +177,16 @@ def _safe_eval(node: ast.AST) -> int:
     raise ValueError("unsupported")
 
 
-def default_chat(prompt: str) -> str:
-    """A teacher-like answer; computes simple integer arithmetic found in the question."""
+#: How a sampling teacher phrases its answer: a real model at temperature > 0 seldom repeats itself.
+CHAT_PHRASINGS = ("We compute {expr} = {value}.\nThe answer is {value}.",
+                  "{expr} gives {value}.\nThe answer is {value}.",
+                  "Working it out: {expr} = {value}.\nThe answer is {value}.",
+                  "First, {expr} = {value}.\nSo the answer is {value}.")
+
+
+def default_chat(prompt: str, variant: int = 0) -> str:
+    """A teacher-like answer; computes simple integer arithmetic found in the question. ``variant`` picks
+    the phrasing (0 is what a greedy, temperature-0 model would always say)."""
     for expr in sorted(re.findall(r"[\d\s+\-*/()x×%]{3,}", prompt), key=len, reverse=True):
         expr = expr.replace("×", "*").replace("x", "*").strip()
         if not re.search(r"\d\s*[-+*/%]\s*\(?\s*\d", expr):
@@ -173,8 +195,9 @@ def default_chat(prompt: str) -> str:
             value = _safe_eval(ast.parse(expr, mode="eval"))
         except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
             continue
-        return f"We compute {expr} = {value}.\nThe answer is {value}."
-    return "Let me think about it step by step.\nThe answer is 42."
+        return CHAT_PHRASINGS[variant % len(CHAT_PHRASINGS)].format(expr=expr, value=value)
+    return ("Let me think about it step by step.", "Step by step:", "Thinking it through:",
+            "Let me see.")[variant % 4] + "\nThe answer is 42."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +280,10 @@ class LoopbackJudgeServer:
 
     def __init__(self, *, latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None, models: list[str] | None = None,
-                 reject_response_format: bool = False, final_score_offset: float = 0.0):
+                 reject_response_format: bool = False, final_score_offset: float = 0.0,
+                 max_model_len: int | None = None, cut_at_max_tokens: bool = True,
+                 response_format_types: tuple[str, ...] | None = None, response_format_status: int = 500,
+                 slots: int | None = None):
         self.host = host
         self.port = port
         self.latency_s = latency_s
@@ -265,6 +291,12 @@ class LoopbackJudgeServer:
         self.api_key = api_key
         self.models = models
         self.reject_response_format = reject_response_format
+        self.max_model_len = max_model_len
+        self.cut_at_max_tokens = cut_at_max_tokens
+        self.response_format_types = response_format_types
+        self.response_format_status = response_format_status
+        self.slots = slots
+        self._slot_sem: asyncio.Semaphore | None = None  # made on the server's loop
         self.final_score_offset = final_score_offset
         # Hooks: return a dict (sent as JSON) or a str (sent verbatim) to override the defaults.
         self.rubric_fn: Callable[[str], Any] | None = None
@@ -272,6 +304,7 @@ class LoopbackJudgeServer:
         self.scalar_fn: Callable[[list[str]], Any] | None = None
         self.chat_fn: Callable[[str], str] | None = None
         self.faults: list[Fault] = []
+        self._samples: dict[str, int] = {}  # prompt -> requests sampled at temperature > 0 so far
         self.requests: list[RequestRecord] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -282,6 +315,16 @@ class LoopbackJudgeServer:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
+
+    @classmethod
+    def like_vllm(cls, max_model_len: int = 2048, **kw: Any) -> "LoopbackJudgeServer":
+        """vLLM started with ``--max-model-len``: replies cut at max_tokens, HTTP 400 context errors."""
+        return cls(max_model_len=max_model_len, **kw)
+
+    @classmethod
+    def like_llama_cpp_python(cls, slots: int | None = 1, **kw: Any) -> "LoopbackJudgeServer":
+        """llama-cpp-python's server: json_schema rejected with HTTP 500, one request at a time."""
+        return cls(response_format_types=("text", "json_object"), response_format_status=500, slots=slots, **kw)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -337,9 +380,12 @@ class LoopbackJudgeServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/props", self._props)
         app.router.add_get("/_stats", self._stats)
         app.router.add_get("/_requests", self._request_log)
         app.router.add_post("/_reset", self._reset)
+        if self.slots:
+            self._slot_sem = asyncio.Semaphore(self.slots)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
@@ -417,8 +463,16 @@ class LoopbackJudgeServer:
         if (resp := self._auth_error(request)) is not None:
             return resp
         ids = self.models or []  # no list configured: any model is served (clients probe instead)
+        extra = {"max_model_len": self.max_model_len} if self.max_model_len else {}  # as vLLM reports it
         return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "loopback"} for m in ids]})
+            {"id": m, "object": "model", "created": 0, "owned_by": "loopback", **extra} for m in ids]})
+
+    async def _props(self, request: web.Request) -> web.StreamResponse:
+        """llama.cpp's ``GET /props`` (only when ``slots`` is set: other servers have no such route)."""
+        if not self.slots:
+            return web.Response(status=404, text="Not Found")
+        settings = {"n_ctx": self.max_model_len} if self.max_model_len else {}
+        return web.json_response({"total_slots": self.slots, "default_generation_settings": settings})
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.stats())
@@ -483,6 +537,45 @@ class LoopbackJudgeServer:
         has_format = "response_format" in body if api == "chat" else "format" in (body.get("text") or {})
         if self.reject_response_format and has_format:
             return _error(400, "response_format is not supported by this server", "invalid_request_error")
+        fmt_type = ((body.get("response_format") if api == "chat" else (body.get("text") or {}).get("format"))
+                    or {}).get("type")
+        if self.response_format_types is not None and fmt_type and fmt_type not in self.response_format_types:
+            allowed = " or ".join(repr(t) for t in self.response_format_types)
+            detail = {"type": "literal_error", "loc": ("body", "response_format", "type"),
+                      "msg": f"Input should be {allowed}", "input": fmt_type, "ctx": {"expected": allowed}}
+            return _error(self.response_format_status, f"1 validation error:\n  {detail}\n",
+                          "internal_server_error" if self.response_format_status >= 500 else "invalid_request_error")
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+        ptok = prompt_chars // 4 + 1
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens", body.get("max_output_tokens")))
+        if (resp := self._context_error(ptok, max_tokens)) is not None:
+            return resp
+        if self._slot_sem is not None:  # llama.cpp --parallel N: the rest wait in the server's queue
+            async with self._slot_sem:
+                return await self._generate(request, api, body, messages, role, rec, ptok, max_tokens)
+        return await self._generate(request, api, body, messages, role, rec, ptok, max_tokens)
+
+    def _context_error(self, ptok: int, max_tokens: Any) -> web.StreamResponse | None:
+        """vLLM's checks of a request against ``--max-model-len``, with its messages."""
+        limit = self.max_model_len
+        if not limit:
+            return None
+        mt = max_tokens if isinstance(max_tokens, int) else 0
+        if mt > limit:
+            return _error(400, f"max_tokens={mt} cannot be greater than max_model_len={limit}. "
+                          "Please request fewer output tokens.", "BadRequestError")
+        if ptok >= limit:
+            return _error(400, f"This model's maximum context length is {limit} tokens. However, your request has "
+                          f"{ptok} input tokens. Please reduce the length of the input messages.", "BadRequestError")
+        if ptok + mt > limit:
+            return _error(400, f"This model's maximum context length is {limit} tokens. However, you requested "
+                          f"{mt} output tokens and your prompt contains at least {ptok} input tokens, for a total "
+                          f"of at least {ptok + mt} tokens. Please reduce the length of the input prompt or the "
+                          "number of requested output tokens.", "BadRequestError")
+        return None
+
+    async def _generate(self, request: web.Request, api: str, body: dict[str, Any], messages: list[dict],
+                        role: str, rec: RequestRecord, ptok: int, max_tokens: Any) -> web.StreamResponse:
         fault = self._take_fault(role)
         rec.fault = fault.kind if fault else None
         delay = self.latency_fn(rec) if self.latency_fn else self.latency_s
@@ -502,27 +595,33 @@ class LoopbackJudgeServer:
             if request.transport is not None:
                 request.transport.close()
             raise ConnectionResetError("dropped by script")
-        text = fault.text if fault and fault.kind == "reply" else self._content(messages, role, fault)
+        text = fault.text if fault and fault.kind == "reply" else self._content(messages, role, fault, body)
+        ctok, finish = len(text) // 4 + 1, "stop"
+        if self.cut_at_max_tokens and isinstance(max_tokens, int) and max_tokens > 0 and ctok > max_tokens:
+            text, ctok, finish = text[: max_tokens * 4], max_tokens, "length"
         rec.reply = text
-        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
-        ptok, ctok = prompt_chars // 4 + 1, len(text) // 4 + 1
         model = body.get("model") or "loopback-judge"
         if api == "chat":
             return web.json_response({
                 "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
                 "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok}})
         return web.json_response({
             "id": f"resp_{uuid.uuid4().hex[:12]}", "object": "response", "created_at": int(time.time()),
-            "model": model, "status": "completed",
+            "model": model, "status": "completed" if finish == "stop" else "incomplete",
+            "incomplete_details": None if finish == "stop" else {"reason": "max_output_tokens"},
             "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "status": "completed",
                         "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}],
             "usage": {"input_tokens": ptok, "output_tokens": ctok, "total_tokens": ptok + ctok,
                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}})
 
-    def _content(self, messages: list[dict], role: str, fault: Fault | None) -> str:
+    def _content(self, messages: list[dict], role: str, fault: Fault | None, body: dict[str, Any] | None = None) -> str:
         prompt = prompt_of(messages)
+        variant = 0
+        if (body or {}).get("temperature"):  # sampling: each request of the same prompt may read differently
+            with self._lock:
+                self._samples[prompt] = variant = self._samples.get(prompt, -1) + 1
         if role == "rubricator":
             out = self.rubric_fn(prompt) if self.rubric_fn else default_rubric(prompt)
         elif role == "verifier":
@@ -538,7 +637,7 @@ class LoopbackJudgeServer:
             if fault and fault.kind == "wrong_count" and isinstance(out, dict):
                 out = dict(out, answers=out["answers"][:-1])
         else:
-            out = self.chat_fn(prompt) if self.chat_fn else default_chat(prompt)
+            out = self.chat_fn(prompt) if self.chat_fn else default_chat(prompt, variant)
         return out if isinstance(out, str) else json.dumps(out)
 
 

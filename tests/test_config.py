@@ -98,3 +98,100 @@ def test_config_diff_lists_only_differences():
     b = load_config(None, ["scorer.k=1", "judge.verifier.model=m"]).to_dict()
     diff = config_diff(a, b)
     assert diff == {"scorer.k": (4, 1), "judge.verifier.model": (None, "m")}
+
+
+# --- defaults survive partial overrides (issue 11: teacher temperature became 0.0) ------------
+
+import dataclasses  # noqa: E402
+
+import yaml  # noqa: E402
+
+from engine.config import Config  # noqa: E402
+
+
+def _leaves(obj, prefix=""):
+    """(dotted key, default value) of every leaf field of a config dataclass, nested sections included."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, key + ".")
+        else:
+            yield key, value
+
+
+DEFAULTS = dict(_leaves(Config()))
+
+
+def test_documented_defaults_include_the_per_role_teacher_temperature():
+    assert DEFAULTS["judge.teacher.temperature"] == 0.7
+    assert DEFAULTS["judge.rubricator.temperature"] == 0.0 and DEFAULTS["judge.verifier.temperature"] == 0.0
+
+
+SECTIONS = sorted({k.rsplit(".", 1)[0] for k in DEFAULTS if "." in k})
+
+
+def _one_key(section):
+    """A key of ``section`` (directly in it) with a non-null default."""
+    return next(k for k, v in DEFAULTS.items() if k.rsplit(".", 1)[0] == section and v is not None)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_default_survives_a_partial_override_from_the_command_line(section):
+    """Setting one key of a section (to its own value) changes nothing else in the config."""
+    key = _one_key(section)
+    cfg = load_config(None, [f"{key}={yaml.safe_dump(DEFAULTS[key], default_flow_style=True).strip().removesuffix('...').strip()}"])
+    assert dict(_leaves(cfg)) == DEFAULTS
+
+
+@pytest.mark.parametrize("role", ["rubricator", "verifier", "teacher"])
+def test_every_role_keeps_its_defaults_when_only_its_model_is_set(role):
+    cfg = load_config(None, [f"judge.{role}.model=m"])
+    got = dict(_leaves(cfg))
+    assert got.pop(f"judge.{role}.model") == "m"
+    assert got == {k: v for k, v in DEFAULTS.items() if k != f"judge.{role}.model"}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_default_survives_a_partial_section_in_yaml(tmp_path, section):
+    key = _one_key(section)
+    leaf = key.rsplit(".", 1)[1]
+    data: dict = {}
+    cur = data
+    for part in section.split("."):
+        cur = cur.setdefault(part, {})
+    cur[leaf] = DEFAULTS[key]  # the key set to its own value: nothing else may change
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(data))
+    assert dict(_leaves(load_config(f))) == DEFAULTS
+
+
+def test_empty_or_null_section_in_yaml_keeps_its_defaults(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("judge:\n  teacher:\n  verifier: {model: v}\n")
+    cfg = load_config(f)
+    assert cfg.judge.teacher.temperature == 0.7
+    assert cfg.judge.verifier.temperature == 0.0 and cfg.judge.verifier.model == "v"
+
+
+def test_teacher_model_override_keeps_the_teacher_temperature(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("judge:\n  teacher:\n    model: t\n    max_tokens: 256\n")
+    cfg = load_config(f, ["judge.teacher.base_url=http://127.0.0.1:1/v1"])
+    assert cfg.judge.teacher.temperature == 0.7
+    assert cfg.judge.teacher.max_tokens == 256 and cfg.judge.teacher.model == "t"
+
+
+def test_readme_local_server_settings_paste_into_a_valid_config():
+    """The "Judging with a local server" blocks are meant to be pasted: each must be a valid config."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Judging with a local server"):readme.index("## Teacher index")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 3
+    for block in blocks:
+        cfg = build_config(yaml.safe_load(block))
+        for role in (cfg.judge.rubricator, cfg.judge.verifier):
+            assert role.base_url and role.max_tokens and role.response_format in ("json_schema", "json_object")

@@ -293,3 +293,150 @@ def test_tokens_per_minute_limit_counts_reported_usage(judge_server):
 
     run(two())
     assert len(judge_server.requests) == 1
+
+
+# --- real servers' limits (issue 11): llama.cpp and vLLM, as they behaved -----------------------
+
+@pytest.fixture
+def serve():
+    """Start a scripted loopback server (``serve(LoopbackJudgeServer.like_vllm(2048))``); stopped after."""
+    started = []
+    forget_unsupported_params()
+
+    def start(srv):
+        started.append(srv.start())
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+    forget_unsupported_params()
+
+
+SCHEMA = {"title": "ropd_test", "type": "object", "properties": {"score": {"type": "number"}}}
+
+
+def test_reply_cut_at_max_tokens_reports_finish_reason_length(judge_server):
+    judge_server.chat_fn = lambda prompt: '{"answers": [' + "false, " * 500
+    comp = run(client(judge_server, "judge.verifier.max_tokens=50").complete(PROMPT))
+    assert comp.finish_reason == "length" and comp.max_tokens == 50
+    assert len(comp.text) == 200  # 50 tokens of 4 characters: the server cut it there
+    assert run(client(judge_server).complete(PROMPT)).finish_reason == "stop"
+
+
+def test_responses_api_reply_cut_at_max_output_tokens_is_length(judge_server):
+    judge_server.chat_fn = lambda prompt: "x" * 1000
+    comp = run(client(judge_server, "judge.api=responses", "judge.verifier.max_tokens=20").complete(PROMPT))
+    assert comp.finish_reason == "length"
+
+
+def test_llama_cpp_python_json_schema_500_falls_back_once_without_retries(serve):
+    """llama-cpp-python answers json_schema with HTTP 500 "Input should be 'text' or 'json_object'"."""
+    srv = serve(LoopbackJudgeServer.like_llama_cpp_python(slots=None))
+    c = client(srv, "judge.verifier.response_format=json_schema", "judge.max_retries=4")
+    comp = run(c.complete(PROMPT, schema=SCHEMA))
+    assert comp.attempts == 2 and comp.response_format == "json_object"  # no SDK retries of the 500
+    first, second = srv.requests
+    assert first.status == 500 and first.body["response_format"]["type"] == "json_schema"
+    assert second.body["response_format"] == {"type": "json_object"}
+    again = run(c.complete(PROMPT, schema=SCHEMA))  # remembered for the endpoint
+    assert again.attempts == 1 and again.response_format == "json_object"
+    assert srv.requests[2].body["response_format"] == {"type": "json_object"}
+
+
+def test_format_rejections_step_down_to_no_response_format_each_once(serve):
+    srv = serve(LoopbackJudgeServer(response_format_types=("text",), response_format_status=422))
+    c = client(srv, "judge.verifier.response_format=json_schema")
+    comp = run(c.complete(PROMPT, schema=SCHEMA))
+    assert comp.response_format == "none" and comp.attempts == 3
+    assert [r.body.get("response_format", {}).get("type") for r in srv.requests] == ["json_schema", "json_object", None]
+    assert run(c.complete(PROMPT, schema=SCHEMA)).attempts == 1
+
+
+def test_a_500_unrelated_to_the_format_is_still_retried_and_not_a_fallback(judge_server):
+    judge_server.fail_next(1, status=500, message="CUDA error: out of memory")
+    comp = run(client(judge_server).complete(PROMPT))
+    assert comp.attempts == 2 and comp.response_format == "json_object"
+    assert [r.body["response_format"] for r in judge_server.requests] == [{"type": "json_object"}] * 2
+
+
+def test_vllm_max_tokens_over_max_model_len_is_refitted_and_remembered(serve, caplog):
+    """vLLM --max-model-len 2048 with the default max_tokens 4096 rejected every call at once."""
+    srv = serve(LoopbackJudgeServer.like_vllm(2048))
+    c = client(srv)
+    comp = run(c.complete(PROMPT))
+    first, second = srv.requests
+    assert first.status == 400 and first.body["max_tokens"] == 4096
+    assert second.status == 200 and 64 <= second.body["max_tokens"] < 2048 and comp.max_tokens == second.body["max_tokens"]
+    assert "context of 2048 tokens" in caplog.text
+    run(c.complete(PROMPT))  # the context is known now: the next request fits at once
+    assert srv.requests[2].status == 200 and srv.requests[2].body["max_tokens"] < 2048
+
+
+def test_preflight_reads_vllm_max_model_len_so_the_first_request_fits(serve):
+    srv = serve(LoopbackJudgeServer.like_vllm(2048, models=["loopback-judge"]))
+    c = client(srv)
+    info = run(c.preflight())
+    assert info["context_len"] == 2048 and info["slots"] is None
+    run(c.complete(PROMPT))
+    (req,) = srv.requests
+    assert req.status == 200 and req.body["max_tokens"] < 2048
+
+
+def test_max_tokens_over_the_context_that_cannot_be_refitted_gets_the_max_tokens_hint(serve):
+    srv = serve(LoopbackJudgeServer.like_vllm(2048))
+    big = [{"role": "user", "content": "word " * 1700}]  # ~2100 tokens: no room left at all
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(srv).complete(big))
+    text = str(ei.value)
+    assert "cannot be greater than max_model_len=2048" in text
+    assert "judge.verifier.max_tokens (4096) does not fit the server's context (2048 tokens)" in text
+    assert "--max-model-len" in text and "prompt may be too long" not in text
+
+
+def test_prompt_too_long_for_the_context_gets_the_prompt_hint(serve):
+    srv = serve(LoopbackJudgeServer.like_vllm(2048))
+    big = [{"role": "user", "content": "word " * 1700}]
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(srv, "judge.verifier.max_tokens=512").complete(big))
+    text = str(ei.value)
+    assert "maximum context length is 2048 tokens" in text
+    assert "the prompt does not fit the server's context (2048 tokens)" in text
+    assert "scorer.answer_char_budget" in text and "scorer.verifier_chunk_size" in text
+
+
+def test_preflight_reads_llama_cpp_slots_and_concurrency_follows_them(serve, caplog):
+    srv = serve(LoopbackJudgeServer.like_llama_cpp_python(slots=2, models=["loopback-judge"], latency_s=0.05))
+    c = client(srv, "judge.concurrency=8")
+    assert run(c.preflight())["slots"] == 2
+
+    async def many():
+        return await asyncio.gather(*[c.complete(PROMPT) for _ in range(6)])
+
+    assert len(run(many())) == 6
+    assert srv.max_in_flight == 2
+    assert "works on 2 request(s) at a time" in caplog.text and "judge.concurrency=8" in caplog.text
+
+
+def test_timeout_while_queued_behind_other_requests_says_queued(serve):
+    srv = serve(LoopbackJudgeServer(slots=1))  # one slot; its capacity is not read (no preflight)
+    srv.hang_next(1, seconds=5)  # the first request holds the only slot; the others wait in the queue
+    c = client(srv, "judge.verifier.timeout_s=0.5", "judge.max_retries=0", "judge.concurrency=4")
+
+    async def three():
+        return await asyncio.gather(*[c.complete(PROMPT) for _ in range(3)], return_exceptions=True)
+
+    errors = run(three())
+    assert all(isinstance(e, JudgeCallError) and e.kind == "timeout" for e in errors)
+    text = str(errors[-1])
+    assert "2 other request(s) to it were in flight" in text and "waited in the server's queue" in text
+    assert "lower judge.concurrency (now 4)" in text and "--parallel" in text
+
+
+def test_timeout_with_nothing_else_in_flight_says_slow(judge_server):
+    judge_server.hang_next(1, seconds=3)
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(judge_server, "judge.verifier.timeout_s=0.3", "judge.max_retries=0").complete(PROMPT))
+    text = str(ei.value)
+    assert "no other request of ours in flight" in text and "the server itself is that slow" in text
+    assert "queue" not in text

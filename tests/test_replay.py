@@ -221,3 +221,29 @@ def test_headless_templates_commands(store_path, tmp_path):
     f.write_text("{question} {answers} {rubric}", encoding="utf-8")
     rc, _, err = run_cli("--headless", "templates", "validate", str(f))
     assert rc == 2 and "unknown placeholder '{rubric}'" in err
+
+
+def test_replay_whose_groups_all_fail_is_failed_and_exits_4(store_path):
+    """It used to exit 0 and report "done" when every group failed."""
+    with LoopbackJudgeServer() as srv:
+        srv.verifier_fn = lambda prompt, answers, criteria: "I think they are all fine."
+        rc, out, err = run_cli("--headless", "--store", str(store_path), "replay", "r1", "--steps", "1",
+                               "--judge-model", "m", "--base-url", srv.base_url)
+    assert rc == 4, err
+    assert ": failed" in out and "3 of 3 groups failed to score" in out
+    assert "replay" in err and "failed: 3 of 3 groups failed" in err and "verifier: the verifier reply was still " \
+        "invalid after 3 attempt(s)" in err
+    assert "--show" in err and "Traceback" not in err
+    (row,) = [r for r in list_replays(store_path, "r1") if r["status"] == "failed"]
+    report = load_report(store_path, row["id"])
+    assert report.status == "failed" and "3 of 3 groups failed" in report.cause
+    rc, out, _ = run_cli("--headless", "--store", str(store_path), "replay", "--show", str(row["id"]))
+    assert rc == 0 and ": failed" in out and "3 of 3 groups failed" in out
+
+
+def test_replay_with_failures_within_the_threshold_is_done(store_path):
+    with LoopbackJudgeServer() as srv:
+        srv.malformed_next(3, role="verifier", text="no json")  # one group's verifier call and both its re-asks
+        report = run_replay_sync(store_path, ReplaySpec(run="r1", steps=[1], judge_model="m", base_url=srv.base_url,
+                                                        concurrency=1))
+    assert report.summary.failed_groups == 1 and report.status == "done" and report.cause is None

@@ -21,6 +21,8 @@ DEMO = ROOT / "data" / "demo" / "groups.jsonl"
 def run_cli(args, cwd, env_extra=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ROPD_"))}
     env.update(env_extra or {})
+    # this checkout's code, not whichever one is installed (the subprocess runs in a temp dir)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     return subprocess.run([sys.executable, "-m", "ropd_tui.cli", "--headless", "score", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -82,6 +84,8 @@ def test_llm_judge_selected_by_openai_base_url(tmp_path):
     out = read_out(tmp_path / "llm.jsonl")
     assert all(r["judge"] == "llm" and r["status"] in ("ok", "recovered") for r in out)
     assert all(r["template_versions"].get("verifier") for r in out)
+    calls = [c for r in out for c in r["calls"]]
+    assert calls and all(c["finish_reason"] == "stop" and c["response_format"] == "json_object" for c in calls)
 
 
 def test_scalar_mode_and_json_summary(tmp_path, monkeypatch, capsys):

@@ -270,6 +270,32 @@ def test_dead_server_fails_every_group_and_the_batch(judge_server):
     assert "3 of 3 groups" in str(ei.value) and "connection refused" in str(ei.value).lower()
 
 
+LLAMA_CPP_VALIDATION = ("1 validation error:\n  {'type': 'missing', 'loc': ('body', 'messages', 0, 'content'), "
+                        "'msg': 'Field required', 'input': {'role': 'user'}}\n")
+
+
+def test_failure_summary_keeps_the_reason_of_a_multi_line_server_error(judge_server):
+    """llama-cpp-python's 500s are several lines; the summary used to keep only '... 1 validation error:'."""
+    judge_server.fail_next(50, status=500, role="rubricator", message=LLAMA_CPP_VALIDATION)
+    cfg = loopback_config(judge_server, "scorer.k=2", "judge.max_retries=1")
+    scorer = Scorer(cfg)
+    batch = scorer.score_batch_sync(make_groups(3))
+    with pytest.raises(ScoringFailureRateError) as ei:
+        scorer.check_failure_rate(batch)
+    msg = ei.value.message
+    assert "HTTP 500 after 2 attempt(s): validation error at body.messages.0.content: Field required" in msg
+    assert "(x3)" in msg and "Error code: 500" not in msg and "\n" not in msg
+
+
+def test_cause_summary_is_one_line_and_keeps_the_hint():
+    from engine.scoring.failures import cause_summary
+
+    assert cause_summary("a judge error\n  hint: raise judge.verifier.timeout_s") == \
+        "a judge error hint: raise judge.verifier.timeout_s"
+    assert cause_summary("x" * 1000).endswith("...") and len(cause_summary("x" * 1000)) == 400
+    assert cause_summary(None) == "unknown"
+
+
 def test_failure_threshold(judge_server):
     groups = make_groups(4)
     groups[0].teacher_answers = None  # not in any index -> fails at the teacher stage

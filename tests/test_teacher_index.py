@@ -145,7 +145,9 @@ def test_build_resume_and_top_up(tmp_path, server):
     assert len(chats) == 8
     assert all(r.body.get("response_format") is None for r in chats)  # teachers answer in prose
     idx = TeacherIndex.load(out)
-    assert idx.lookup("What is 4 * 5?", 2) == ["We compute 4 * 5 = 20.\nThe answer is 20."] * 2
+    a, b = idx.lookup("What is 4 * 5?", 2)
+    assert a != b and a.endswith("answer is 20.") and b.endswith("answer is 20.")
+    assert all(r.body["temperature"] == 0.7 for r in chats)  # judge.teacher's own default, not 0.0
     assert idx.settings["model"] == "loopback-judge" and "base_url" not in idx.settings
     # the system prompt is sent as is
     sys_req = [r for r in chats if r.messages[0]["role"] == "system"]
@@ -212,3 +214,38 @@ def test_cli_index_build_and_show(tmp_path, server, capsys):
     rc = cli_main(["--headless", "index", "build", "--prompts", str(tmp_path / "missing.jsonl"), "--out", str(out),
                    "--teacher-model", "m", "--base-url", server.base_url])
     assert rc == 2 and "prompts file not found" in capsys.readouterr().err
+
+
+def test_cli_teacher_model_flag_keeps_the_sampling_temperature(tmp_path, server, capsys):
+    """`index build --teacher-model M` used to build every row at temperature 0.0 (K identical answers)."""
+    pf = write_prompts(tmp_path / "prompts.jsonl", PROMPTS[:2])
+    out = tmp_path / "teacher.jsonl"
+    rc = cli_main(["--headless", "index", "build", "--prompts", str(pf), "--out", str(out), "--teacher-model",
+                   "loopback-judge", "--answers", "3", "--base-url", server.base_url, "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    chats = [r for r in server.requests if r.role == "chat"]
+    assert chats and all(r.body["temperature"] == 0.7 for r in chats)
+    idx = TeacherIndex.load(out)
+    assert idx.settings["temperature"] == 0.7
+    assert idx.identical_answer_rows() == []
+    assert "identical" not in captured.out
+
+
+def test_identical_answers_warn_in_build_and_show(tmp_path, server, capsys):
+    server.chat_fn = lambda prompt: "12"  # a greedy teacher: the same answer every time
+    pf = write_prompts(tmp_path / "prompts.jsonl", PROMPTS[:2])
+    out = tmp_path / "teacher.jsonl"
+    rc = cli_main(["--headless", "index", "build", "--prompts", str(pf), "--out", str(out), "--teacher-model",
+                   "loopback-judge", "--answers", "2", "--base-url", server.base_url, "--temperature", "0",
+                   "--quiet"])
+    built = capsys.readouterr().out
+    assert rc == 0
+    assert "warning: 2 of 2 prompt(s)" in built and "identical teacher answers" in built
+    assert "['12', '12']" in built and "temperature 0.0" in built and "--temperature 0.7" in built
+    assert cli_main(["--headless", "index", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "warning: 2 of 2 prompt(s)" in shown and "K collapses to 1" in shown
+    # a row with one answer, or with different answers, is not flagged
+    append_rows(out, [{"prompt": PROMPTS[0], "answers": ["12", "twelve"]}, {"prompt": "solo", "answers": ["1"]}])
+    assert [r["prompt"] for r in TeacherIndex.load(out).identical_answer_rows()] == [PROMPTS[1]]

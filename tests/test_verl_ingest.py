@@ -127,3 +127,19 @@ def test_metrics_file_truncated_by_a_restart_is_read_from_the_start(tmp_path):
     assert [r["step"] for r in tail.read()] == [1, 2]
     p.write_text(verl_line(3, {"a": 3}))  # verl's FileLogger opens with "wb"
     assert [r["step"] for r in tail.read()] == [3]
+
+
+def test_a_step_without_learning_signal_gets_an_event(tmp_path, store_run):
+    store, run = store_run
+    metrics, groups = tmp_path / "metrics.jsonl", tmp_path / "groups.jsonl"
+    ing = StepIngestor(store, run.id, metrics, groups)
+    side = SideChannelWriter(groups)
+    side.append(group_to_record(scored_group("u1", [1.0, 0.0], [True, False]), step=1))  # spread: fine
+    side.append(group_to_record(scored_group("u2", [0.5, 0.5], [False, False]), step=2))
+    side.append(group_to_record(scored_group("u3", [0.5, 0.5], [False, False]), step=2))
+    with open(metrics, "w") as fp:
+        fp.write(verl_line(1, {"critic/score/mean": 0.5}) + verl_line(2, {"critic/score/mean": 0.5}))
+    ing.poll()
+    (event,) = store.events(run.id, kinds=["no_signal"])
+    assert event["step"] == 2 and "2 of 2 scored groups carry no learning signal" in event["message"]
+    assert event["data"]["flat"] == 2

@@ -22,6 +22,7 @@ FAKE_SERVER = textwrap.dedent('''
     p = argparse.ArgumentParser()
     p.add_argument("--model"); p.add_argument("--host"); p.add_argument("--port", type=int)
     p.add_argument("--served-model-name"); p.add_argument("--gpu-memory-utilization")
+    p.add_argument("--max-model-len", type=int)
     a, extra = p.parse_known_args()
     open(os.environ["FAKE_PIDFILE"], "w").write(f"{os.getpid()} {' '.join(extra)}")
     mode = os.environ.get("FAKE_MODE", "ok")
@@ -32,7 +33,10 @@ FAKE_SERVER = textwrap.dedent('''
     time.sleep(0.5)  # "loading the model"
     class H(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"object": "list", "data": [{"id": a.served_model_name, "object": "model"}]}).encode()
+            card = {"id": a.served_model_name, "object": "model"}
+            if a.max_model_len:  # vLLM reports the context it runs with
+                card["max_model_len"] = a.max_model_len
+            body = json.dumps({"object": "list", "data": [card]}).encode()
             self.send_response(200 if self.path == "/v1/models" else 404)
             self.send_header("Content-Type", "application/json"); self.end_headers(); self.wfile.write(body)
         def log_message(self, *args): pass
@@ -141,3 +145,55 @@ def test_serve_waits_prints_config_and_stops_on_ctrl_c(fake_vllm):
     while alive(int(server_pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(int(server_pid))
+
+
+def serve_until_ready(model, port, *extra):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ropd_tui.cli", "--headless", "judge", "serve", "--model", str(model),
+         "--port", str(port), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("vLLM started without --api-key"):
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return "\n".join(lines)
+
+
+def test_serve_with_max_model_len_prints_settings_that_fit_it(fake_vllm):
+    """--max-model-len 2048 used to print no max_tokens while the default 4096 exceeded it."""
+    import yaml
+
+    from engine.config import build_config
+    from engine.judging.server_limits import CHARS_PER_TOKEN
+
+    model, _ = fake_vllm
+    out = serve_until_ready(model, free_port(), "--max-model-len", "8192")
+    assert "context: 8192 tokens per request" in out
+    block = out[out.index("judge:\n"):out.index("as overrides:")]
+    cfg = build_config(yaml.safe_load(block))
+    for role in (cfg.judge.rubricator, cfg.judge.verifier):
+        assert role.max_tokens and role.max_tokens <= 8192 // 4 and role.response_format == "json_schema"
+    s = cfg.scorer
+    # the fullest prompt (answers at the budget, the template and a question) fits beside max_tokens
+    prompt_tokens = (16 * s.answer_char_budget + 4000) / CHARS_PER_TOKEN
+    assert prompt_tokens + cfg.judge.verifier.max_tokens <= 8192
+    assert s.answer_char_budget >= 500 and s.verifier_chunk_size >= 1
+    overrides = out[out.index("as overrides: ") + len("as overrides: "):].splitlines()[0].split()
+    assert f"judge.verifier.max_tokens={cfg.judge.verifier.max_tokens}" in overrides
+    assert f"scorer.answer_char_budget={s.answer_char_budget}" in overrides
+    assert "warning" not in out
+
+
+def test_serve_with_a_tiny_context_warns(fake_vllm):
+    model, _ = fake_vllm
+    out = serve_until_ready(model, free_port(), "--max-model-len", "2048")
+    assert "max_tokens: 512" in out and "max_tokens=4096" not in out
+    assert "warning: a 2048-token context leaves only about" in out and "--max-model-len 8192" in out

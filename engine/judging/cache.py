@@ -54,14 +54,17 @@ class CachingClient:
                     self.on_request(True, key)
                 return Completion(text=row["reply"], prompt_tokens=row["prompt_tokens"],
                                   completion_tokens=row["completion_tokens"], latency_s=0.0, attempts=0,
-                                  model=row["model"] or self.inner.model, endpoint="cache", request_sha=key)
+                                  model=row["model"] or self.inner.model, endpoint="cache", request_sha=key,
+                                  finish_reason=row.get("finish_reason"), response_format=row.get("response_format"),
+                                  max_tokens=self.inner.endpoint.max_tokens)
         comp = await self.inner.complete(messages, json_mode=json_mode, schema=schema)
         self.misses += 1
         if self.on_request:
             self.on_request(False, key)
         self.cache.cache_put(key, model=comp.model, role=self.inner.role, reply=comp.text,
                              prompt_tokens=comp.prompt_tokens, completion_tokens=comp.completion_tokens,
-                             latency_s=comp.latency_s)
+                             latency_s=comp.latency_s, finish_reason=comp.finish_reason,
+                             response_format=comp.response_format)
         comp.request_sha = key
         return comp
 

@@ -16,12 +16,21 @@ What this module adds to the SDK, and what it deliberately leaves to it:
   read from the environment at request time, sent as a bearer header, and never logged, stored or
   shown (error texts are scrubbed). A keyless local server gets a placeholder key.
 * Structured output: ``response_format`` json_object (default) or json_schema. A server that rejects
-  it (HTTP 400) is asked once more without it, and the endpoint remembers that for the process; the
-  same for ``temperature``, ``reasoning_effort`` and ``max_tokens`` (-> ``max_completion_tokens``).
+  it (HTTP 400, 422 or 500 with a message about the format or schema; such a 500 is not retried) is
+  asked again with the next simpler format, json_schema -> json_object -> none, each step once, and
+  the endpoint remembers it for the process; every :class:`Completion` says which format was used.
+  The same for ``temperature``, ``reasoning_effort`` and ``max_tokens`` (-> ``max_completion_tokens``)
+  on HTTP 400.
+* The server's context (:mod:`engine.judging.server_limits`): ``max_model_len`` and llama.cpp's slots
+  are read by :meth:`JudgeClient.preflight`, or learned from a context rejection. A request's
+  ``max_tokens`` is lowered to what the context leaves after the prompt (once logged per endpoint),
+  a rejected one is resent once with a fitting ``max_tokens``, and per-endpoint concurrency never
+  exceeds the server's slots. ``finish_reason`` ("length" when the reply hit ``max_tokens``) is kept.
 * Failures become :class:`JudgeCallError` (a :class:`~engine.errors.JudgeError`) naming the role,
   the URL, the model and the cause, with a hint: connection refused, 401 (which env var), 404
-  (unknown model or a base URL without ``/v1``), 400 (the server's message), timeouts, 429/5xx after
-  all retries.
+  (unknown model or a base URL without ``/v1``), 400 (the server's message; for a context rejection
+  which setting to change), timeouts (queued behind other requests at the server, or a slow model),
+  429/5xx after all retries.
 * Every call returns a :class:`Completion` with the text, token usage, latency and HTTP attempts.
 * Transport: the SDK's aiohttp backend when installed (``judge.http_backend=auto``; about half the
   client CPU per request of the default httpx one, which matters with 64 requests in flight), or
@@ -53,7 +62,10 @@ from openai import AsyncOpenAI
 from openai.types.responses import Response
 
 from engine.config import EndpointConfig, JudgeConfig
-from engine.errors import JudgeError
+from engine.errors import JudgeError, one_line as _one_line
+from engine.judging.server_limits import (MIN_OUTPUT_TOKENS, estimate_prompt_tokens, facts_for, facts_from_models,
+                                          facts_from_props, fit_max_tokens, is_format_rejection, learn_context,
+                                          learn_slots, parse_context_rejection)
 
 log = logging.getLogger("ropd.judge")
 
@@ -74,9 +86,11 @@ class Completion:
     latency_s: float
     attempts: int  # HTTP attempts: 1 + the SDK's transport retries (+ resends without unsupported params)
     model: str
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "stop"; "length" when the reply hit max_tokens (cut off)
     endpoint: str | None = None  # base URL without credentials
     request_sha: str | None = None  # sha256 of the canonical request (model, messages, settings)
+    response_format: str | None = None  # the format the reply was asked in: json_schema | json_object | none
+    max_tokens: int | None = None  # the max_tokens sent (judge.<role>.max_tokens, or what the context left)
 
 
 class JudgeCallError(JudgeError):
@@ -175,6 +189,18 @@ def _chat_reply(data: Any) -> tuple[str, int | None, int | None, str | None]:
             _int_or_none(usage.get("completion_tokens")), choice.get("finish_reason"))
 
 
+def _responses_finish(resp: Any) -> str | None:
+    """The Responses API's status as a chat finish_reason ("length" for a reply cut at max_output_tokens)."""
+    status = getattr(resp, "status", None)
+    details = getattr(resp, "incomplete_details", None)
+    reason = getattr(details, "reason", None) if details is not None else None
+    if status == "incomplete" and reason == "max_output_tokens":
+        return "length"
+    if status == "completed":
+        return "stop"
+    return status
+
+
 def _refused(exc: BaseException) -> bool:
     """Whether a connect failed outright (refused, unreachable, unknown host) rather than timing out.
 
@@ -213,6 +239,19 @@ class _SDKClient(AsyncOpenAI):
         scaled = timeout * (self.ropd_initial_delay / _SDK_INITIAL_RETRY_DELAY)
         return max(0.0, min(scaled, self.ropd_max_delay))
 
+    def _should_retry(self, response) -> bool:  # type: ignore[override]
+        # A 5xx that rejects the response_format (llama-cpp-python answers json_schema with HTTP 500
+        # "Input should be 'text' or 'json_object'") fails the same way every time: hand it straight
+        # back, so the client can fall back to a simpler format instead of retrying it.
+        if response.status_code >= 500:
+            try:
+                text = response.text
+            except Exception:  # noqa: BLE001 - body not read: let the SDK decide
+                text = ""
+            if is_format_rejection(500, text):
+                return False
+        return super()._should_retry(response)
+
     async def _prepare_request(self, request):  # type: ignore[override]
         await super()._prepare_request(request)
         counter = _ATTEMPTS.get()
@@ -236,6 +275,7 @@ class EndpointLimiter:
         self._tokens: deque[list[float]] = deque()  # [time, tokens]
         self.in_flight = 0
         self.peak_in_flight = 0
+        self._active: list[SlotTicket] = []
 
     async def _wait_for_rate(self, est_tokens: int) -> list[float] | None:
         if not self.rpm and not self.tpm:
@@ -261,15 +301,27 @@ class EndpointLimiter:
             return entry
 
     @asynccontextmanager
-    async def slot(self, est_tokens: int = 0) -> AsyncIterator[list[float] | None]:
+    async def slot(self, est_tokens: int = 0) -> AsyncIterator["SlotTicket"]:
+        """Hold one of the endpoint's request slots. The ticket's ``rate`` entry may be corrected with
+        the real token count; ``peak_in_flight`` is the most requests in flight while it was held."""
         async with self._sem:
-            entry = await self._wait_for_rate(est_tokens)
+            ticket = SlotTicket(await self._wait_for_rate(est_tokens))
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self._active.append(ticket)
+            for t in self._active:
+                t.peak_in_flight = max(t.peak_in_flight, self.in_flight)
             try:
-                yield entry  # the caller may correct entry[1] with the real token count
+                yield ticket
             finally:
                 self.in_flight -= 1
+                self._active.remove(ticket)
+
+
+@dataclass
+class SlotTicket:
+    rate: list[float] | None
+    peak_in_flight: int = 0
 
 
 class _LoopState:
@@ -319,14 +371,31 @@ def _loop_state() -> _LoopState:
 
 
 def endpoint_limiter(base_url: str, model: str, judge: JudgeConfig) -> EndpointLimiter:
-    """The limiter shared by every client of this base URL + model on the running loop."""
+    """The limiter shared by every client of this base URL + model on the running loop. Its concurrency
+    is ``judge.concurrency``, or the server's parallel slots when it reported fewer (llama.cpp)."""
     state = _loop_state()
     key = (base_url.rstrip("/"), model)
     lim = state.limiters.get(key)
     if lim is None:
-        lim = state.limiters[key] = EndpointLimiter(judge.concurrency, judge.requests_per_minute,
-                                                    judge.tokens_per_minute)
+        concurrency = judge.concurrency
+        slots = facts_for(base_url).slots
+        if slots and slots < concurrency:
+            _note_once(("slots", key[0]), "the judge server at %s works on %d request(s) at a time (its parallel "
+                       "slots); sending at most that many instead of judge.concurrency=%d, so requests do not "
+                       "time out waiting in its queue", display_url(base_url), slots, concurrency)
+            concurrency = slots
+        lim = state.limiters[key] = EndpointLimiter(concurrency, judge.requests_per_minute, judge.tokens_per_minute)
     return lim
+
+
+_NOTED: set[tuple[str, ...]] = set()
+
+
+def _note_once(key: tuple[str, ...], msg: str, *args: Any) -> None:
+    """Log a warning once per process per key (e.g. once per endpoint)."""
+    if key not in _NOTED:
+        _NOTED.add(key)
+        log.warning(msg, *args)
 
 
 async def aclose_loop_clients() -> None:
@@ -342,8 +411,12 @@ async def aclose_loop_clients() -> None:
 
 
 def forget_unsupported_params() -> None:
-    """Forget which endpoints rejected which parameters (tests)."""
+    """Forget which endpoints rejected which parameters, and what servers said about their limits (tests)."""
+    from engine.judging.server_limits import forget_server_facts
+
     _UNSUPPORTED.clear()
+    _NOTED.clear()
+    forget_server_facts()
 
 
 def _http_client_kwargs(backend: str, timeout: float) -> dict[str, Any]:
@@ -433,7 +506,7 @@ class JudgeClient:
         return "json_object"
 
     def _params(self, messages: list[dict], json_mode: bool, schema: dict | None,
-                unsupported: set[str]) -> tuple[dict[str, Any], str | None]:
+                unsupported: set[str], max_tokens: int | None = None) -> tuple[dict[str, Any], str | None]:
         ep = self.endpoint
         fmt = self._response_format_kind(json_mode, schema, unsupported)
         schema_name = str((schema or {}).get("title") or f"ropd_{self.role}")[:64]
@@ -441,8 +514,8 @@ class JudgeClient:
             p: dict[str, Any] = {"model": self.model, "input": messages, "store": False}
             if ep.temperature is not None and "temperature" not in unsupported:
                 p["temperature"] = ep.temperature
-            if ep.max_tokens:
-                p["max_output_tokens"] = ep.max_tokens
+            if max_tokens:
+                p["max_output_tokens"] = max_tokens
             if ep.reasoning_effort and "reasoning_effort" not in unsupported:
                 p["reasoning"] = {"effort": ep.reasoning_effort}
             if fmt == "json_schema":
@@ -453,8 +526,8 @@ class JudgeClient:
         p = {"model": self.model, "messages": messages}
         if ep.temperature is not None and "temperature" not in unsupported:
             p["temperature"] = ep.temperature
-        if ep.max_tokens:
-            p["max_completion_tokens" if "max_tokens" in unsupported else "max_tokens"] = ep.max_tokens
+        if max_tokens:
+            p["max_completion_tokens" if "max_tokens" in unsupported else "max_tokens"] = max_tokens
         if ep.reasoning_effort and "reasoning_effort" not in unsupported:
             p["reasoning_effort"] = ep.reasoning_effort
         if fmt == "json_schema":
@@ -475,10 +548,6 @@ class JudgeClient:
         if "reasoning" in msg and ("reasoning_effort" in params or "reasoning" in params):
             return "reasoning_effort"
         if fmt is not None:
-            if fmt == "json_schema" and ("json_schema" in msg or "schema" in msg):
-                return "json_schema"
-            if any(w in msg for w in ("response_format", "json", "text.format", "format")):
-                return "json_schema" if fmt == "json_schema" else "response_format"
             if not any(w in msg for w in ("context", "token", "length", "too long", "too large")):
                 # A generic 400 while asking for structured output: try once without it.
                 return "json_schema" if fmt == "json_schema" else "response_format"
@@ -493,15 +562,38 @@ class JudgeClient:
             text = getattr(resp, "output_text", None) or ""
             usage = getattr(resp, "usage", None)
             return (text, getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None),
-                    getattr(resp, "status", None))
+                    _responses_finish(resp))
         data = await client.post("/chat/completions", body=params, cast_to=dict)
         return _chat_reply(data)
+
+    def _fitted_max_tokens(self, messages: list[dict[str, Any]]) -> int | None:
+        """judge.<role>.max_tokens, lowered to what the server's known context leaves after the prompt."""
+        wanted = self.endpoint.max_tokens
+        context = facts_for(self.base_url).context_len
+        fitted = fit_max_tokens(wanted, context, estimate_prompt_tokens(messages))
+        if fitted != wanted:
+            _note_once(("fit", self.base_url, self.role),
+                       "judge.%s.max_tokens=%s does not fit the context of the server at %s (%s tokens) together "
+                       "with the prompt; asking for at most what is left (%s tokens here). Set "
+                       "judge.%s.max_tokens lower to make this explicit", self.role, wanted, self.url, context,
+                       fitted, self.role)
+        return fitted
+
+    def _refit(self, rejection: Any, messages: list[dict[str, Any]], sent: int | None) -> int | None:
+        """A max_tokens that fits the context a rejection reported, or None when none would help."""
+        limit = rejection.context_len or facts_for(self.base_url).context_len
+        if not sent or not limit:
+            return None
+        prompt = rejection.input_tokens if rejection.input_tokens else estimate_prompt_tokens(messages)
+        room = limit - prompt - 8
+        return room if MIN_OUTPUT_TOKENS <= room < sent else None
 
     # -- public API ----------------------------------------------------------------------------
 
     async def complete(self, messages: list[dict[str, Any]], *, json_mode: bool = True,
                        schema: dict | None = None) -> Completion:
-        """Send one chat request; return the reply text, usage, latency and attempts.
+        """Send one chat request; return the reply text, usage, latency, attempts, finish reason and
+        the output format used.
 
         Raises :class:`JudgeCallError` (a JudgeError) when the request fails for good.
         """
@@ -517,18 +609,43 @@ class JudgeClient:
         token = _ATTEMPTS.set(counter)
         t0 = time.perf_counter()
         est = estimate_tokens(messages)
+        max_tokens = self._fitted_max_tokens(messages)
         first_params: dict[str, Any] | None = None
+        ticket: SlotTicket | None = None
+        refitted = False
         try:
-            async with limiter.slot(est) as rate_entry:
-                for _ in range(4):
-                    params, fmt = self._params(messages, json_mode, schema, unsupported)
+            async with limiter.slot(est) as ticket:
+                for _ in range(8):  # bounded by the droppable params, format steps and one refit
+                    params, fmt = self._params(messages, json_mode, schema, unsupported, max_tokens)
                     if first_params is None:
                         first_params = params
                     try:
                         text, ptok, ctok, finish = await self._request(client, params)
                         break
-                    except openai.BadRequestError as e:
-                        dropped = self._rejected_param(e, params, fmt)
+                    except openai.APIStatusError as e:
+                        status, msg = e.status_code, str(getattr(e, "message", "") or e)
+                        rejection = parse_context_rejection(msg, getattr(e, "body", None)) if status == 400 else None
+                        if rejection is not None:
+                            learn_context(self.base_url, rejection.context_len, "rejection")
+                            refit = None if refitted else self._refit(rejection, messages, max_tokens)
+                            if refit is None:
+                                raise
+                            log.warning("%s judge at %s: the request did not fit the server's context of %s tokens "
+                                        "with max_tokens=%s; resending with max_tokens=%s", self.role, self.url,
+                                        rejection.context_len, max_tokens, refit)
+                            max_tokens, refitted = refit, True
+                            continue
+                        if fmt is not None and is_format_rejection(status, msg):
+                            dropped = "json_schema" if fmt == "json_schema" else "response_format"
+                            nxt = "json_object" if dropped == "json_schema" else "no response_format"
+                            _note_once(("format", self.base_url, model, dropped),
+                                       "the %s judge at %s (model %s) rejected response_format %s (HTTP %s: %s); "
+                                       "using %s for this endpoint from now on", self.role, self.url, model, fmt,
+                                       status, _one_line(scrub(msg), 200), nxt)
+                            unsupported.add(dropped)
+                            remembered.add(dropped)  # a fact about the server: remembered even if this call fails
+                            continue
+                        dropped = self._rejected_param(e, params, fmt) if isinstance(e, openai.BadRequestError) else None
                         if dropped is None or dropped in unsupported:
                             raise
                         log.info("%s judge at %s rejected %s (HTTP 400); resending without it",
@@ -537,10 +654,12 @@ class JudgeClient:
                 else:  # pragma: no cover - bounded by the number of droppable params
                     raise JudgeCallError(f"{self.role} judge at {self.url} kept rejecting the request",
                                          role=self.role, endpoint=self.url, model=model, kind="bad_request")
-                if rate_entry is not None and (ptok or ctok):
-                    rate_entry[1] = float((ptok or 0) + (ctok or 0))
+                if ticket.rate is not None and (ptok or ctok):
+                    ticket.rate[1] = float((ptok or 0) + (ctok or 0))
         except openai.OpenAIError as e:
-            raise self._translate(e, counter[0], time.perf_counter() - t0) from None
+            raise self._translate(e, counter[0], time.perf_counter() - t0, max_tokens=max_tokens,
+                                  in_flight=ticket.peak_in_flight if ticket else 0,
+                                  concurrency=limiter.concurrency) from None
         except ValueError as e:  # a 200 whose body is not JSON (a proxy's HTML page, a wrong URL)
             raise JudgeCallError(
                 f"the {self.role} judge at {self.url} (model '{model}') sent a response that is not JSON: "
@@ -554,13 +673,16 @@ class JudgeClient:
         return Completion(text=text, prompt_tokens=ptok, completion_tokens=ctok,
                           latency_s=time.perf_counter() - t0, attempts=max(1, counter[0]), model=model,
                           finish_reason=finish, endpoint=self.url,
-                          request_sha=request_sha({"api": self.judge.api, **(first_params or {})}))
+                          request_sha=request_sha({"api": self.judge.api, **(first_params or {})}),
+                          response_format=fmt or "none", max_tokens=max_tokens)
 
     async def preflight(self) -> dict[str, Any]:
         """Check the endpoint answers, accepts the key and serves the model; fail fast otherwise.
 
         Lists ``/models`` (no retries, short timeout). A server without ``/models`` (404) is probed
-        with a one-token chat request instead. Returns ``{"url", "model", "models"}``.
+        with a one-token chat request instead. Learns the server's context length (vLLM's
+        ``max_model_len``) and parallel slots (llama.cpp's ``/props``) where it reports them. Returns
+        ``{"url", "model", "models", "context_len", "slots"}``.
         """
         model = self.model
         self._api_key()
@@ -572,9 +694,10 @@ class JudgeClient:
         try:
             try:
                 page = await client.models.list()
-                ids = [m.id for m in page.data]
+                entries = list(page.data)
+                ids = [m.id for m in entries]
             except openai.NotFoundError:
-                ids = None
+                entries, ids = [], None
             if ids is None or not ids:
                 params, _ = self._params([{"role": "user", "content": "ping"}], False, None, set())
                 if self.judge.api == "responses":
@@ -593,11 +716,32 @@ class JudgeClient:
             raise self._translate(e, counter[0], time.perf_counter() - t0) from None
         finally:
             _ATTEMPTS.reset(token)
-        return {"url": self.url, "model": model, "models": ids}
+        learn_context(self.base_url, facts_from_models(entries, model), "/v1/models")
+        await self._read_props(client)
+        facts = facts_for(self.base_url)
+        return {"url": self.url, "model": model, "models": ids, "context_len": facts.context_len,
+                "slots": facts.slots}
+
+    async def _read_props(self, client: _SDKClient) -> None:
+        """llama.cpp's ``GET /props`` (at the server root): its parallel slots and context per slot.
+        Other servers have no such route; any failure is ignored."""
+        parts = urlsplit(self.base_url)
+        root = parts.path.rstrip("/")
+        root = root[: -len("/v1")] if root.endswith("/v1") else root
+        url = urlunsplit((parts.scheme, parts.netloc, f"{root}/props", "", ""))
+        try:
+            props = await client.get(url, cast_to=dict)
+        except (openai.OpenAIError, ValueError):
+            return
+        n_ctx, slots = facts_from_props(props)
+        learn_slots(self.base_url, slots)
+        if n_ctx and facts_for(self.base_url).context_source != "/v1/models":
+            learn_context(self.base_url, n_ctx, "/props")
 
     # -- errors --------------------------------------------------------------------------------
 
-    def _translate(self, e: BaseException, attempts: int, latency: float) -> JudgeCallError:
+    def _translate(self, e: BaseException, attempts: int, latency: float, *, max_tokens: int | None = None,
+                   in_flight: int = 0, concurrency: int | None = None) -> JudgeCallError:
         model = self.endpoint.model or "?"
         who = f"the {self.role} judge at {self.url} (model '{model}')"
         env = self.endpoint.api_key_env or "OPENAI_API_KEY"
@@ -609,9 +753,7 @@ class JudgeClient:
         refused = _refused(e)
         if isinstance(e, openai.APITimeoutError) and not refused:
             kind = "timeout"
-            msg = f"{who} did not reply within {self.endpoint.timeout_s:g} s {tries}"
-            hint = (f"the server is hung or overloaded: raise judge.{self.role}.timeout_s, lower judge.concurrency, "
-                    "or check the server")
+            msg, hint = self._timeout_text(who, tries, in_flight, concurrency)
         elif isinstance(e, openai.APIConnectionError):  # (APITimeoutError is one: a refused connect lands here)
             kind = "connection"
             msg = f"cannot connect to {who}: {_root_cause(e)} ({tries})" if tries else \
@@ -639,9 +781,7 @@ class JudgeClient:
         elif isinstance(e, openai.BadRequestError):
             kind = "bad_request"
             msg = f"{who} rejected the request (HTTP 400): {server_msg}"
-            low = server_msg.lower()
-            if any(w in low for w in ("context", "too long", "maximum", "token")):
-                hint = "the prompt may be too long: lower scorer.answer_char_budget or scorer.verifier_chunk_size"
+            hint = self._bad_request_hint(server_msg, getattr(e, "body", None), max_tokens)
         elif isinstance(e, openai.APIStatusError):
             kind = "server"
             msg = f"{who} failed with HTTP {status} {tries}: {server_msg}"
@@ -653,6 +793,46 @@ class JudgeClient:
         return JudgeCallError(scrub(msg, key), hint=scrub(hint, key) if hint else None, role=self.role,
                               endpoint=self.url, model=model, attempts=attempts, latency_s=latency,
                               status_code=status, kind=kind)
+
+    def _timeout_text(self, who: str, tries: str, in_flight: int, concurrency: int | None) -> tuple[str, str]:
+        """A timeout, told apart: queued behind other requests at the server, or a slow model."""
+        t = f"{self.endpoint.timeout_s:g}"
+        others = max(0, in_flight - 1)
+        slots = facts_for(self.base_url).slots
+        role = self.role
+        if others and (slots is None or others >= slots):
+            capacity = f"it works on {slots} at a time" if slots else "its parallel capacity is not known"
+            msg = (f"{who} did not reply within {t} s {tries}; {others} other request(s) to it were in flight "
+                   f"({capacity}), so this one most likely waited in the server's queue rather than being slow")
+            hint = (f"queueing at the server counts against judge.{role}.timeout_s: lower judge.concurrency "
+                    f"(now {concurrency}) to what the server runs in parallel (llama.cpp: its --parallel slots; "
+                    f"llama-cpp-python: 1; vLLM: up to --max-num-seqs), or raise judge.{role}.timeout_s")
+        else:
+            msg = (f"{who} did not reply within {t} s {tries} with no other request of ours in flight: "
+                   "the server itself is that slow (or hung)")
+            hint = (f"raise judge.{role}.timeout_s, lower judge.{role}.max_tokens, use a smaller or faster judge "
+                    "model, or check the server")
+        return msg, hint
+
+    def _bad_request_hint(self, server_msg: str, body: Any, max_tokens: int | None) -> str | None:
+        role = self.role
+        rejection = parse_context_rejection(server_msg, body)
+        if rejection is not None:
+            limit = rejection.context_len or facts_for(self.base_url).context_len
+            ctx = f"{limit} tokens" if limit else "its size"
+            if rejection.kind == "output_over_context":
+                asked = rejection.output_tokens or max_tokens or self.endpoint.max_tokens
+                return (f"judge.{role}.max_tokens ({asked}) does not fit the server's context ({ctx}), which must "
+                        f"also hold the prompt: set judge.{role}.max_tokens to about "
+                        f"{max(MIN_OUTPUT_TOKENS, limit // 4) if limit else 'a quarter of it'}, or start the server "
+                        "with a larger --max-model-len")
+            return (f"the prompt does not fit the server's context ({ctx}) with room for the reply: lower "
+                    "scorer.answer_char_budget or scorer.verifier_chunk_size (fewer or shorter answers per request), "
+                    f"lower judge.{role}.max_tokens, or start the server with a larger --max-model-len")
+        low = server_msg.lower()
+        if any(w in low for w in ("context", "too long", "maximum", "token")):
+            return "the prompt may be too long: lower scorer.answer_char_budget or scorer.verifier_chunk_size"
+        return None
 
     def __repr__(self) -> str:
         return f"JudgeClient(role={self.role!r}, url={self.url!r}, model={self.endpoint.model!r})"

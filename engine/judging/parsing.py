@@ -13,6 +13,9 @@ Leniency, deliberately limited to cases where the meaning is unambiguous:
 * Rubric items may use the aliases ``id`` (for ``criterion_id``), ``text``/``description`` (for
   ``criterion``) and ``weight`` (for ``points``); the list may be called ``rubrics``, ``criteria`` or
   ``rubric``. Points may be written ``3.0`` but not ``2.5`` or ``"3"``. Missing ids become ``c<N>``.
+* Criteria must be real: a placeholder (``"..."``, an empty text, a text that trails off in ``...``),
+  two criteria with the same text, or a criterion copied from the template's own example is
+  rejected, so a small model that copies the reply-format example is re-asked instead of scored.
 * Verifier judgements may be JSON booleans or the strings ``"true"``/``"false"`` (any case). Numbers
   (0/1), "yes"/"no" and anything else are rejected. Answers may come in any order as long as their
   ``answer_index`` values are exactly 1..N; they are returned in index order.
@@ -222,8 +225,49 @@ def _join(errors: list[str], limit: int = 8) -> str:
     return "; ".join(errors[:limit]) + more
 
 
-def parse_rubric(text: str, *, min_criteria: int = 4, max_criteria: int = 12) -> Rubric:
-    """Validate a rubricator reply (``ropd.rubric.v1``) into a :class:`Rubric`."""
+_PLACEHOLDER_TEXTS = {"criterion", "criterion text", "text", "description", "tbd", "todo", "n/a", "na", "none",
+                      "placeholder", "string", "xxx", "etc", "etc."}
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip(" .")
+
+
+def placeholder_problem(text: str) -> str | None:
+    """Why a criterion text is a placeholder rather than a check (None when it is a real text)."""
+    t = text.strip()
+    if not any(ch.isalnum() for ch in t):
+        return "has no words"
+    if t.endswith(("...", "…")):
+        return "trails off in '...'"
+    if _normalised(t) in _PLACEHOLDER_TEXTS or re.fullmatch(r"<[^<>]*>|\[[^\[\]]*\]", t):
+        return "is a placeholder"
+    return None
+
+
+def example_criteria(template_text: str) -> set[str]:
+    """The criterion texts of the example rubric(s) written in a template (normalised), so a reply
+    that copies them can be told apart from a rubric written for the question."""
+    out: set[str] = set()
+    for cand in _balanced_objects(template_text.replace("{{", "{").replace("}}", "}")):
+        obj, _ = _loads(cand)
+        if not isinstance(obj, dict):
+            continue
+        _, items = _first_key(obj, ("rubrics", "criteria", "rubric"))
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict):
+                _, t = _first_key(item, ("criterion", "text", "description"))
+                if isinstance(t, str) and t.strip():
+                    out.add(_normalised(t))
+    return out
+
+
+def parse_rubric(text: str, *, min_criteria: int = 4, max_criteria: int = 12,
+                 example_texts: set[str] | frozenset[str] = frozenset()) -> Rubric:
+    """Validate a rubricator reply (``ropd.rubric.v1``) into a :class:`Rubric`.
+
+    ``example_texts``: normalised criterion texts of the template's example (:func:`example_criteria`);
+    a criterion that repeats one is rejected."""
     obj = extract_json(text, expect_keys=("rubrics", "criteria", "rubric"))
     key, items = _first_key(obj, ("rubrics", "criteria", "rubric"))
     if key is None:
@@ -235,6 +279,7 @@ def parse_rubric(text: str, *, min_criteria: int = 4, max_criteria: int = 12) ->
         errors.append(f"the rubric has {len(items)} criteria but must have between {min_criteria} and {max_criteria}")
     criteria: list[Criterion] = []
     ids: dict[str, int] = {}
+    texts: dict[str, int] = {}  # normalised criterion text -> first position
     for pos, item in enumerate(items, 1):
         label = f"criterion {pos}"
         if not isinstance(item, dict):
@@ -255,6 +300,18 @@ def parse_rubric(text: str, *, min_criteria: int = 4, max_criteria: int = 12) ->
         if not isinstance(ctext, str) or not ctext.strip():
             errors.append(f'{label} has no criterion text; give it a non-empty "criterion" string')
             ctext = ""
+        elif (why := placeholder_problem(ctext)) is not None:
+            errors.append(f"{label} {why} ({json.dumps(ctext.strip()[:60], ensure_ascii=False)}); write out the "
+                          "concrete value, fact or step it checks")
+        elif _normalised(ctext) in example_texts:
+            errors.append(f"{label} copies the example in the reply format "
+                          f"({json.dumps(ctext.strip()[:60], ensure_ascii=False)}); write criteria for this question "
+                          "and these answers")
+        elif _normalised(ctext) in texts:
+            errors.append(f"criteria {texts[_normalised(ctext)]} and {pos} have the same text; each criterion must "
+                          "check something different")
+        if isinstance(ctext, str) and ctext.strip():
+            texts.setdefault(_normalised(ctext), pos)
         pkey, raw_points = _first_key(item, ("points", "weight"))
         points = _as_points(raw_points)
         if pkey is None:

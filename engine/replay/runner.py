@@ -7,7 +7,8 @@ version per role (the current file, another file, or any stored version by sha p
 - ``reuse``: re-runs verification with the stored rubric on the same blind pool (same order), or
 - ``induce``: re-runs rubric induction from the stored teacher and student answers, then verification.
 
-Results are stored as a replay linked to the original groups and answers (see
+A replay whose failed groups exceed ``scorer.failure_threshold`` ends ``failed`` with their causes, as
+``score`` and ``train`` do. Results are stored as a replay linked to the original groups and answers (see
 :mod:`engine.replay.store`). The report gives, per answer, the old and new reward; per criterion, the
 verdict flips; and a summary: mean reward shift, verdict agreement rate, and where ground truth exists
 the AUC of reward against correctness, old vs new (the paper's measure of reward quality).
@@ -32,6 +33,7 @@ from engine.config import Config, build_config
 from engine.errors import ConfigError, StoreError, TemplateError, UserError
 from engine.replay.metrics import CriterionFlips, agreement_rate, auc, count_flips, mean
 from engine.replay.store import ReplayStore, StoredAnswer, StoredGroup
+from engine.scoring.failures import failure_rate_error
 from engine.templates.render import Template, resolve_template_path
 from engine.types import AnswerResult, GroupResult, JudgeCall, Rubric
 
@@ -143,6 +145,7 @@ class ReplayReport:
     summary: ReplaySummary
     groups: list[GroupDiff]
     stats: dict[str, Any] = field(default_factory=dict)  # calls, cached calls, wall time, answers/s
+    cause: str | None = None  # why the replay failed (too many groups failed, or the error that stopped it)
 
     @property
     def answers(self) -> list[AnswerDiff]:
@@ -157,7 +160,7 @@ class ReplayReport:
     def to_jsonable(self) -> dict[str, Any]:
         return {
             "replay_id": self.replay_id, "run_id": self.run_id, "run": self.run_name, "status": self.status,
-            "settings": self.settings, "summary": asdict(self.summary), "stats": self.stats,
+            "cause": self.cause, "settings": self.settings, "summary": asdict(self.summary), "stats": self.stats,
             "answers": [asdict(a) | {"shift": a.shift} for a in self.answers],
             "criteria": [{"group_id": g.group_id, "step": g.step, "group_index": g.group_index,
                           **asdict(c), "flips": c.flips} for g, c in self.criterion_flips()],
@@ -511,12 +514,17 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
             status, cause = "failed", str(errors[0])
         wall = time.monotonic() - started
         report = load_report(rs, replay_id)
+        if status == "done":  # as in score and train: too many failed groups fail the whole replay
+            too_many = failure_rate_error([(g.failure_stage, g.failure_cause) for g in report.groups
+                                           if g.status == "failed"], len(report.groups), cfg.scorer.failure_threshold)
+            if too_many is not None:
+                status, cause = "failed", too_many.message
         report.stats = {"judge_calls": prog.judge_calls, "cached_calls": prog.cached_calls, "wall_s": wall,
                         "answers": prog.done_answers,
                         "answers_per_s": prog.done_answers / wall if wall > 0 else None}
         summary_json = asdict(report.summary) | {"stats": report.stats}
         rs.finish_replay(replay_id, status, summary_json, cause)
-        report.status = status
+        report.status, report.cause = status, cause
         if errors:
             err = errors[0]
             if isinstance(err, UserError):
@@ -594,7 +602,7 @@ def load_report(store: Any, replay_id: int) -> ReplayReport:
     groups.sort(key=lambda g: (g.step, g.group_index))
     stats = dict((row.get("summary") or {}).get("stats") or {})
     return ReplayReport(int(row["id"]), int(row["run_id"]), row.get("run_name"), row["status"], row["settings"],
-                        summarize(groups), groups, stats)
+                        summarize(groups), groups, stats, cause=row.get("cause"))
 
 
 def summarize(groups: list[GroupDiff]) -> ReplaySummary:

@@ -207,12 +207,15 @@ class ReplayStore:
         return dict(rows[0]) if rows else None
 
     def cache_put(self, request_sha: str, *, model: str | None, role: str | None, reply: str,
-                  prompt_tokens: int | None, completion_tokens: int | None, latency_s: float | None) -> None:
+                  prompt_tokens: int | None, completion_tokens: int | None, latency_s: float | None,
+                  finish_reason: str | None = None, response_format: str | None = None) -> None:
         with self.store.write_transaction() as c:
             c.execute(
                 "INSERT OR REPLACE INTO judge_cache (request_sha, model, role, reply, prompt_tokens,"
-                " completion_tokens, latency_s, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (request_sha, model, role, reply, prompt_tokens, completion_tokens, latency_s, time.time()))
+                " completion_tokens, latency_s, created_at, finish_reason, response_format)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_sha, model, role, reply, prompt_tokens, completion_tokens, latency_s, time.time(),
+                 finish_reason, response_format))
 
     def cache_size(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM judge_cache")[0][0])

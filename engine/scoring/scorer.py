@@ -41,13 +41,13 @@ import inspect
 import logging
 import random
 import time
-from collections import Counter
 from typing import Any, Sequence
 
 from engine.config import Config
-from engine.errors import ScoringFailureRateError, TeacherIndexError, UserError
+from engine.errors import TeacherIndexError, UserError
 from engine.judging.factory import make_judge
 from engine.judging.protocol import JudgeStageError
+from engine.scoring.failures import cause_summary, failure_rate_error
 from engine.types import AnswerResult, BatchResult, GroupInput, GroupResult, JudgeCall, Rubric, prompt_text
 
 log = logging.getLogger("ropd.scorer")
@@ -209,19 +209,11 @@ class Scorer:
 
     def check_failure_rate(self, batch: BatchResult) -> float:
         """The batch's failure rate; ScoringFailureRateError when it passes ``scorer.failure_threshold``."""
-        rate = batch.failure_rate
-        threshold = self.cfg.scorer.failure_threshold
-        if rate > threshold:
-            failed = [g for g in batch.groups if g.status == "failed"]
-            causes = Counter(f"{g.failure_stage}: {(g.failure_cause or 'unknown').splitlines()[0][:300]}"
-                             for g in failed)
-            listed = "; ".join(f"{c} (x{n})" for c, n in causes.most_common(3))
-            more = f"; and {len(causes) - 3} other cause(s)" if len(causes) > 3 else ""
-            raise ScoringFailureRateError(
-                f"{len(failed)} of {len(batch.groups)} groups failed to score ({rate:.0%}, above "
-                f"scorer.failure_threshold={threshold:g}). Causes: {listed}{more}",
-                hint="fix the cause (judge server, teacher index, templates), or raise scorer.failure_threshold")
-        return rate
+        failed = [(g.failure_stage, g.failure_cause) for g in batch.groups if g.status == "failed"]
+        err = failure_rate_error(failed, len(batch.groups), self.cfg.scorer.failure_threshold)
+        if err is not None:
+            raise err
+        return batch.failure_rate
 
     # -- one group -------------------------------------------------------------------------------
 
@@ -260,7 +252,7 @@ class Scorer:
         res.calls.extend(c for c in calls if not any(c is x for x in res.calls))
         for a in res.answers:  # nothing of a failed group may be read as a reward
             a.reward = None
-        log.warning("group %s failed at %s: %s", res.group_index, stage, cause.splitlines()[0] if cause else "")
+        log.warning("group %s failed at %s: %s", res.group_index, stage, cause_summary(cause))
 
     def _prepare(self, text: str, kind: str, index: int, full: list[tuple[AnswerResult, str]]) -> AnswerResult:
         stripped = strip_reasoning(text)

@@ -283,7 +283,15 @@ def _v3_criteria_rates_index(conn: sqlite3.Connection) -> None:
                  " teacher_pass_rate)")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index]
+def _v4_judge_call_finish_reason(conn: sqlite3.Connection) -> None:
+    """Why each judge reply ended ("length": cut at max_tokens) and the output format it was asked in
+    (json_schema | json_object | none, after any fallback); the judge cache keeps both for its replies."""
+    for table in ("judge_calls", "judge_cache"):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN finish_reason TEXT")
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN response_format TEXT")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_judge_call_finish_reason]
 
 
 def schema_version() -> int:

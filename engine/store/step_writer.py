@@ -175,15 +175,16 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
 
 _CALL_SQL = (
     "INSERT INTO judge_calls(run_id, group_id, replay_id, role, model, endpoint, status, latency_s, attempts,"
-    " prompt_tokens, completion_tokens, error_class, error, raw_reply, template_sha, request_sha, cached, created_at)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    " prompt_tokens, completion_tokens, error_class, error, raw_reply, template_sha, request_sha, cached, created_at,"
+    " finish_reason, response_format)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def _call_row(k, run_id, group_id, replay_id, now) -> tuple:
     return (run_id, group_id, replay_id, k.role, k.model, scrub_text(k.endpoint) if k.endpoint else None, k.status,
             _num(k.latency_s), k.attempts, k.prompt_tokens, k.completion_tokens, k.error_class,
             scrub_text(k.error) if k.error else None, k.raw_reply, k.template_sha, k.request_sha, int(bool(k.cached)),
-            now)
+            now, getattr(k, "finish_reason", None), getattr(k, "response_format", None))
 
 
 def insert_calls(c: sqlite3.Connection, calls, *, run_id: int | None = None, group_id: int | None = None,

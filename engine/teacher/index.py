@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from engine.errors import JudgeError, TeacherIndexError
+from engine.errors import JudgeError, TeacherIndexError, one_line
 from engine.types import Prompt, prompt_hash, prompt_text
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ log = logging.getLogger(__name__)
 BUILD_HINT = "ropd-tui --headless index build --prompts PROMPTS.jsonl --out {path} --teacher-model MODEL --answers {k}"
 
 
-def shorten(text: str, limit: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+shorten = one_line  # the name the commands import
 
 
 def _messages_for(prompt: Prompt) -> list[dict[str, Any]]:
@@ -115,6 +113,12 @@ class TeacherIndex:
         self.warnings += out
         return out
 
+    def identical_answer_rows(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Rows (of ``keys``, default all) holding two or more answers that are all the same text: the
+        K-answer contrast of ROPD collapses to a single answer there."""
+        rows = self.rows.values() if keys is None else [self.rows[k] for k in keys if k in self.rows]
+        return [r for r in rows if len(r["answers"]) >= 2 and len({a.strip() for a in r["answers"]}) == 1]
+
     def _row(self, prompt: Prompt) -> dict[str, Any] | None:
         row = self.rows.get(prompt_hash(prompt))
         if row is None:
@@ -158,6 +162,21 @@ class TeacherIndex:
                 self.warnings.append(msg)
                 log.warning(msg)
         return answers[:k]
+
+
+def identical_answers_warning(rows: Sequence[dict[str, Any]], total: int, path: str | Path) -> str | None:
+    """The warning for rows whose answers are all identical (None when there are none), naming an example,
+    the temperature they were built with and the fix."""
+    if not rows:
+        return None
+    first = rows[0]
+    temps = sorted({str((r.get("settings") or {}).get("temperature")) for r in rows})
+    shown = [shorten(a, 30) for a in first["answers"][:4]]
+    return (f"{len(rows)} of {total} prompt(s) in {path} have identical teacher answers, e.g. "
+            f"{shorten(prompt_text(first['prompt']), 50)!r}: {shown}; K identical answers give the rubricator "
+            f"nothing to contrast (K collapses to 1). They were sampled at temperature {', '.join(temps)}: "
+            f"rebuild them with a sampling temperature (index build --temperature 0.7, the judge.teacher "
+            f"default) after removing those rows or the file")
 
 
 def parse_index_bytes(raw: bytes, source: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -316,6 +335,7 @@ class BuildSummary:
     elapsed_s: float
     failures: list[tuple[str, str]] = field(default_factory=list)  # (prompt, error)
     repaired: bool = False
+    identical_warning: str | None = None  # prompts of this build whose answers are all the same text
 
     def lines(self) -> list[str]:
         out = [f"teacher index: {self.out}",
@@ -330,6 +350,8 @@ class BuildSummary:
             out.append(f"  ... and {len(self.failures) - 5} more failures")
         if self.failed:
             out.append("  run the same command again to retry the failed prompts")
+        if self.identical_warning:
+            out.append(f"  warning: {self.identical_warning}")
         return out
 
 
@@ -439,6 +461,8 @@ async def build_index_async(
         await asyncio.gather(*[one(p, have) for p, have in todo])
     finally:
         writer.close()
+    built = TeacherIndex.load(out)
+    summary.identical_warning = identical_answers_warning(built.identical_answer_rows(unique), len(unique), out)
     summary.elapsed_s = time.monotonic() - t0
     return summary
 

@@ -108,14 +108,19 @@ def preview_values(group: dict[str, Any] | None, role: str) -> dict[str, Any]:
     pool = [a["text"] for a in pooled] or students + teachers
     question = group.get("question") or ""
     if role == "rubricator":
+        from engine.config import ScorerConfig
+
+        bounds = ScorerConfig()
         return {"question": question, "teacher_response": teachers, "student_response": students,
-                "extra_rubric_instructions": ""}
+                "extra_rubric_instructions": "", "min_criteria": bounds.min_criteria,
+                "max_criteria": bounds.max_criteria}
     if role == "verifier":
         crits = ((group.get("rubric") or {}).get("criteria")) or []
         rubric = Rubric([Criterion(c.get("key") or c.get("id") or f"c{i + 1}", c["text"], int(c["points"]),
                                    c.get("category") or "") for i, c in enumerate(crits)])
-        return {"question": question, "rubrics": rubric, "answers": pool, "extra_scoring_instructions": ""}
-    return {"question": question, "answers": pool, "extra_scoring_instructions": ""}
+        return {"question": question, "rubrics": rubric, "answers": pool, "extra_scoring_instructions": "",
+                "n_answers": len(pool), "n_criteria": len(rubric.criteria)}
+    return {"question": question, "answers": pool, "extra_scoring_instructions": "", "n_answers": len(pool)}
 
 
 def render_preview(template: Template, group: dict[str, Any] | None) -> str:

@@ -8,11 +8,13 @@ is rejected at load with the file, line and placeholder; nothing in a template i
 Rendering is a single pass over the parsed template: values are inserted as text and never
 formatted again, so braces (or ``{question.__class__}``) inside a question or an answer stay literal.
 
-Roles and their placeholders (the ``extra_*`` ones are optional, everything else is required):
+Roles and their placeholders (the ``extra_*`` and count ones are optional, everything else is required):
 
 * rubricator: ``{question}`` ``{teacher_response}`` ``{student_response}`` ``{extra_rubric_instructions}``
-* verifier: ``{question}`` ``{rubrics}`` ``{answers}`` ``{extra_scoring_instructions}``
-* scalar_judge: ``{question}`` ``{answers}`` ``{extra_scoring_instructions}``
+  ``{min_criteria}`` ``{max_criteria}`` (the configured criteria count bounds)
+* verifier: ``{question}`` ``{rubrics}`` ``{answers}`` ``{extra_scoring_instructions}`` ``{n_answers}``
+  ``{n_criteria}`` (this request's answers and criteria)
+* scalar_judge: ``{question}`` ``{answers}`` ``{extra_scoring_instructions}`` ``{n_answers}``
 
 List values are rendered as numbered blocks with untrusted text neutralised (see
 :mod:`engine.judging.parsing`): ``teacher_response`` -> ``<teacher_answer id="N">``, ``student_response`` ->
@@ -40,9 +42,9 @@ REQUIRED_PLACEHOLDERS: dict[str, set[str]] = {
     "scalar_judge": {"question", "answers"},
 }
 OPTIONAL_PLACEHOLDERS: dict[str, set[str]] = {
-    "rubricator": {"extra_rubric_instructions"},
-    "verifier": {"extra_scoring_instructions"},
-    "scalar_judge": {"extra_scoring_instructions"},
+    "rubricator": {"extra_rubric_instructions", "min_criteria", "max_criteria"},
+    "verifier": {"extra_scoring_instructions", "n_answers", "n_criteria"},
+    "scalar_judge": {"extra_scoring_instructions", "n_answers"},
 }
 ALLOWED_PLACEHOLDERS: dict[str, set[str]] = {
     r: REQUIRED_PLACEHOLDERS[r] | OPTIONAL_PLACEHOLDERS[r] for r in ROLES
@@ -218,6 +220,11 @@ class Template:
     def placeholders(self) -> set[str]:
         """The placeholders this template uses."""
         return {s.name for s in self._segments if isinstance(s, _Placeholder)}
+
+    @property
+    def literal_text(self) -> str:
+        """The template's own text without its placeholders (literal braces as single braces)."""
+        return "\n".join(s for s in self._segments if isinstance(s, str))
 
     @property
     def short_sha(self) -> str:

@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 from engine.config import Config
 from engine.errors import ConfigError, ScoringFailureRateError
+from engine.scoring.signal import learning_signal
 from engine.types import BatchResult, GroupInput, prompt_hash
 from engine.trainers import data as task_data
 from engine.trainers.evaluate import evaluate
@@ -541,6 +542,10 @@ class EmbeddedRun:
         self.last_written_step = step
         rec.logged_at = time.perf_counter()
         self.log(self._progress_line(step, metrics))
+        flat = learning_signal(groups)
+        if flat is not None:
+            self.store.add_event(self.run.id, "no_signal", flat.message(step), step=step, data=flat.data())
+            self.log(f"warning: {flat.message(step)}")
 
     def _eval_due(self, step: int) -> bool:
         every = self.cfg.trainer.eval_every

@@ -100,7 +100,13 @@ def _check_judge_live(cfg: Config) -> str:
     from engine.scoring.scorer import Scorer
 
     checked = Scorer(cfg).preflight_sync()
-    return "judge reachable: " + ", ".join(f"{c.get('model')} @ {c.get('url')}" for c in checked)
+
+    def limits(c: dict) -> str:
+        said = [f"context {c['context_len']} tokens" if c.get("context_len") else "",
+                f"{c['slots']} parallel slot(s)" if c.get("slots") else ""]
+        return f" ({', '.join(x for x in said if x)})" if any(said) else ""
+
+    return "judge reachable: " + ", ".join(f"{c.get('model')} @ {c.get('url')}{limits(c)}" for c in checked)
 
 
 def _check_templates(cfg: Config) -> list[str]:

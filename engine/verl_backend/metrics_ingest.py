@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from engine.scoring.signal import learning_signal
 from engine.types import GroupResult
 
 from engine.verl_backend.side_channel import JsonlTail, group_from_dict
@@ -148,8 +149,12 @@ class StepIngestor:
         metrics = {**metrics, **gm}
         if groups:
             # a straggler group of a step already written is added to it, not replacing its groups
-            self.store.write_step(self.run_id, step, metrics, groups, append=step in self._steps_with_groups)
+            first_write = step not in self._steps_with_groups
+            self.store.write_step(self.run_id, step, metrics, groups, append=not first_write)
             self._steps_with_groups.add(step)
+            flat = learning_signal(groups) if first_write else None
+            if flat is not None:
+                self.store.add_event(self.run_id, "no_signal", flat.message(step), step=step, data=flat.data())
         elif metrics:
             self.store.write_metrics(self.run_id, step, metrics)
         totals = self._step_totals[step]

@@ -6,6 +6,12 @@ import argparse
 import sys
 
 
+def _teacher_default(name: str):
+    from engine.config import JudgeConfig
+
+    return getattr(JudgeConfig().teacher, name)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("index", help="build or inspect the offline teacher index",
                               description="The teacher index holds K teacher answers per prompt (JSONL keyed by "
@@ -21,7 +27,8 @@ def register(subparsers) -> None:
     b.add_argument("--answers", type=int, default=4, help="answers per prompt (K, default 4)")
     b.add_argument("--base-url", help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL, then api.openai.com)")
     b.add_argument("--api-key-env", help="name of the env var holding the API key (default OPENAI_API_KEY)")
-    b.add_argument("--temperature", type=float, help="sampling temperature (default judge.teacher.temperature, 0.7)")
+    b.add_argument("--temperature", type=float, help="sampling temperature (default judge.teacher.temperature, "
+                   f"{_teacher_default('temperature')})")
     b.add_argument("--max-tokens", type=int, help="max tokens per answer")
     b.add_argument("--concurrency", type=int, help="requests in flight (default judge.concurrency)")
     b.add_argument("--config", help="config file (judge.teacher and judge.* settings)")
@@ -66,13 +73,14 @@ def build_handler(args: argparse.Namespace) -> int:
 def show_handler(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from engine.teacher.index import TeacherIndex
+    from engine.teacher.index import TeacherIndex, identical_answers_warning
 
     idx = TeacherIndex.load(args.path)
     counts = Counter(len(r["answers"]) for r in idx.rows.values())
     print(f"{args.path}: {len(idx)} prompts")
     print("  answers per prompt: " + ", ".join(f"{k}: {v} prompts" for k, v in sorted(counts.items())))
     print(f"  settings: {idx.settings}")
-    for w in idx.warnings:
+    identical = identical_answers_warning(idx.identical_answer_rows(), len(idx), args.path)
+    for w in idx.warnings + ([identical] if identical else []):
         print(f"  warning: {w}")
     return 0

@@ -3,6 +3,9 @@
 Starts ``python -m vllm.entrypoints.openai.api_server`` with sensible defaults, waits until
 ``GET /v1/models`` answers, prints the base URL and the run-config lines that point the rubricator and
 the verifier at it, and stays in the foreground until Ctrl-C (or SIGTERM), which stops the server.
+The lines carry settings that fit the server's context (``max_model_len`` as vLLM reports it, or
+``--max-model-len``): ``max_tokens``, ``response_format: json_schema`` (guided decoding), and the
+``scorer.answer_char_budget`` / ``verifier_chunk_size`` that let the fullest prompt fit beside them.
 
 ``ROPD_VLLM_CMD`` (or ``--vllm-cmd``) replaces the ``python -m vllm...`` prefix, e.g. to run vLLM from
 another environment (``/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server``) or a container.
@@ -118,8 +121,7 @@ def client_host(host: str) -> str:
     return host
 
 
-def models_answer(base_url: str, timeout: float = 2.0) -> list[str] | None:
-    """The model ids served at ``base_url`` (``.../v1``), or None while it does not answer."""
+def _models_listing(base_url: str, timeout: float = 2.0) -> list[dict] | None:
     try:
         with urllib.request.urlopen(f"{base_url}/models", timeout=timeout) as resp:
             if resp.status != 200:
@@ -127,7 +129,20 @@ def models_answer(base_url: str, timeout: float = 2.0) -> list[str] | None:
             data = json.loads(resp.read().decode("utf-8"))
     except (urllib.error.URLError, OSError, ValueError):
         return None
-    return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+    return [m for m in data.get("data", []) if isinstance(m, dict)]
+
+
+def models_answer(base_url: str, timeout: float = 2.0) -> list[str] | None:
+    """The model ids served at ``base_url`` (``.../v1``), or None while it does not answer."""
+    listing = _models_listing(base_url, timeout)
+    return None if listing is None else [str(m.get("id")) for m in listing]
+
+
+def served_context(base_url: str, model: str) -> int | None:
+    """The context length vLLM reports for ``model`` (``max_model_len`` in ``/v1/models``)."""
+    from engine.judging.server_limits import facts_from_models
+
+    return facts_from_models(_models_listing(base_url) or [], model)
 
 
 class _OutputTail:
@@ -160,13 +175,53 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def config_lines(base_url: str, model: str) -> list[str]:
-    return [
+def context_plan(context_len: int):
+    """Judge settings that fit ``context_len`` (engine.judging.server_limits.plan_for_context), sized for
+    the shipped templates, k teacher answers plus 8 rollouts per rubricator prompt and a 12-criterion rubric."""
+    from engine.config import ScorerConfig
+    from engine.judging.server_limits import plan_for_context
+    from engine.templates.render import default_template_path
+
+    s = ScorerConfig()
+    rubricator = len(default_template_path("rubricator").read_text(encoding="utf-8"))
+    verifier = len(default_template_path("verifier").read_text(encoding="utf-8")) + 150 * s.max_criteria  # + rubric
+    question = 500
+    return plan_for_context(context_len, prompt_overhead_chars=max(rubricator, verifier) + question,
+                            answers_per_prompt=s.k + 8, default_chunk=s.verifier_chunk_size,
+                            default_budget=s.answer_char_budget, default_max_criteria=s.max_criteria,
+                            min_criteria=s.min_criteria)
+
+
+def config_lines(base_url: str, model: str, plan=None) -> list[str]:
+    """The run-config lines for this server; with a context ``plan``, max_tokens and the scorer settings
+    that fit its context (and json_schema output: vLLM's guided decoding then writes only valid shapes)."""
+    extra = f", max_tokens: {plan.max_tokens}, response_format: json_schema" if plan else ""
+    lines = [
         "judge:",
         "  mode: llm",
-        f"  rubricator: {{model: {model}, base_url: {base_url}}}",
-        f"  verifier: {{model: {model}, base_url: {base_url}}}",
+        f"  rubricator: {{model: {model}, base_url: {base_url}{extra}}}",
+        f"  verifier: {{model: {model}, base_url: {base_url}{extra}}}",
     ]
+    if plan:
+        lines += ["scorer:", f"  answer_char_budget: {plan.answer_char_budget}",
+                  f"  verifier_chunk_size: {plan.verifier_chunk_size}"]
+        if plan.max_criteria < 12:
+            lines.append(f"  max_criteria: {plan.max_criteria}")
+    return lines
+
+
+def override_args(base_url: str, model: str, plan=None) -> str:
+    out = ["judge.mode=llm"]
+    for role in ("rubricator", "verifier"):
+        out += [f"judge.{role}.base_url={base_url}", f"judge.{role}.model={model}"]
+        if plan:
+            out += [f"judge.{role}.max_tokens={plan.max_tokens}", f"judge.{role}.response_format=json_schema"]
+    if plan:
+        out += [f"scorer.answer_char_budget={plan.answer_char_budget}",
+                f"scorer.verifier_chunk_size={plan.verifier_chunk_size}"]
+        if plan.max_criteria < 12:
+            out.append(f"scorer.max_criteria={plan.max_criteria}")
+    return " ".join(out)
 
 
 def serve(args) -> int:
@@ -207,11 +262,18 @@ def serve(args) -> int:
             time.sleep(1.0)
         served = ", ".join(ids) if ids else model
         print(f"judge server ready: {base_url} (model: {served})", flush=True)
+        context = served_context(probe_url, model) or args.max_model_len
+        plan = context_plan(context) if context else None
+        if plan:
+            print(f"context: {context} tokens per request; max_tokens {plan.max_tokens} leaves room for "
+                  f"{plan.answers_per_prompt} answers of {plan.answer_char_budget} characters", flush=True)
+            if plan.too_small:
+                print(f"warning: a {context}-token context leaves only about {plan.answer_char_budget} characters "
+                      "per answer; start the server with --max-model-len 8192 or more", flush=True)
         print("put this in your run config (or use it for the rubricator and verifier separately):", flush=True)
-        for line in config_lines(base_url, model):
+        for line in config_lines(base_url, model, plan):
             print(line, flush=True)
-        print(f"as overrides: judge.mode=llm judge.rubricator.base_url={base_url} judge.rubricator.model={model} "
-              f"judge.verifier.base_url={base_url} judge.verifier.model={model}", flush=True)
+        print(f"as overrides: {override_args(base_url, model, plan)}", flush=True)
         print("vLLM started without --api-key accepts any key. Press Ctrl-C to stop the server.", flush=True)
         rc = proc.wait()
         raise JudgeError(f"the vLLM server exited with code {rc}; its last output:\n{tail.text() or '(none)'}")

@@ -93,6 +93,8 @@ def print_report(report: Any, top: int = 10, file=None) -> None:
     tpl = ", ".join(f"{r}={v.get('sha256', '')[:12]}" for r, v in (settings.get("templates") or {}).items())
     print(f"replay {report.replay_id} of run {report.run_name!r}: {report.status}"
           f"  (judge {settings.get('judge')}, rubric {settings.get('rubric_mode')}, templates {tpl})", file=out)
+    if report.status == "failed" and report.cause:
+        print(f"  {_clip(report.cause, 600)}", file=out)
     rows = [
         ("groups replayed", s.groups), ("groups failed", s.failed_groups), ("student answers compared", s.answers),
         ("mean reward old", _fmt(s.mean_reward_old)), ("mean reward new", _fmt(s.mean_reward_new)),
@@ -192,4 +194,10 @@ def handler(args: argparse.Namespace) -> int:
     if report.status == "cancelled":
         print(f"replay {report.replay_id} cancelled; the groups done so far are stored", file=sys.stderr)
         return 130
+    if report.status == "failed":
+        from engine.errors import ScoringFailureRateError
+
+        raise ScoringFailureRateError(f"replay {report.replay_id} failed: {report.cause or 'see the failed groups'}",
+                                      hint=f"the results are stored (ropd-tui --headless replay --show "
+                                      f"{report.replay_id}); fix the judge and run the replay again")
     return 0 if report.status == "done" else 1

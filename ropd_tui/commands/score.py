@@ -164,6 +164,7 @@ def group_record(res: Any, *, full: bool = False) -> dict[str, Any]:
         "truncated": [a.truncated for a in students],
         "calls": [{"role": c.role, "model": c.model, "status": c.status, "latency_s": round(c.latency_s, 4),
                    "attempts": c.attempts, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                   "finish_reason": c.finish_reason, "response_format": c.response_format,
                    "error": c.error} for c in res.calls],
         "template_versions": res.template_versions,
         "wall_s": round(res.wall_s, 4),

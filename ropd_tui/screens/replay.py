@@ -272,6 +272,9 @@ class ReplayScreen(Screen):
         status = Text(f"replay {report.replay_id} of {report.run_name}: {report.status}",
                       style="bold " + ("green" if report.status == "done" else "yellow"))
         status.append_text(plain(f"  judge {settings.get('judge')} · rubric {settings.get('rubric_mode')}"))
+        if report.status == "failed" and getattr(report, "cause", None):
+            status.append("\n")
+            status.append_text(plain(report.cause, "red", limit=300))
         self.query_one("#rp-status", Static).update(status)
         summary = self.query_one("#rp-summary", DataTable)
         summary.clear()
