@@ -53,3 +53,7 @@ class ScoringFailureRateError(UserError):
 
 class StoreError(UserError):
     """The run store is missing, from a newer schema, or a run does not exist."""
+
+
+class DependencyError(UserError):
+    """An installed package is missing or does not provide what the code relies on (unsupported version)."""

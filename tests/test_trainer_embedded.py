@@ -81,49 +81,209 @@ def test_two_steps_land_in_the_store_with_rubrics_and_verdicts(tmp_path, tiny_mo
     assert "trainer_started" in kinds and kinds.count("checkpoint") == 2
 
 
-def test_failed_groups_are_left_out_of_the_update(tmp_path, tiny_model, store):
+def _eos_likely(monkeypatch) -> None:
+    """Sample with EOS made likely, so the completions differ in length: with equal lengths the dapo loss
+    of group-centred advantages is 0 whatever its token normaliser, and a test could not tell."""
+    original = EmbeddedRun._grpo_args
+
+    def grpo_args(self, output_dir):
+        args = original(self, output_dir)
+        args.generation_kwargs = {"sequence_bias": [[[2], 3.0]]}  # token 2: <|im_end|>, the tiny model's EOS
+        return args
+
+    monkeypatch.setattr(EmbeddedRun, "_grpo_args", grpo_args)
+
+
+def _capture_trl_batch(monkeypatch) -> dict:
+    """TRL's own batch, before RopdGRPOTrainer masks anything (wraps GRPOTrainer's method)."""
+    import functools
+
+    import trl
+
+    raw: dict = {}
+    original = trl.GRPOTrainer._generate_and_score_completions
+
+    @functools.wraps(original)  # keeps the signature and source the start-up check reads
+    def wrapper(self, inputs):
+        out = original(self, inputs)
+        raw.update({k: out[k].clone() for k in ("completion_ids", "completion_mask", "advantages")})
+        return out
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_and_score_completions", wrapper)
+    return raw
+
+
+def test_the_loss_of_a_step_with_a_failed_group_is_the_loss_of_its_kept_rows(tmp_path, tiny_model, store, monkeypatch):
     problems = demo_math.make_problems(2, 0)
     # the teacher index lacks the second prompt: its group fails at the teacher stage every step
     demo_math.ensure_teacher_index(tmp_path / "teacher.jsonl", problems[:1], 4)
     cfg = make_cfg(tmp_path, tiny_model, "task.num_prompts=2", "teacher.build_if_missing=false", "trainer.steps=1",
-                   "scorer.failure_threshold=0.5")
+                   "trainer.max_new_tokens=8", "scorer.failure_threshold=0.5")
     run = new_run(store, cfg)
-    er = EmbeddedRun(cfg, store, run, log=quiet)
-    seen = {}
+    _eos_likely(monkeypatch)
+    raw = _capture_trl_batch(monkeypatch)
+    seen: dict = {}
     cls = embedded._make_trainer_class()
-    original = cls._generate_and_score_completions
 
-    def spy(self, inputs):  # records what the loss will see
-        out = original(self, inputs)
-        seen["mask_rows"] = out["completion_mask"].sum(dim=1).tolist()
-        seen["advantages"] = out["advantages"].tolist()
-        seen["failed_rows"] = list(self.ropd.record.failed_rows)
-        seen["num_items"] = int(out["num_items_in_batch"])
-        return out
+    class Spy(cls):
+        def _generate_and_score_completions(self, inputs):  # the batch the loss will see, in batch order
+            out = super()._generate_and_score_completions(inputs)
+            seen["mask_rows"] = out["completion_mask"].sum(dim=1).tolist()
+            seen["advantages"] = out["advantages"].tolist()
+            seen["failed_rows"] = list(self.ropd.record.failed_rows)
+            return out
 
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(embedded, "_make_trainer_class", lambda: type("Spy", (cls,), {"_generate_and_score_completions": spy}))
-    try:
-        result = er.train()
-    finally:
-        monkey.undo()
+        def _compute_loss(self, model, inputs):  # what TRL's loss actually returns for the backward pass
+            loss = super()._compute_loss(model, inputs)
+            seen["loss"] = float(loss.detach())
+            return loss
+
+    monkeypatch.setattr(embedded, "_make_trainer_class", lambda: Spy)
+    result = EmbeddedRun(cfg, store, run, log=quiet).train()
     assert result.status == "finished"
     groups = store.step_groups(run.id, 1)
     failed = [g for g in groups if g["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["failure_stage"] == "teacher"
     assert sum(seen["failed_rows"]) == 3  # the 3 rollouts of the failed group
     for is_failed, rows, adv in zip(seen["failed_rows"], seen["mask_rows"], seen["advantages"]):
-        if is_failed:
-            assert rows == 0 and adv == 0.0  # no tokens in the loss, no advantage
-        else:
-            assert rows > 0
-    assert seen["num_items"] == sum(seen["mask_rows"])  # the token normaliser counts only kept rows
-    # reward statistics come from the scored group only
+        assert (rows == 0 and adv == 0.0) if is_failed else rows > 0  # no tokens, no advantage in the loss
+
+    # The loss, from first principles: one iteration per generation, so every probability ratio is 1 and
+    # the dapo loss is -sum(A_i * n_i) / sum(n_i) over the kept rows (A: TRL's group-centred advantage,
+    # n: completion tokens). With the failed rows' tokens in the normaliser it would be smaller.
+    kept = [not f for f in seen["failed_rows"]]
+    lengths = raw["completion_mask"].sum(dim=1).tolist()
+    adv = raw["advantages"].tolist()
+    assert all(a == 0.0 for a, k in zip(adv, kept) if not k)  # TRL zeroes an unscorable row's advantage
+    ref = -sum(a * n for a, n, k in zip(adv, lengths, kept) if k) / sum(n for n, k in zip(lengths, kept) if k)
+    with_failed_tokens = -sum(a * n for a, n in zip(adv, lengths)) / sum(lengths)
+    assert abs(ref - with_failed_tokens) > 1e-3, "lengths and rewards must vary for this test to tell"
+    assert seen["loss"] == pytest.approx(ref, rel=1e-4, abs=1e-7)
+
+    # per-row statistics count the kept rows only
+    metrics = {k: dict(store.metric_series(run.id, k))[1] for k in
+               ("reward/mean", "judge/failure_rate", "judge/unscored_rollouts", "response_length/mean",
+                "response_length/clipped_ratio", "update/skipped")}
     ok = [g for g in groups if g["status"] != "failed"][0]
     ok_rewards = [a["reward"] for a in ok["answers"] if a["kind"] == "student"]
-    series = dict(store.metric_series(run.id, "reward/mean"))
-    assert series[1] == pytest.approx(sum(ok_rewards) / len(ok_rewards))
-    assert dict(store.metric_series(run.id, "judge/failure_rate"))[1] == pytest.approx(0.5)
+    assert metrics["reward/mean"] == pytest.approx(sum(ok_rewards) / len(ok_rewards))
+    assert metrics["judge/failure_rate"] == pytest.approx(0.5) and metrics["judge/unscored_rollouts"] == 3
+    kept_lengths = [n for n, k in zip(lengths, kept) if k]
+    assert metrics["response_length/mean"] == pytest.approx(sum(kept_lengths) / 3)
+    ids = raw["completion_ids"]
+    clipped = [int(ids[i, n - 1]) != 2 for i, (n, k) in enumerate(zip(lengths, kept)) if k]
+    assert metrics["response_length/clipped_ratio"] == pytest.approx(sum(clipped) / 3)
+    assert metrics["update/skipped"] == 0.0
+
+
+def _hashed_rubric(prompt: str) -> dict:
+    """A valid rubric whose verdicts the loopback judge derives from a hash of each answer, so rewards
+    spread even over a random model's answers (and the first step has a real gradient)."""
+    crits = [{"criterion_id": f"c{i}", "category": "observable response quality",
+              "criterion": f"The answer satisfies hashed property {i}.", "points": i} for i in range(1, 5)]
+    return {"schema_version": "ropd.rubric.v1", "rubrics": crits, "maximum_score": 10}
+
+
+def _state(path: Path) -> tuple[dict, dict]:
+    import torch
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors")), torch.load(path / "optimizer.pt", weights_only=False)["state"]
+
+
+def test_a_step_with_nothing_scored_makes_no_update_even_at_threshold_one(tmp_path, tiny_model, store):
+    import torch
+    from loopback_server import LoopbackJudgeServer
+    from safetensors.torch import load_file
+
+    rubricator_calls = []
+
+    def rubric(prompt):  # step 1's two groups get a rubric; from step 2 on the rubricator replies junk
+        rubricator_calls.append(prompt)
+        return _hashed_rubric(prompt) if len(rubricator_calls) <= 2 else "no rubric today"
+
+    with LoopbackJudgeServer() as srv:
+        srv.rubric_fn = rubric
+        cfg = make_cfg(tmp_path, tiny_model, "trainer.steps=2", "trainer.save_every=1", "trainer.keep_checkpoints=3",
+                       "scorer.failure_threshold=1.0", "judge.mode=auto", "judge.reask_attempts=0",
+                       f"judge.rubricator.base_url={srv.base_url}", f"judge.verifier.base_url={srv.base_url}",
+                       "judge.rubricator.model=fake-judge", "judge.verifier.model=fake-judge")
+        run = new_run(store, cfg)
+        result = embedded.run(cfg, store, run, log=quiet)
+    assert result.status == "finished" and result.last_step == 2  # the step counts; the run goes on
+    assert {g["status"] for g in store.step_groups(run.id, 1)} <= {"ok", "recovered"}
+    assert [g["failure_stage"] for g in store.step_groups(run.id, 2)] == ["rubricator", "rubricator"]
+    assert dict(store.metric_series(run.id, "update/skipped")) == {1: 0.0, 2: 1.0}
+    assert dict(store.metric_series(run.id, "reward/std"))[1] > 0  # step 1 had a learning signal
+    assert set(dict(store.metric_series(run.id, "loss"))) == {1}  # no loss statistics for the skipped step
+    skipped = [e for e in store.events(run.id) if e["kind"] == "step_skipped"]
+    assert len(skipped) == 1 and skipped[0]["step"] == 2 and "no update was made" in skipped[0]["message"]
+
+    # step 2 left the weights AND the optimizer state (AdamW's moments, its step count) as step 1 did
+    ckpt = Path(run.run_dir) / "checkpoints"
+    w1, opt1 = _state(ckpt / "checkpoint-1")
+    w2, opt2 = _state(ckpt / "checkpoint-2")
+    w0 = load_file(str(tiny_model / "model.safetensors"))
+    assert any(not torch.equal(w0[k], w1[k]) for k in w1)  # step 1 did update
+    assert opt1 and any(s["exp_avg"].abs().sum() > 0 for s in opt1.values())  # with momentum to carry on
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert opt1.keys() == opt2.keys()
+    for i in opt1:
+        for key, value in opt1[i].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt2[i][key])), (i, key)
+
+
+class _OneRolloutUnscored:
+    """The real scorer, with one rollout of the first group left without a reward in an otherwise
+    scored group (the scorer itself never does this; the trainer must still handle it)."""
+
+    def __init__(self, cfg, tmp_path):
+        from engine.scoring.scorer import Scorer
+        from engine.trainers import data as task_data
+
+        index = task_data.teacher_index_for(cfg, task_data.load_problems(cfg), log=quiet)
+        self.inner = Scorer(cfg, teacher_index=index)
+
+    def score_batch_sync(self, groups):
+        batch = self.inner.score_batch_sync(groups)
+        batch.groups[0].student_answers[1].reward = None
+        return batch
+
+    def check_failure_rate(self, batch):
+        return self.inner.check_failure_rate(batch)
+
+
+def test_a_rollout_without_a_reward_in_a_scored_group_counts_as_a_failure(tmp_path, tiny_model, store):
+    cfg = make_cfg(tmp_path, tiny_model, "trainer.steps=1")
+    run = new_run(store, cfg)
+    er = EmbeddedRun(cfg, store, run, log=quiet, scorer=_OneRolloutUnscored(cfg, tmp_path))
+    seen = {}
+    cls = embedded._make_trainer_class()
+
+    class Spy(cls):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            seen["mask_rows"] = out["completion_mask"].sum(dim=1).tolist()
+            return out
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(embedded, "_make_trainer_class", lambda: Spy)
+    try:
+        assert er.train().status == "finished"
+    finally:
+        monkey.undo()
+    assert seen["mask_rows"][1] == 0 and all(n > 0 for i, n in enumerate(seen["mask_rows"]) if i != 1)
+    m = {k: dict(store.metric_series(run.id, k))[1] for k in
+         ("judge/failure_rate", "judge/unscored_rollouts", "judge/failed_groups")}
+    assert m == {"judge/failure_rate": pytest.approx(1 / 6), "judge/unscored_rollouts": 1.0,
+                 "judge/failed_groups": 0.0}
+    # the threshold applies to the same share
+    cfg2 = make_cfg(tmp_path, tiny_model, "trainer.steps=1", "scorer.failure_threshold=0.1")
+    run2 = new_run(store, cfg2, "t2")
+    with pytest.raises(ScoringFailureRateError, match="1 of 6 rollouts have no reward"):
+        EmbeddedRun(cfg2, store, run2, log=quiet, scorer=_OneRolloutUnscored(cfg2, tmp_path)).train()
+    assert [(s["step"], s["n_failed"]) for s in store.steps(run2.id)] == [(1, 0)]
+    assert latest_checkpoint(run2) is None
 
 
 def test_failure_rate_over_threshold_records_the_step_and_stops(tmp_path, tiny_model, store):

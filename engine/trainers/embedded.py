@@ -12,8 +12,17 @@ Runs anywhere (CPU by default, one GPU if present), no vLLM. One optimizer step:
 Failed groups are LEFT OUT of the update, never given a fake 0: their reward is ``None`` (TRL turns it
 into NaN, keeps it out of the group baseline and zeroes its advantage), and :class:`RopdGRPOTrainer`
 additionally zeroes their completion mask, so they contribute nothing to the loss, its token
-normaliser, the KL term or the logged entropy. A batch failing more groups than
-``scorer.failure_threshold`` is recorded and stops the run (:class:`ScoringFailureRateError`).
+normaliser, the KL term or the logged entropy. The same holds for a single rollout left without a
+reward inside a scored group. A step in which no rollout was scored makes no optimizer update (its
+gradients are dropped, so AdamW neither moves the weights nor its moments), whatever
+``scorer.failure_threshold`` says; it is stored with ``update/skipped`` = 1 and a ``step_skipped``
+event. A batch whose unscored share passes ``scorer.failure_threshold`` is recorded and stops the run
+(:class:`ScoringFailureRateError`). Per-row statistics (failure rate, response length, clipped ratio,
+zero-spread fraction) count scored rows only (:func:`scored_row_metrics`).
+
+The hooks and batch keys the subclass relies on are checked against the installed TRL at preflight
+and at start (:mod:`.trl_compat`), so a TRL release that renames them fails with the supported range
+named instead of silently training with failed rows back in the loss.
 
 Every step goes to the run store (:meth:`RunStore.write_step`) with the metrics listed in
 :func:`step_metrics` and the scorer's groups (rubrics, verdicts, judge calls). Checkpoints land in
@@ -48,6 +57,7 @@ from engine.types import BatchResult, GroupInput, prompt_hash
 from engine.trainers import data as task_data
 from engine.trainers.evaluate import evaluate
 from engine.trainers.model_cache import load_model_and_tokenizer, resolve_model_dir
+from engine.trainers.trl_compat import check_trl
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -105,7 +115,11 @@ class StepRecord:
 
     batch: BatchResult | None = None
     correct: list[bool | None] = field(default_factory=list)
-    failed_rows: list[bool] | None = None
+    rewards: list[float | None] | None = None  # one per rollout (row), None = unscored
+    failed_rows: list[bool] | None = None  # rows left out of the update (reward None)
+    completion_lengths: list[int] | None = None  # generated tokens per row
+    truncated: list[bool] | None = None  # per row: hit max_new_tokens without an EOS
+    skipped: bool = False  # no row was scored: the step makes no optimizer update
     timing: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "score": 0.0})
     started: float = 0.0
     cpu_started: float = 0.0
@@ -157,7 +171,9 @@ def judge_metrics(batch: BatchResult) -> dict[str, float]:
     return out
 
 
-# TRL log key -> our metric key
+# TRL log key -> our metric key. Only statistics TRL computes under the loss mask (which leaves failed
+# rows out) are taken; TRL's completion lengths, clipped ratio and zero-spread fraction count every row,
+# so those are computed here over the scored rows (:func:`scored_row_metrics`).
 _TRL_KEYS = {
     "loss": "loss",
     "grad_norm": "grad_norm",
@@ -165,15 +181,56 @@ _TRL_KEYS = {
     "kl": "kl",
     "entropy": "entropy",
     "clip_ratio/region_mean": "clip_ratio",
-    "completions/mean_length": "response_length/mean",
-    "completions/clipped_ratio": "response_length/clipped_ratio",
-    "frac_reward_zero_std": "frac_reward_zero_std",
 }
+# meaningless for a step that made no update (an empty loss mask gives zeros)
+_UPDATE_KEYS = frozenset({"loss", "grad_norm", "kl", "entropy", "clip_ratio"})
 
 
-def step_metrics(rec: StepRecord, trl_logs: dict[str, Any] | None = None, *, beta: float = 0.0) -> dict[str, float]:
+def row_rewards(batch: BatchResult, n: int) -> list[float | None]:
+    """One reward per rollout row (``n`` rows per group, in batch order): None for every row of a failed
+    group and for any row its scored group left without a finite reward (never a silent 0)."""
+    rewards: list[float | None] = []
+    for g in batch.groups:
+        sr = g.student_rewards
+        for j in range(n):
+            r = sr[j] if g.status != "failed" and j < len(sr) else None
+            rewards.append(None if r is None or math.isnan(r) else float(r))
+    return rewards
+
+
+def scored_row_metrics(rec: StepRecord, n: int) -> dict[str, float]:
+    """Failure counts over rows and the per-row statistics over scored rows only: the share of rows
+    without a reward (``judge/failure_rate``, which counts a None reward inside an otherwise scored
+    group too), response length and clipped ratio of the scored rows, and the fraction of groups with
+    scored rows whose rewards do not spread (no learning signal)."""
+    rewards = rec.rewards
+    if not rewards:
+        return {}
+    scored = [r is not None for r in rewards]
+    out: dict[str, float] = {
+        "judge/failure_rate": 1.0 - sum(scored) / len(rewards),
+        "judge/unscored_rollouts": float(len(rewards) - sum(scored)),
+    }
+    groups = [[r for r in rewards[i:i + n] if r is not None] for i in range(0, len(rewards), n)] if n > 0 else []
+    groups = [g for g in groups if g]
+    if groups:
+        out["frac_reward_zero_std"] = sum(max(g) - min(g) <= 1e-9 for g in groups) / len(groups)
+    if rec.completion_lengths is not None and len(rec.completion_lengths) == len(rewards):
+        lengths = [float(x) for x, ok in zip(rec.completion_lengths, scored) if ok]
+        if lengths:
+            out["response_length/mean"] = sum(lengths) / len(lengths)
+    if rec.truncated is not None and len(rec.truncated) == len(rewards):
+        clipped = [t for t, ok in zip(rec.truncated, scored) if ok]
+        if clipped:
+            out["response_length/clipped_ratio"] = sum(clipped) / len(clipped)
+    return out
+
+
+def step_metrics(rec: StepRecord, trl_logs: dict[str, Any] | None = None, *, beta: float = 0.0,
+                 rollouts: int = 0) -> dict[str, float]:
     """The metrics of one step: rewards of non-failed groups, accuracy, TRL's loss statistics, the step
-    time split and judge statistics."""
+    time split, judge statistics and the per-row statistics over scored rows (``rollouts`` rows per
+    group). ``update/skipped`` is 1 for a step that made no update because nothing was scored."""
     m: dict[str, float] = {}
     if rec.batch is not None:
         student = [r for g in rec.batch.groups if g.status != "failed" for r in g.student_rewards if r is not None]
@@ -183,12 +240,14 @@ def step_metrics(rec: StepRecord, trl_logs: dict[str, Any] | None = None, *, bet
             if val is not None:
                 m[key] = val
         m.update(judge_metrics(rec.batch))
+    m.update(scored_row_metrics(rec, rollouts))
     known = [c for c in rec.correct if c is not None]
     if known:
         m["accuracy"] = sum(known) / len(known)
+    m["update/skipped"] = 1.0 if rec.skipped else 0.0
     for src, dst in _TRL_KEYS.items():
         v = (trl_logs or {}).get(src)
-        if v is None or (dst == "kl" and beta == 0.0):
+        if v is None or (dst == "kl" and beta == 0.0) or (rec.skipped and dst in _UPDATE_KEYS):
             continue
         try:
             v = float(v)
@@ -282,12 +341,26 @@ def _quiet_trainer(trainer) -> None:
     logging.getLogger("trl.trainer.grpo_trainer").addFilter(_DropUnscorableWarning())
 
 
+def _completion_stats(out: dict[str, Any], eos_and_pad: set[int]) -> tuple[list[int], list[bool]]:
+    """Generated tokens per row and whether each row was cut at ``max_new_tokens`` (its last token is no
+    EOS or pad), from TRL's batch before any row is masked, as TRL counts them in ``_generate``."""
+    mask, ids = out["completion_mask"], out["completion_ids"]
+    tool = out.get("tool_mask")
+    lengths = (mask if tool is None else mask * tool).sum(dim=1).tolist()
+    ends = mask.sum(dim=1).tolist()  # completion_mask covers a row's tokens, right-padded
+    truncated = [bool(e) and int(ids[i, int(e) - 1]) not in eos_and_pad for i, e in enumerate(ends)]
+    return [int(x) for x in lengths], truncated
+
+
 def _make_trainer_class():
     import torch
     from trl import GRPOTrainer
 
+    check_trl(GRPOTrainer)  # the hooks below exist with these signatures and batch keys, or a clear error
+
     class RopdGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer that leaves failed groups out of the loss and times generation."""
+        """GRPOTrainer that leaves failed groups out of the loss, makes no update for a step with nothing
+        scored, and times generation."""
 
         ropd: "EmbeddedRun"
 
@@ -303,16 +376,39 @@ def _make_trainer_class():
 
         def _generate_and_score_completions(self, inputs):
             out = super()._generate_and_score_completions(inputs)
-            failed = self.ropd.record.failed_rows
-            if failed is not None and any(failed):
-                mask = out["completion_mask"]
-                keep = torch.tensor([not f for f in failed], dtype=mask.dtype, device=mask.device)
-                out["completion_mask"] = mask * keep.unsqueeze(1)
-                loss_mask = out["completion_mask"] if out.get("tool_mask") is None else out["completion_mask"] * out["tool_mask"]
-                out["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-                out["advantages"] = out["advantages"] * keep.to(out["advantages"].dtype)
+            rec = self.ropd.record
+            rec.completion_lengths, rec.truncated = _completion_stats(out, self._eos_and_pad())
+            mask = out["completion_mask"]
+            failed = rec.failed_rows if rec.failed_rows is not None else [False] * mask.size(0)
+            keep = torch.tensor([not f for f in failed], dtype=mask.dtype, device=mask.device)
+            out["completion_mask"] = mask * keep.unsqueeze(1)
+            loss_mask = out["completion_mask"] if out.get("tool_mask") is None else out["completion_mask"] * out["tool_mask"]
+            # The token normaliser of the dapo loss, recounted without the failed rows. Recounted on EVERY
+            # step, not only when a row failed: the gather is a collective call, and processes that skipped
+            # it while another one made it would hang or disagree. The embedded trainer runs in one process
+            # (EmbeddedRun checks it at start); this keeps the step correct if that ever changes.
+            out["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+            out["advantages"] = out["advantages"] * keep.to(out["advantages"].dtype)
             self.ropd.stop.set_phase("update")
             return out
+
+        def training_step(self, model, inputs, num_items_in_batch):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self.ropd.record.skipped:
+                # Nothing was scored: the loss and gradients are 0, but an optimizer step would still move
+                # the weights (AdamW's momentum) and its moments. Torch optimizers leave a parameter whose
+                # .grad is None untouched, so dropping the gradients makes the optimizer step a no-op.
+                # (One micro-batch per step: gradient_accumulation_steps=1, one generation per step.)
+                model.zero_grad(set_to_none=True)
+            return loss
+
+        def _eos_and_pad(self) -> set[int]:
+            ids = set(getattr(self, "eos_token_ids", None) or [])
+            tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+            for tid in (getattr(tok, "eos_token_id", None), getattr(tok, "pad_token_id", None)):
+                if isinstance(tid, int):
+                    ids.add(tid)
+            return ids
 
     return RopdGRPOTrainer
 
@@ -456,25 +552,40 @@ class EmbeddedRun:
         t0 = time.perf_counter()
         batch = self.scorer.score_batch_sync(groups)
         self.record.timing["score"] += time.perf_counter() - t0
-        rewards: list[float | None] = [None] * len(texts)
-        for gi, g in enumerate(batch.groups):
-            sr = g.student_rewards
-            for j in range(n):
-                r = sr[j] if g.status != "failed" and j < len(sr) else None
-                rewards[gi * n + j] = None if r is None or math.isnan(r) else float(r)
+        rewards = row_rewards(batch, n)
         self.record.batch = batch
+        self.record.rewards = rewards
         self.record.failed_rows = [r is None for r in rewards]
+        self.record.skipped = all(r is None for r in rewards)
         self.record.correct = [
             check_answer(text, g.ground_truth) if g.ground_truth not in (None, "") else None
             for g in groups for text in g.rollouts
         ]
         try:
             self.scorer.check_failure_rate(batch)
+            self._check_unscored_rows(batch, rewards)
         except ScoringFailureRateError:
             self._write_aborted_step(batch)
             raise
         self.stop.set_phase("update")
         return rewards
+
+    def _check_unscored_rows(self, batch: BatchResult, rewards: list[float | None]) -> None:
+        """The scorer checks failed groups against ``scorer.failure_threshold``; a rollout left without a
+        reward inside a scored group is left out of the update too, so the threshold applies to the share
+        of all unscored rollouts (the ``judge/failure_rate`` the step reports)."""
+        unscored = sum(r is None for r in rewards)
+        rate = unscored / len(rewards) if rewards else 0.0
+        threshold = self.cfg.scorer.failure_threshold
+        if rate > threshold:
+            n = self.cfg.trainer.rollouts
+            in_failed = sum(n for g in batch.groups if g.status == "failed")
+            raise ScoringFailureRateError(
+                f"{unscored} of {len(rewards)} rollouts have no reward ({rate:.0%}, above "
+                f"scorer.failure_threshold={threshold:g}); {unscored - in_failed} of them in groups that "
+                "otherwise scored",
+                hint="look at those groups' verdicts in the store (rubric inspector, or export --what verdicts), "
+                     "or raise scorer.failure_threshold")
 
     def _current_step(self) -> int:
         return (self.trainer.state.global_step + 1) if self.trainer is not None else 1
@@ -482,8 +593,9 @@ class EmbeddedRun:
     def _write_aborted_step(self, batch: BatchResult) -> None:
         """A batch over the failure threshold: record it (no update happened) so the user sees why."""
         step = self._current_step()
-        metrics = step_metrics(self.record, None)
+        metrics = step_metrics(self.record, None, rollouts=self.cfg.trainer.rollouts)
         metrics.pop("time/update", None)
+        metrics["update/skipped"] = 1.0
         self.store.write_step(self.run.id, step, metrics, batch.groups)
         self.store.add_event(self.run.id, "scoring_failed",
                              f"step {step}: {sum(g.status == 'failed' for g in batch.groups)} of "
@@ -535,10 +647,15 @@ class EmbeddedRun:
 
     def _write_step(self, step: int, logs: dict[str, Any]) -> None:
         rec = self.record
-        metrics = step_metrics(rec, logs, beta=self.cfg.trainer.beta)
+        metrics = step_metrics(rec, logs, beta=self.cfg.trainer.beta, rollouts=self.cfg.trainer.rollouts)
         metrics.update(_memory_metrics())
         groups = rec.batch.groups if rec.batch is not None else []
         self.store.write_step(self.run.id, step, metrics, groups)
+        if rec.skipped:
+            failed = sum(g.status == "failed" for g in groups)
+            self.store.add_event(self.run.id, "step_skipped",
+                                 f"step {step}: no rollout was scored ({failed} of {len(groups)} groups failed); "
+                                 "no update was made", step=step)
         self.last_written_step = step
         rec.logged_at = time.perf_counter()
         self.log(self._progress_line(step, metrics))
@@ -573,8 +690,9 @@ class EmbeddedRun:
 
         failed = int(m.get("judge/failed_groups", 0))
         total = len(self.record.batch.groups) if self.record.batch is not None else 0
+        loss = "- (no update: nothing scored)" if self.record.skipped else f('loss', '{:.4f}')
         return (f"step {step}/{self.cfg.trainer.steps}  reward {f('reward/mean')}  accuracy {f('accuracy')}  "
-                f"loss {f('loss', '{:.4f}')}  judge failures {failed}/{total}  "
+                f"loss {loss}  judge failures {failed}/{total}  "
                 f"{f('time/step', '{:.1f}')} s/step (generate {f('time/generate', '{:.1f}')}, "
                 f"score {f('time/score', '{:.1f}')}, update {f('time/update', '{:.1f}')})")
 
@@ -604,6 +722,9 @@ class EmbeddedRun:
         self._setup_torch()
         t = self.cfg.trainer
         problems = self._load_problems()
+        trl_note = check_trl()  # before the judge and the model: an unsupported TRL fails in a second
+        if "outside the tested range" in trl_note:
+            self.log(trl_note)
         self.scorer = self._build_scorer(problems)
         if self.cfg.judge_is_llm() and hasattr(self.scorer, "preflight_sync"):
             self.scorer.preflight_sync()  # a dead judge fails here (JudgeError), before the model loads
@@ -620,6 +741,12 @@ class EmbeddedRun:
         self.trainer = cls(model=model, reward_funcs=[self.reward_fn()], args=self._grpo_args(ckpt_root),
                            train_dataset=self._dataset(), processing_class=tok, callbacks=[self._callback()])
         self.trainer.ropd = self
+        if self.trainer.accelerator.num_processes != 1:
+            # every process would score, store and checkpoint the same step (and rank-local masks would
+            # have to agree): the embedded backend is one process on CPU or one GPU
+            raise ConfigError(f"the embedded trainer runs in one process, but {self.trainer.accelerator.num_processes} "
+                              "were started (torchrun / accelerate launch)",
+                              hint="start it with ropd-tui (one process), or use run.backend=verl for several GPUs")
         _quiet_trainer(self.trainer)
         if resume_from is not None:
             done = int(_CKPT_RE.match(resume_from.name).group(1))

@@ -27,7 +27,9 @@ def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool =
         notes += _check_verl(cfg)
     else:
         from engine.trainers.model_cache import check_model_spec
+        from engine.trainers.trl_compat import check_trl
 
+        notes.append(check_trl())  # DependencyError naming the supported TRL range when a hook has changed
         notes.append(f"model: {check_model_spec(cfg.trainer.model)}")
         t = cfg.trainer
         notes.append(f"trainer: embedded GRPO, {t.steps} steps x {t.prompts_per_step} prompts x {t.rollouts} "
