@@ -8,9 +8,11 @@ What this module adds to the SDK, and what it deliberately leaves to it:
 * Transport retries are the SDK's own (``judge.max_retries``): backoff with jitter, honouring
   ``Retry-After``, on 408/409/429/5xx, timeouts and connection errors, never on 400/401/403/404.
   Only the backoff base and cap are configurable (``judge.retry_initial_delay_s`` /
-  ``judge.retry_max_delay_s``), so tests and local servers need not wait seconds.
+  ``judge.retry_max_delay_s``), so tests and local servers need not wait seconds. A 200 whose body
+  is not JSON (a proxy's HTML error page) is a transient transport error too, retried the same way.
 * Bounded concurrency per endpoint: one ``asyncio.Semaphore`` (``judge.concurrency``) shared by every
-  client of the same base URL + model in the process (per event loop), plus optional
+  client of the same base URL + model in the process (per event loop); a request gives its slot
+  back while it sleeps before a retry, so a dying server is discovered by every request at once; plus optional
   requests-per-minute / tokens-per-minute limits (sliding 60 s window).
 * API keys: the config holds only the NAME of an environment variable (``api_key_env``); the key is
   read from the environment at request time, sent as a bearer header, and never logged, stored or
@@ -39,6 +41,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import time
 import weakref
@@ -52,6 +55,7 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.responses import Response
 
+from engine import progress
 from engine.config import EndpointConfig, JudgeConfig
 from engine.errors import JudgeError
 
@@ -219,6 +223,14 @@ class _SDKClient(AsyncOpenAI):
         if counter is not None:
             counter[0] += 1
 
+    async def _sleep_for_retry(self, **kwargs):  # type: ignore[override]
+        # The SDK's own backoff sleep before a transport retry: count it, and sleep without the slot.
+        prog = progress.current()
+        if prog is not None:
+            prog.request_retried()
+        async with _slot_released():
+            await super()._sleep_for_retry(**kwargs)
+
 
 # ---------------------------------------------------------------------------------------------
 # per-endpoint limits, shared within a process (one set per event loop: asyncio primitives are loop-bound)
@@ -262,14 +274,56 @@ class EndpointLimiter:
 
     @asynccontextmanager
     async def slot(self, est_tokens: int = 0) -> AsyncIterator[list[float] | None]:
-        async with self._sem:
+        """Hold one of the endpoint's concurrency slots. A retrying request gives its slot back while it
+        sleeps before the next attempt (:func:`_slot_released`), so it never blocks other requests
+        from reaching, or discovering the outage of, the server."""
+        held = _Slot(self)
+        await held.acquire()
+        token = _SLOT.set(held)
+        try:
             entry = await self._wait_for_rate(est_tokens)
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            try:
-                yield entry  # the caller may correct entry[1] with the real token count
-            finally:
-                self.in_flight -= 1
+            yield entry  # the caller may correct entry[1] with the real token count
+        finally:
+            _SLOT.reset(token)
+            held.release()
+
+
+class _Slot:
+    """One request's hold on an endpoint's semaphore (released and re-acquired around backoff sleeps)."""
+
+    def __init__(self, limiter: EndpointLimiter):
+        self.limiter = limiter
+        self.held = False
+
+    async def acquire(self) -> None:
+        await self.limiter._sem.acquire()
+        self.held = True
+        lim = self.limiter
+        lim.in_flight += 1
+        lim.peak_in_flight = max(lim.peak_in_flight, lim.in_flight)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.limiter.in_flight -= 1
+            self.limiter._sem.release()
+
+
+_SLOT: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar("ropd_judge_slot", default=None)
+
+
+@asynccontextmanager
+async def _slot_released() -> AsyncIterator[None]:
+    """Give the current request's concurrency slot back for the duration of the block (a backoff sleep)."""
+    held = _SLOT.get()
+    if held is None or not held.held:
+        yield
+        return
+    held.release()
+    try:
+        yield
+    finally:
+        await held.acquire()
 
 
 class _LoopState:
@@ -497,6 +551,28 @@ class JudgeClient:
         data = await client.post("/chat/completions", body=params, cast_to=dict)
         return _chat_reply(data)
 
+    async def _request_retrying_bad_bodies(self, client: _SDKClient, params: dict[str, Any]
+                                           ) -> tuple[str, int | None, int | None, str | None]:
+        """:meth:`_request`, with a 200 whose body is not a JSON reply (a proxy's HTML error page, a
+        truncated body) treated as a transient transport error: retried like a 5xx, up to
+        ``judge.max_retries`` times with the same backoff, the slot given back while sleeping."""
+        bad = 0
+        while True:
+            try:
+                return await self._request(client, params)
+            except ValueError:
+                if bad >= self.judge.max_retries:
+                    raise
+                bad += 1
+                prog = progress.current()
+                if prog is not None:
+                    prog.request_retried()
+                delay = min(self.judge.retry_initial_delay_s * 2 ** (bad - 1), self.judge.retry_max_delay_s)
+                log.info("%s judge at %s sent a body that is not JSON; retrying (%d of %d)", self.role, self.url,
+                         bad, self.judge.max_retries)
+                async with _slot_released():
+                    await asyncio.sleep(max(0.0, delay * (1 - 0.25 * random.random())))
+
     # -- public API ----------------------------------------------------------------------------
 
     async def complete(self, messages: list[dict[str, Any]], *, json_mode: bool = True,
@@ -518,14 +594,20 @@ class JudgeClient:
         t0 = time.perf_counter()
         est = estimate_tokens(messages)
         first_params: dict[str, Any] | None = None
+        prog = progress.current()
+        reported = False
+        ok = False
         try:
             async with limiter.slot(est) as rate_entry:
+                if prog is not None:
+                    prog.request_started()
+                    reported = True
                 for _ in range(4):
                     params, fmt = self._params(messages, json_mode, schema, unsupported)
                     if first_params is None:
                         first_params = params
                     try:
-                        text, ptok, ctok, finish = await self._request(client, params)
+                        text, ptok, ctok, finish = await self._request_retrying_bad_bodies(client, params)
                         break
                     except openai.BadRequestError as e:
                         dropped = self._rejected_param(e, params, fmt)
@@ -539,17 +621,21 @@ class JudgeClient:
                                          role=self.role, endpoint=self.url, model=model, kind="bad_request")
                 if rate_entry is not None and (ptok or ctok):
                     rate_entry[1] = float((ptok or 0) + (ctok or 0))
+            ok = True
         except openai.OpenAIError as e:
             raise self._translate(e, counter[0], time.perf_counter() - t0) from None
-        except ValueError as e:  # a 200 whose body is not JSON (a proxy's HTML page, a wrong URL)
+        except ValueError as e:  # still not JSON after the retries (a proxy's HTML page, a wrong URL)
             raise JudgeCallError(
-                f"the {self.role} judge at {self.url} (model '{model}') sent a response that is not JSON: "
+                f"the {self.role} judge at {self.url} (model '{model}') sent a response that is not JSON"
+                f"{f' after {counter[0]} attempt(s)' if counter[0] > 1 else ''}: "
                 f"{scrub(str(e)[:200])}",
                 hint=f"check that judge.{self.role}.base_url points at an OpenAI-compatible API (usually ending in /v1)",
                 role=self.role, endpoint=self.url, model=model, attempts=counter[0],
                 latency_s=time.perf_counter() - t0, kind="bad_response") from None
         finally:
             _ATTEMPTS.reset(token)
+            if reported:
+                prog.request_finished(ok)
         remembered |= unsupported
         return Completion(text=text, prompt_tokens=ptok, completion_tokens=ctok,
                           latency_s=time.perf_counter() - t0, attempts=max(1, counter[0]), model=model,
