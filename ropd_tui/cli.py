@@ -57,10 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.serve:
             return _serve(args)
         return _run_tui(args)
+    from .commands._output import warn
+
     try:
         rc = args.func(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        warn(f"error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

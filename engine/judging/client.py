@@ -650,7 +650,8 @@ class JudgeClient:
         """
         model = self.model
         self._api_key()
-        client = self._sdk(max_retries=0, timeout=min(self.endpoint.timeout_s, _PREFLIGHT_TIMEOUT_S))
+        pre_timeout = min(self.endpoint.timeout_s, _PREFLIGHT_TIMEOUT_S)
+        client = self._sdk(max_retries=0, timeout=pre_timeout)
         await _ensure_closer(_loop_state())
         counter = [0]
         token = _ATTEMPTS.set(counter)
@@ -676,14 +677,15 @@ class JudgeClient:
                     hint=f"set judge.{self.role}.model to one of the served models",
                     role=self.role, endpoint=self.url, model=model, kind="not_found")
         except openai.OpenAIError as e:
-            raise self._translate(e, counter[0], time.perf_counter() - t0) from None
+            raise self._translate(e, counter[0], time.perf_counter() - t0, timeout_s=pre_timeout) from None
         finally:
             _ATTEMPTS.reset(token)
         return {"url": self.url, "model": model, "models": ids}
 
     # -- errors --------------------------------------------------------------------------------
 
-    def _translate(self, e: BaseException, attempts: int, latency: float) -> JudgeCallError:
+    def _translate(self, e: BaseException, attempts: int, latency: float, *,
+                   timeout_s: float | None = None) -> JudgeCallError:
         model = self.endpoint.model or "?"
         who = f"the {self.role} judge at {self.url} (model '{model}')"
         env = self.endpoint.api_key_env or "OPENAI_API_KEY"
@@ -693,9 +695,13 @@ class JudgeClient:
         tries = f"after {attempts} attempt(s)" if attempts else ""
         hint = None
         refused = _refused(e)
-        if isinstance(e, openai.APITimeoutError) and not refused:
+        timeout_s = self.endpoint.timeout_s if timeout_s is None else timeout_s
+        # The aiohttp transport reports a dropped connection as a timeout too: no attempt can have timed
+        # out when all of them together took less than one timeout.
+        dropped = isinstance(e, openai.APITimeoutError) and latency < 0.9 * timeout_s
+        if isinstance(e, openai.APITimeoutError) and not refused and not dropped:
             kind = "timeout"
-            msg = f"{who} did not reply within {self.endpoint.timeout_s:g} s {tries}"
+            msg = f"{who} did not reply within {timeout_s:g} s {tries}"
             hint = (f"the server is hung or overloaded: raise judge.{self.role}.timeout_s, lower judge.concurrency, "
                     "or check the server")
         elif isinstance(e, openai.APIConnectionError):  # (APITimeoutError is one: a refused connect lands here)

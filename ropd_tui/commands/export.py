@@ -1,10 +1,14 @@
-"""``ropd-tui --headless export RUN --format csv|jsonl --what metrics|answers|verdicts [--out FILE]``."""
+"""``ropd-tui --headless export RUN --format csv|jsonl --what metrics|answers|verdicts [--out FILE]``.
+
+JSONL is exact (terminal control characters in texts are JSON-escaped, which decodes to the same
+string). CSV written to a file or a pipe is exact; CSV shown on a terminal has its control characters
+replaced by visible escapes (``\x1b``), so model output cannot drive the terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -69,22 +73,36 @@ def handler(args: argparse.Namespace) -> int:
             with open(tmp, "w", encoding="utf-8", newline="") as f:
                 n = _write(rows, fields, args.format, f)
             os.replace(tmp, out_path)
-            print(f"exported {n} {args.what} rows of run {rec.name} to {out_path}", file=sys.stderr)
+            from ._output import warn
+
+            warn(f"exported {n} {args.what} rows of run {rec.name} to {out_path}")
         else:
-            _write(rows, fields, args.format, sys.stdout)
+            _write(rows, fields, args.format, sys.stdout, on_terminal=_isatty(sys.stdout))
     return 0
 
 
-def _write(rows, fields, fmt: str, f) -> int:
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _write(rows, fields, fmt: str, f, *, on_terminal: bool = False) -> int:
+    from ._output import json_text, term_safe
+
     n = 0
     if fmt == "csv":
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+            row = {k: ("" if v is None else v) for k, v in r.items()}
+            if on_terminal:
+                row = {k: term_safe(v) if isinstance(v, str) else v for k, v in row.items()}
+            w.writerow(row)
             n += 1
     else:
         for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            f.write(json_text(r) + "\n")
             n += 1
     return n

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from ._output import add_json_flag, print_json, print_table
+from ._output import add_json_flag, echo, print_json, print_table
 
 
 def register(subparsers) -> None:
@@ -91,7 +91,7 @@ def print_report(report: Any, top: int = 10, file=None) -> None:
     st = report.stats or {}
     settings = report.settings or {}
     tpl = ", ".join(f"{r}={v.get('sha256', '')[:12]}" for r, v in (settings.get("templates") or {}).items())
-    print(f"replay {report.replay_id} of run {report.run_name!r}: {report.status}"
+    echo(f"replay {report.replay_id} of run {report.run_name!r}: {report.status}"
           f"  (judge {settings.get('judge')}, rubric {settings.get('rubric_mode')}, templates {tpl})", file=out)
     rows = [
         ("groups replayed", s.groups), ("groups failed", s.failed_groups), ("student answers compared", s.answers),
@@ -108,19 +108,19 @@ def print_report(report: Any, top: int = 10, file=None) -> None:
     print_table(["summary", "value"], rows, file=out)
     crits = report.criterion_flips(only_changed=True)[:top]
     if crits:
-        print(file=out)
+        echo(file=out)
         print_table(["step", "group", "criterion", "pts", "T->F", "F->T", "agree"],
                     [(g.step, g.group_index, _clip(f"{c.criterion_id}: {c.text}", 60), c.points, c.true_to_false,
                       c.false_to_true, _fmt(c.agreement)) for g, c in crits], file=out)
     moved = sorted((a for a in report.answers if a.shift), key=lambda a: -abs(a.shift))[:top]
     if moved:
-        print(file=out)
+        echo(file=out)
         print_table(["step", "group", "answer", "correct", "old", "new", "shift"],
                     [(a.step, a.group_index, f"{a.kind[0]}{a.index}", "-" if a.correct is None else a.correct,
                       _fmt(a.old_reward), _fmt(a.new_reward), _fmt(a.shift, signed=True)) for a in moved], file=out)
     failed = [g for g in report.groups if g.status == "failed"]
     for g in failed[:top]:
-        print(f"failed: step {g.step} group {g.group_index} ({g.failure_stage}): {_clip(g.failure_cause or '', 200)}",
+        echo(f"failed: step {g.step} group {g.group_index} ({g.failure_stage}): {_clip(g.failure_cause or '', 200)}",
               file=out)
 
 
@@ -190,6 +190,6 @@ def handler(args: argparse.Namespace) -> int:
     else:
         print_report(report, args.top)
     if report.status == "cancelled":
-        print(f"replay {report.replay_id} cancelled; the groups done so far are stored", file=sys.stderr)
+        echo(f"replay {report.replay_id} cancelled; the groups done so far are stored", file=sys.stderr)
         return 130
     return 0 if report.status == "done" else 1
