@@ -79,6 +79,12 @@ def test_two_steps_land_in_the_store_with_rubrics_and_verdicts(tmp_path, tiny_mo
     assert latest_checkpoint(run).name == "checkpoint-2"
     kinds = [e["kind"] for e in store.events(run.id)]
     assert "trainer_started" in kinds and kinds.count("checkpoint") == 2
+    # the judge progress of the last step, as `train` reads it from the run folder
+    from engine.progress import PROGRESS_FILE, read_snapshot
+
+    snap = read_snapshot(run.run_dir / PROGRESS_FILE)
+    assert snap.label == "step 2 judging" and snap.finished
+    assert (snap.groups_total, snap.groups_done, snap.groups_failed) == (2, 2, 0)
 
 
 def test_failed_groups_are_left_out_of_the_update(tmp_path, tiny_model, store):

@@ -336,6 +336,7 @@ class EmbeddedRun:
         self.trainer = None
         self.last_written_step = 0
         self.last_saved_step = 0
+        self._progress_writer = None  # judge progress -> <run dir>/progress.json (for `train`)
 
     # -- setup --------------------------------------------------------------------------------------
     def _setup_torch(self) -> None:
@@ -431,6 +432,25 @@ class EmbeddedRun:
 
         return ropd_rubric_reward
 
+    def _score_tracked(self, groups: list[GroupInput]):
+        """Score the step's groups with judge progress counted and written to the run folder
+        (``progress.json``, read by ``ropd-tui --headless train``)."""
+        from engine.progress import PROGRESS_FILE, JudgeProgress, SnapshotWriter, tracking
+
+        run_dir = getattr(self.run, "run_dir", None)
+        if self._progress_writer is None and run_dir is not None:
+            self._progress_writer = SnapshotWriter(Path(run_dir) / PROGRESS_FILE)
+        prog = JudgeProgress(f"step {self._current_step()} judging", len(groups))
+        if self._progress_writer is not None:
+            self._progress_writer.watch(prog)
+        try:
+            with tracking(prog):
+                return self.scorer.score_batch_sync(groups)
+        finally:
+            prog.finish()
+            if self._progress_writer is not None:
+                self._progress_writer.watch(prog)
+
     def _score(self, completions: list[Any], uids: list[str] | None) -> list[float | None]:
         from engine.tasks import check_answer
 
@@ -453,7 +473,7 @@ class EmbeddedRun:
         if self.templates is not None:
             self.templates.step = self._current_step()
         t0 = time.perf_counter()
-        batch = self.scorer.score_batch_sync(groups)
+        batch = self._score_tracked(groups)
         self.record.timing["score"] += time.perf_counter() - t0
         rewards: list[float | None] = [None] * len(texts)
         for gi, g in enumerate(batch.groups):

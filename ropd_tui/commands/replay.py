@@ -43,40 +43,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=handler)
 
 
-class ProgressBar:
-    """A plain progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise."""
-
-    def __init__(self, stream=None, width: int = 30):
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_decile = -1
-        self._last_draw = 0.0
-
-    def __call__(self, p: Any) -> None:
-        frac = p.fraction
-        line = (f"[{'#' * int(frac * self.width):<{self.width}}] {p.done_answers}/{p.total_answers} answers"
-                f"  {p.done_groups}/{p.total_groups} groups  {p.failed_groups} failed"
-                f"  cached {p.cached_calls}/{p.judge_calls} calls  {p.elapsed_s:.1f}s")
-        if self.tty:
-            now = time.monotonic()
-            if now - self._last_draw >= 0.1 or p.done_groups == p.total_groups:
-                self.stream.write("\r" + line)
-                self.stream.flush()
-                self._last_draw = now
-        else:
-            decile = int(frac * 10)
-            if decile != self._last_decile:
-                self._last_decile = decile
-                self.stream.write(line + "\n")
-                self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _fmt(v: Any, signed: bool = False) -> str:
     if v is None:
         return "-"
@@ -135,9 +101,12 @@ def handler(args: argparse.Namespace) -> int:
     import threading
 
     from engine.errors import ConfigError
+    from engine.progress import JudgeProgress, tracking
     from engine.replay.runner import (ReplaySpec, list_replays, load_report, parse_reward_range, parse_steps,
                                parse_template_args, run_replay)
     from engine.store import resolve_store_path
+
+    from ._progress import ProgressReporter
 
     store = resolve_store_path(args.store)
     if not store.exists():
@@ -171,7 +140,8 @@ def handler(args: argparse.Namespace) -> int:
         judge_model=args.judge_model, base_url=args.base_url, offline=args.offline, rubric_mode=args.rubric,
         force=args.force, concurrency=args.concurrency, max_groups=args.max_groups, name=args.name)
     cancel = threading.Event()
-    bar = ProgressBar()
+    tracker = JudgeProgress("replay")
+    reporter = ProgressReporter().follow(tracker)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -179,12 +149,14 @@ def handler(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signal.SIGINT, cancel.set)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread / Windows
             pass
-        return await run_replay(store, spec, progress=bar, cancel=cancel)
+        return await run_replay(store, spec, cancel=cancel)
 
     try:
-        report = asyncio.run(main())
+        with tracking(tracker):
+            report = asyncio.run(main())
     finally:
-        bar.close()
+        tracker.finish()
+        reporter.close(tracker.snapshot() if tracker.groups_total else None)
     if args.json:
         print_json(report.to_jsonable())
     else:

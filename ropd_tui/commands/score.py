@@ -14,7 +14,6 @@ used and every output line says so (``"judge": "offline"``).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 

@@ -96,6 +96,25 @@ class _Follower:
         self.started = time.time()
         self.first_step_at: float | None = None
         self.printed_val_step = 0
+        from engine.progress import PROGRESS_FILE
+
+        from ._progress import ProgressReporter
+
+        self.progress_path = Path(run.run_dir) / PROGRESS_FILE
+        self.reporter = ProgressReporter()
+
+    def say(self, text: str, **kw) -> None:
+        """A line of output (the progress bar, if shown, is taken off first)."""
+        self.reporter.clear()
+        echo(text, **kw)
+
+    def poll_progress(self) -> None:
+        """The judge progress of the step being scored (the worker writes it to the run folder)."""
+        from engine.progress import read_snapshot
+
+        snap = read_snapshot(self.progress_path)
+        if snap is not None and not snap.finished and time.time() - snap.wall_time < 10:
+            self.reporter.update(snap)
 
     def step_metrics(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -115,7 +134,7 @@ class _Follower:
         for e in self.store.events(self.run.id, after_seq=self.event_seq):
             self.event_seq = e["seq"]
             if e["kind"] in _SHOW_EVENTS:
-                echo(f"[{e['kind']}] {e['message']}")
+                self.say(f"[{e['kind']}] {e['message']}")
         steps = self.store.steps(self.run.id)
         for row in steps:
             step = row["step"]
@@ -128,16 +147,17 @@ class _Follower:
             n_groups, n_failed = row.get("n_groups") or 0, row.get("n_failed") or 0
             sps = _first(m, ("time/step", "timing_s/step"))
             total = f"/{self.total}" if self.total else ""
-            echo(f"step {step}{total}  reward {_fmt(_first(m, self.reward_keys))}  "
+            self.say(f"step {step}{total}  reward {_fmt(_first(m, self.reward_keys))}  "
                   f"accuracy {_fmt(_first(m, self.acc_keys))}  judge failures {n_failed}/{n_groups}  "
                   f"{_fmt(sps, '.1f')} s/step", flush=True)
         self.poll_validation()
+        self.poll_progress()
 
     def poll_validation(self) -> None:
         """Held-out accuracy lands after its step's row (the evaluation runs after the step is stored)."""
         for step, value in self.store.metric_series(self.run.id, "val/accuracy", since_step=self.printed_val_step):
             self.printed_val_step = step
-            echo(f"eval after step {step}: val accuracy {_fmt(value)}", flush=True)
+            self.say(f"eval after step {step}: val accuracy {_fmt(value)}", flush=True)
 
     def echo_startup_log(self) -> None:
         """Until the first step, show the worker's own start-up lines (model conversion, errors)."""
@@ -154,7 +174,7 @@ class _Follower:
         for line in chunk[:cut].decode("utf-8", "replace").splitlines():
             line = line.rstrip()
             if line and not line.startswith("step "):
-                echo(f"  | {line}", flush=True)
+                self.say(f"  | {line}", flush=True)
 
 
 def follow(store, sup, run) -> int:
@@ -169,6 +189,7 @@ def follow(store, sup, run) -> int:
             f.echo_startup_log()
             f.poll()
             if cur.status in TERMINAL_STATUSES:
+                f.reporter.close()
                 return _outcome(cur, f, interrupted=stopping)
             time.sleep(POLL_S)
         except KeyboardInterrupt:
