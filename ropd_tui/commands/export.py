@@ -93,7 +93,7 @@ def _write(rows, fields, fmt: str, f, *, on_terminal: bool = False) -> int:
 
     n = 0
     if fmt == "csv":
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", **({"lineterminator": "\n"} if on_terminal else {}))
         w.writeheader()
         for r in rows:
             row = {k: ("" if v is None else v) for k, v in r.items()}
