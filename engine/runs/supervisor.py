@@ -21,6 +21,7 @@ trainer continues from the latest checkpoint in ``<run dir>/checkpoints``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -34,7 +35,7 @@ from typing import Iterator, Mapping, Sequence
 from engine.runs import procinfo
 from engine.config import SupervisorConfig
 from engine.errors import StoreError
-from engine.store import ACTIVE_STATUSES, RunRecord, RunStore
+from engine.store import ACTIVE_STATUSES, RunRecord, RunStore, StoreReadOnlyError
 from engine.store.scrub import is_secret_name
 
 RESUME_FLAG = "--resume"
@@ -106,9 +107,12 @@ def check_stall(store: RunStore, run: RunRecord, now: float | None = None) -> Ru
         idle, limit = now - run.last_step_at, cfg.stall_between_steps_s
         cause = f"no new step for {limit:.0f} s since step {run.last_step}"
     if limit > 0 and idle > limit:
-        if store.transition(run.id, ("running",), status="stalled", cause=cause):
-            store.add_event(run.id, "stalled", cause, step=run.last_step,
-                            data={"idle_s": round(idle, 1), "limit_s": limit})
+        try:
+            if store.transition(run.id, ("running",), status="stalled", cause=cause):
+                store.add_event(run.id, "stalled", cause, step=run.last_step,
+                                data={"idle_s": round(idle, 1), "limit_s": limit})
+        except StoreReadOnlyError:  # a full disk or a read-only store: say it, record it later
+            return dataclasses.replace(run, status="stalled", cause=cause)
         return store.get_run(run.id)
     return run
 
@@ -241,10 +245,9 @@ class Supervisor:
             return check_stall(self.store, run)
         if run.status == "starting" and run.monitor_pid is None and time.time() - (run.started_at or 0) < STARTING_GRACE_S:
             return run  # being launched right now
-        self._record_lost(run)
-        return self.store.get_run(run.id)
+        return self._record_lost(run)
 
-    def _record_lost(self, run: RunRecord) -> None:
+    def _record_lost(self, run: RunRecord) -> RunRecord:
         tail = log_tail(run.log_path)
         if run.stop_requested:
             status, cause = "stopped", "stopped by user"
@@ -254,9 +257,14 @@ class Supervisor:
                      "(killed, or the machine restarted)")
             if tail:
                 cause += f"; last log line: {tail[-1][:300]}"
-        if self.store.transition(run.id, ACTIVE_STATUSES, status=status, cause=cause, ended_at=time.time(),
-                                 stderr_tail="\n".join(tail) or None):
-            self.store.add_event(run.id, status, cause, step=run.last_step)
+        ended = time.time()
+        try:
+            if self.store.transition(run.id, ACTIVE_STATUSES, status=status, cause=cause, ended_at=ended,
+                                     stderr_tail="\n".join(tail) or None):
+                self.store.add_event(run.id, status, cause, step=run.last_step)
+        except StoreReadOnlyError:  # a full disk or a read-only store: report it now, record it on a later read
+            return dataclasses.replace(run, status=status, cause=cause, ended_at=ended, stderr_tail="\n".join(tail) or None)
+        return self.store.get_run(run.id)
 
     def refresh_all(self) -> list[RunRecord]:
         """Refresh every active run of this host; returns all runs."""

@@ -68,11 +68,22 @@ def handler(args: argparse.Namespace) -> int:
         else:
             rows, fields = _verdict_rows(store, rec.id, args.attempt), VERDICT_FIELDS
         if args.out:
-            out_path = Path(args.out)
+            from engine.errors import UserError
+            from engine.files import check_output_file, os_error_hint
+
+            out_path = check_output_file(args.out, "--out")
             tmp = out_path.with_name(out_path.name + ".part")
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
-                n = _write(rows, fields, args.format, f)
-            os.replace(tmp, out_path)
+            try:
+                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                    n = _write(rows, fields, args.format, f)
+                os.replace(tmp, out_path)
+            except OSError as err:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+                raise UserError(f"could not write {out_path}: {err.strerror or err}",
+                                hint=os_error_hint(err, out_path.parent)) from None
             from ._output import warn
 
             warn(f"exported {n} {args.what} rows of run {rec.name} to {out_path}")

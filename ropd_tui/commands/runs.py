@@ -26,8 +26,12 @@ def handler(args: argparse.Namespace) -> int:
             echo("no runs yet (no run store here); start one with: ropd-tui --headless train --config configs/demo.yaml")
         return 0
     with open_store(args) as store:
-        Supervisor(store).refresh_all()
+        checked = {r.id: r for r in Supervisor(store).refresh_all()}
         runs = store.list_runs()
+    for r in runs:  # what the re-check found, also when the store could not record it (read-only, full disk)
+        rec = checked.get(r["id"])
+        if rec is not None and rec.status != r["status"]:
+            r.update(status=rec.status, cause=rec.cause, ended_at=rec.ended_at)
     if args.json:
         print_json(runs)
         return 0

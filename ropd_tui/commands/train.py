@@ -42,10 +42,15 @@ def handle(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ConfigError(f"unexpected argument {bad[0]!r}: overrides are key=value (e.g. trainer.steps=5)")
+    from engine.store.runstore import check_run_name
+
+    if args.name:
+        check_run_name(args.name, "--name")  # before any preflight output
     overrides = list(args.overrides)
     if args.name:
         overrides.append(f"run.name={args.name}")
     cfg = load_config(args.config, overrides)
+    check_run_name(str(cfg.run.name), "run.name")
     for note in preflight(cfg):
         echo(note)
     store = open_store(args.store, cfg)
