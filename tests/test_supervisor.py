@@ -275,3 +275,42 @@ def test_monitor_kills_a_daemon_left_behind_by_a_finished_run(store, tmp_path):
     assert rec.status == "finished"
     daemon = int(pids_file.read_text())
     _wait_for(lambda: not procinfo.is_alive(daemon), timeout=15, what="the daemon killed by the monitor")
+
+
+# -- a monitor that dies while its trainer runs on ---------------------------------------------------
+
+def _kill_monitor(store, rec):
+    rec = _wait_for(lambda: (r := store.get_run(rec.id)).last_step and r.pid and r, what="the first step")
+    os.kill(rec.monitor_pid, signal.SIGKILL)
+    _wait_for(lambda: not procinfo.is_alive(rec.monitor_pid, rec.monitor_start), what="the monitor to die")
+    assert procinfo.is_alive(rec.pid, rec.proc_start)  # the trainer keeps going, unwatched
+    return rec
+
+
+def test_a_dead_monitor_is_noticed_by_a_reader_and_the_trainer_adopted(store):
+    sup = Supervisor(store)
+    rec = sup.launch(_run(store, "orphan", "steps_ok.py", "--steps", "400", "--sleep", "0.05"))
+    old = _kill_monitor(store, rec)
+    seen = Supervisor(store).refresh(old.id)  # any reader: status, runs, the TUI
+    assert seen.status == "running" and seen.monitor_pid != old.monitor_pid
+    assert procinfo.is_alive(seen.monitor_pid, seen.monitor_start)
+    events = [e for e in store.events(rec.id) if e["kind"] == "monitor_lost"]
+    assert len(events) == 1 and f"trainer (pid {old.pid})" in events[0]["message"]
+    again = Supervisor(store).refresh(old.id)  # a second reader does not adopt it twice
+    assert again.monitor_pid == seen.monitor_pid
+    assert len([e for e in store.events(rec.id) if e["kind"] == "monitor_lost"]) == 1
+    end = Supervisor(store).stop(again, grace=5)  # still stoppable; the new monitor records the end
+    assert end.status == "stopped"
+    _wait_for(lambda: not procinfo.is_alive(seen.monitor_pid, seen.monitor_start), what="the adopter to exit")
+
+
+def test_an_adopted_trainer_killed_is_recorded_with_its_unknown_exit(store):
+    sup = Supervisor(store)
+    rec = sup.launch(_run(store, "orphan2", "steps_ok.py", "--steps", "400", "--sleep", "0.05"))
+    old = _kill_monitor(store, rec)
+    adopted = Supervisor(store).refresh(old.id)
+    os.kill(old.pid, signal.SIGKILL)
+    end = _wait_for(lambda: (r := store.get_run(rec.id)).status != "running" and r, what="the end")
+    assert end.status == "failed" and "exit status is unknown" in end.cause and end.ended_at
+    assert "step " in end.cause  # the last log line
+    _wait_for(lambda: not procinfo.is_alive(adopted.monitor_pid, adopted.monitor_start), what="the adopter to exit")

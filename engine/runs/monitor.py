@@ -72,10 +72,11 @@ def reap_adopted(main_child: int) -> None:
                 pass
 
 
-def _kill_leftovers(run: RunRecord, grace: float) -> int:
-    """SIGTERM, then SIGKILL, any process still in this session after the training command ended."""
+def _kill_leftovers(run: RunRecord, grace: float, sid: int | None = None) -> int:
+    """SIGTERM, then SIGKILL, any process still in the run's session (default: this one) after the
+    training command ended."""
     me = os.getpid()
-    sid = os.getsid(0)
+    sid = os.getsid(0) if sid is None else sid
 
     def left() -> list[int]:
         return [p.pid for p in procinfo.session_members(sid) if p.pid != me] + \
@@ -103,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", required=True)
     ap.add_argument("--run", required=True, type=int)
     ap.add_argument("--poll", type=float, default=float(os.environ.get("ROPD_MONITOR_POLL_S", "2.0")))
+    ap.add_argument("--adopt", action="store_true",
+                    help="watch the run's already running trainer (its monitor died) instead of starting one")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
+    if not command and not args.adopt:
         ap.error("no command to run after --")
 
     # Handlers (not SIG_IGN, which children would inherit): the monitor waits for the child.
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         note(f"monitor cannot open the run: {err}")
         return 2
+    if args.adopt:
+        return adopt(store, run, args.poll)
     me = os.getpid()
     become_subreaper()
     store.update_run(run.id, monitor_pid=me, monitor_start=procinfo.start_time(me), sid=os.getsid(0))
@@ -166,6 +171,45 @@ def main(argv: list[str] | None = None) -> int:
     status, cause, code, sig = classify_exit(rc, stop_requested=run.stop_requested, oom=oom and rc != 0, tail=tail)
     note(f"run ended: {status} ({cause})")
     record_end(store, run.id, status=status, cause=cause, exit_code=code, exit_signal=sig, tail=tail)
+    store.close()
+    return 0
+
+
+def adopt(store: RunStore, run: RunRecord, poll: float) -> int:
+    """Watch a trainer whose monitor died (started by :meth:`Supervisor.refresh`): flag stalls while it
+    runs, then record its end. It is not our child, so its exit code cannot be observed: when the
+    trainer recorded its own end (engine.runs.worker always does, except when it is killed) that
+    end stands; otherwise the run is marked failed, saying the exit status is unknown."""
+    from engine.runs.supervisor import check_stall, log_tail
+
+    pid, start = run.pid, run.proc_start
+    note(f"adopted the trainer (pid {pid}): its monitor (pid {run.monitor_pid}) is gone")
+    oom_file = procinfo.cgroup_memory_events()
+    oom_before = procinfo.oom_kill_count(oom_file)
+    last_check = 0.0
+    while procinfo.is_alive(pid, start):
+        time.sleep(poll)
+        if time.monotonic() - last_check >= max(poll, 1.0):
+            last_check = time.monotonic()
+            try:
+                check_stall(store, store.get_run(run.id))
+            except Exception as err:  # noqa: BLE001 - never let bookkeeping kill the watch
+                note(f"stall check failed: {err}")
+    run = store.get_run(run.id)
+    if run.sid:
+        _kill_leftovers(run, 0.0 if run.stop_requested else 5.0, sid=run.sid)
+    tail = log_tail(run.log_path)
+    oom_after = procinfo.oom_kill_count(oom_file)
+    if run.stop_requested:
+        status, cause = "stopped", "stopped by user"
+    elif oom_before is not None and oom_after is not None and oom_after > oom_before:
+        status, cause = "oom", "killed by the OOM killer (out of memory) while its monitor was gone"
+    else:
+        status = "failed"
+        cause = (f"the trainer (pid {pid}) ended without recording its end while its monitor was gone, so its "
+                 "exit status is unknown (killed?)" + (f"; last log line: {tail[-1][:300]}" if tail else ""))
+    note(f"adopted run ended: {status if run.active else run.status}")
+    record_end(store, run.id, status=status, cause=cause, exit_code=None, exit_signal=None, tail=tail)
     store.close()
     return 0
 

@@ -241,11 +241,43 @@ class Supervisor:
         if not run.active or not self._local(run):
             return run
         self._reap()
-        if procinfo.is_alive(run.monitor_pid, run.monitor_start) or procinfo.is_alive(run.pid, run.proc_start):
+        if procinfo.is_alive(run.monitor_pid, run.monitor_start):
             return check_stall(self.store, run)
+        if procinfo.is_alive(run.pid, run.proc_start):
+            return check_stall(self.store, self._adopt(run))  # the trainer runs on, unwatched: watch it
         if run.status == "starting" and run.monitor_pid is None and time.time() - (run.started_at or 0) < STARTING_GRACE_S:
             return run  # being launched right now
         return self._record_lost(run)
+
+    def _adopt(self, run: RunRecord) -> RunRecord:
+        """The run's monitor died (SIGKILL, OOM) while its trainer keeps going: start a monitor that
+        adopts the trainer (pid + start time), so its end is still recorded, and record an event.
+        Whichever reader (status, runs, the TUI, train) notices first does it, once."""
+        try:
+            with self.store.write_transaction():
+                cur = self.store.get_run(run.id)
+                if cur.monitor_pid != run.monitor_pid or cur.monitor_start != run.monitor_start:
+                    return cur  # another reader adopted it a moment ago
+                with open(cur.log_path, "ab") as log:
+                    log.write(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} the run monitor (pid "
+                              f"{cur.monitor_pid}) is gone; adopting the trainer (pid {cur.pid})\n".encode())
+                    log.flush()
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "engine.runs.monitor", "--store", str(self.store.path),
+                         "--run", str(cur.id), "--adopt"], stdin=subprocess.DEVNULL, stdout=log,
+                        stderr=subprocess.STDOUT, cwd=cur.cwd or None, start_new_session=True, close_fds=True)
+                self._children[proc.pid] = proc
+                self.store.update_run(cur.id, monitor_pid=proc.pid, monitor_start=procinfo.start_time(proc.pid))
+                msg = (f"the run monitor (pid {cur.monitor_pid}) died while the trainer (pid {cur.pid}) kept "
+                       f"running; a new monitor (pid {proc.pid}) adopted it")
+                self.store.add_event(cur.id, "monitor_lost", msg, step=cur.last_step,
+                                     data={"old_monitor_pid": cur.monitor_pid, "monitor_pid": proc.pid})
+        except StoreReadOnlyError:
+            return dataclasses.replace(run, cause="unsupervised: its monitor died (the store is read-only or full, "
+                                                  "so no new monitor could take over)")
+        except OSError as err:
+            return dataclasses.replace(run, cause=f"unsupervised: its monitor died and no new one could start ({err})")
+        return self.store.get_run(run.id)
 
     def _record_lost(self, run: RunRecord) -> RunRecord:
         tail = log_tail(run.log_path)

@@ -70,7 +70,7 @@ def handle(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # following a run
 
-_SHOW_EVENTS = {"failed", "stopped", "stalled", "recovered", "template_changed", "template_rejected",
+_SHOW_EVENTS = {"failed", "stopped", "stalled", "recovered", "template_changed", "template_rejected", "monitor_lost",
                 "scoring_failed", "resumed"}
 
 
