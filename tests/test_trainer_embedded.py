@@ -151,8 +151,16 @@ def test_resume_continues_at_the_next_step(tmp_path, tiny_model, store):
     run = new_run(store, cfg)
     assert embedded.run(cfg, store, run, log=quiet).last_step == 1
     first = store.steps(run.id)[0]
+    # the trainer was killed while saving step 2's checkpoint: a folder without trainer_state.json
+    broken = Path(run.run_dir) / "checkpoints" / "checkpoint-2"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"\0" * 300_000)
+    said = []
     cfg2 = make_cfg(tmp_path, tiny_model, "trainer.steps=3")
-    result = embedded.run(cfg2, store, run, resume=True, log=quiet)
+    result = embedded.run(cfg2, store, run, resume=True, log=said.append)
+    assert any("discarded incomplete checkpoint(s) left by an interrupted save: checkpoint-2 (300 kB)" in m
+               for m in said)
+    assert [e for e in store.events(run.id) if e["kind"] == "checkpoint_discarded"]
     assert result.status == "finished" and result.last_step == 3
     steps = store.steps(run.id)
     assert [s["step"] for s in steps] == [1, 2, 3]
@@ -161,6 +169,24 @@ def test_resume_continues_at_the_next_step(tmp_path, tiny_model, store):
     assert len(loaded) == 1 and loaded[0]["step"] == 1
     assert latest_checkpoint(run).name == "checkpoint-3"
     assert len(list((Path(run.run_dir) / "checkpoints").glob("checkpoint-*"))) == cfg.trainer.keep_checkpoints
+
+
+def test_incomplete_checkpoints_are_found_and_removed(tmp_path):
+    from types import SimpleNamespace
+
+    from engine.trainers.embedded import discard_incomplete_checkpoints
+
+    run = SimpleNamespace(run_dir=tmp_path)
+    root = tmp_path / "checkpoints"
+    (root / "checkpoint-1").mkdir(parents=True)
+    (root / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    (root / "checkpoint-2").mkdir()
+    (root / "checkpoint-2" / "optimizer.pt").write_bytes(b"x" * 2_000_000)
+    (root / "tmp-checkpoint-3").mkdir()
+    (root / "model.safetensors.tmp").write_bytes(b"x" * 10)
+    gone = discard_incomplete_checkpoints(run)
+    assert gone == [("checkpoint-2", 2_000_000), ("model.safetensors.tmp", 10), ("tmp-checkpoint-3", 0)]
+    assert [p.name for p in root.iterdir()] == ["checkpoint-1"] and latest_checkpoint(run).name == "checkpoint-1"
 
 
 def test_too_few_prompts_is_a_config_error(tmp_path, tiny_model, store):

@@ -249,6 +249,35 @@ def latest_checkpoint(run: Any) -> Path | None:
     return max(found)[1] if found else None
 
 
+def discard_incomplete_checkpoints(run: Any) -> list[tuple[str, int]]:
+    """Remove what an interrupted save left in the checkpoints folder: ``checkpoint-N`` folders without
+    ``trainer_state.json`` (the Trainer writes it last) and stray temporary files. Returns (name,
+    bytes) of each. Left in place they would hold disk space for good, and the Trainer's rotation
+    counts them as checkpoints (keeping a broken one, deleting a good one)."""
+    import shutil
+
+    root = checkpoint_dir(run)
+    if not root.is_dir():
+        return []
+    gone = []
+    for p in sorted(root.iterdir()):
+        incomplete = (p.is_dir() and _CKPT_RE.match(p.name) and not (p / "trainer_state.json").is_file()) or \
+            p.name.startswith("tmp-checkpoint-") or p.suffix in (".tmp", ".part")
+        if not incomplete:
+            continue
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        except OSError:
+            continue
+        gone.append((p.name, size))
+    return gone
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
 # ---------------------------------------------------------------------------------------------
 # the trainer
 
@@ -627,9 +656,18 @@ class EmbeddedRun:
         model, tok = load_model_and_tokenizer(model_dir)
         ckpt_root = checkpoint_dir(self.run)
         ckpt_root.mkdir(parents=True, exist_ok=True)
+        discarded = discard_incomplete_checkpoints(self.run)
+        if discarded:
+            what = ", ".join(f"{name} ({_mb(size)})" for name, size in discarded)
+            msg = f"discarded incomplete checkpoint(s) left by an interrupted save: {what}"
+            self.log(msg)
+            self.store.add_event(self.run.id, "checkpoint_discarded", msg,
+                                 data={"discarded": [name for name, _ in discarded]})
         resume_from = latest_checkpoint(self.run) if self.resume else None
         if self.resume and resume_from is None:
-            self.log("no checkpoint to resume from: starting from step 1")
+            self.log("no complete checkpoint to resume from" +
+                     (f" (the incomplete {', '.join(n for n, _ in discarded)} was discarded)" if discarded else "")
+                     + ": starting from step 1")
         cls = _make_trainer_class()
         cls.ropd = self
         self.trainer = cls(model=model, reward_funcs=[self.reward_fn()], args=self._grpo_args(ckpt_root),
