@@ -31,6 +31,33 @@ def is_disk_full(err: BaseException) -> bool:
     return "disk is full" in str(err).lower() or "no space left" in str(err).lower()
 
 
+def disk_full_at(path: str | os.PathLike) -> bool:
+    """Whether the file system holding ``path`` has (almost) no space left (< 1 MiB)."""
+    import shutil
+
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < 1024 * 1024
+    except OSError:
+        return False
+
+
+#: What a full disk leaves in a log: OS, SQLite and PyTorch wordings.
+DISK_FULL_MARKERS = ("no space left on device", "database or disk is full", "disk is full", "errno 28",
+                     "file write failed")
+
+
+def log_says_disk_full(lines: list[str]) -> str | None:
+    """The last log line that says the disk was full, if any."""
+    for line in reversed(lines):
+        low = line.lower()
+        if any(m in low for m in DISK_FULL_MARKERS[:4]):
+            return line.strip()
+    return None
+
+
 def os_error_hint(err: BaseException, path: str | os.PathLike | None = None) -> str | None:
     """A hint for an OSError, or None when there is nothing specific to say."""
     where = f" ({path})" if path else ""

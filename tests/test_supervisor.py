@@ -314,3 +314,68 @@ def test_an_adopted_trainer_killed_is_recorded_with_its_unknown_exit(store):
     assert end.status == "failed" and "exit status is unknown" in end.cause and end.ended_at
     assert "step " in end.cause  # the last log line
     _wait_for(lambda: not procinfo.is_alive(adopted.monitor_pid, adopted.monitor_start), what="the adopter to exit")
+
+
+# -- the disk filling up during a run ---------------------------------------------------------------
+
+def test_disk_full_end_is_recorded_once_space_allows(tmp_path, monkeypatch):
+    import shutil as _shutil
+
+    if os.geteuid() != 0 or not _shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    fs = tmp_path / "small"
+    fs.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(fs)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    monkeypatch.setenv("ROPD_MONITOR_RECORD_RETRY_S", "0.2")
+    try:
+        s = RunStore(fs / "runs" / "ropd.db")
+        rec = Supervisor(s).launch(_run(s, "full", "fills_disk.py"))
+        _wait_for(lambda: (fs / "runs" / "filler").exists() and _shutil.disk_usage(fs).free < 1 << 20,
+                  what="the disk to fill")
+        time.sleep(1.0)  # the trainer has exited; its monitor cannot record the end yet
+        with RunStore(fs / "runs" / "ropd.db") as reader:  # reading commands work meanwhile
+            seen = Supervisor(reader).refresh(rec.id)
+            assert seen.last_step == 2 and seen.status == "running"  # the monitor waits to record the end
+        (fs / "runs" / "filler").unlink()  # space is freed: the end is recorded
+        end = _wait_for(lambda: (r := s.get_run(rec.id)).status == "failed" and r, what="the end")
+        assert end.cause.startswith("the disk filled up") and end.exit_code == 28
+        assert "Traceback" not in end.run_dir.joinpath("run.log").read_text()
+        s.close()
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+
+
+def test_a_run_lost_while_the_disk_was_full_says_so_from_its_log(store):
+    rec = store.create_run("lostfull", "embedded", {})
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    store.update_run(rec.id, status="running", pid=gone.pid, monitor_pid=gone.pid, started_at=time.time() - 100)
+    rec.run_dir.mkdir(parents=True, exist_ok=True)
+    rec.log_path.write_text("step 4 reward 0.5\nOSError: [Errno 28] No space left on device: 'checkpoint-5'\n")
+    end = Supervisor(store).refresh(rec.id)
+    assert end.status == "failed" and end.cause.startswith("the disk filled up (the end was never recorded")
+    assert "No space left on device" in end.cause and "lost" not in end.cause
+
+
+def test_worker_reports_a_full_disk_in_one_line(tmp_path, monkeypatch, capsys):
+    import errno as _errno
+
+    from engine.runs import worker
+    from engine.trainers import embedded
+
+    with RunStore(tmp_path / "runs" / "ropd.db") as s:
+        from engine.config import load_config
+
+        rec = s.create_run("w", "embedded", load_config(None, ["judge.mode=offline"]).to_dict())
+
+    def disk_fills(*a, **kw):
+        raise OSError(_errno.ENOSPC, "No space left on device", "checkpoint-3/optimizer.pt")
+
+    monkeypatch.setattr(embedded, "run", disk_fills)
+    rc = worker.run_worker(str(tmp_path / "runs" / "ropd.db"), str(rec.id), False)
+    err = capsys.readouterr().err
+    assert rc == 28 and "Traceback" not in err and "error: the disk filled up" in err
+    with RunStore(tmp_path / "runs" / "ropd.db") as s:
+        end = s.get_run(rec.id)
+    assert end.status == "failed" and end.cause.startswith("the disk filled up: [Errno 28] No space left on device")

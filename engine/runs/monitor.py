@@ -22,8 +22,16 @@ from engine.errors import UserError
 from engine.store import RunRecord, RunStore
 
 
+# how often an end that could not be written (full disk) is tried again
+RECORD_RETRY_S = float(os.environ.get("ROPD_MONITOR_RECORD_RETRY_S", "10"))
+EXIT_DISK_FULL = 28  # engine.runs.worker's exit code when the disk filled up
+
+
 def note(msg: str) -> None:
-    print(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+    except OSError:  # the log is on a full disk
+        pass
 
 
 def classify_exit(returncode: int, *, stop_requested: bool, oom: bool, tail: list[str]
@@ -42,8 +50,42 @@ def classify_exit(returncode: int, *, stop_requested: bool, oom: bool, tail: lis
                        f"a process of the run was killed by the OOM killer; exit code {code}"), code, sig
     if sig is not None and returncode < 0:
         return "killed", f"killed by {procinfo.signal_name(sig)}", None, sig
+    if returncode == EXIT_DISK_FULL:
+        return "failed", "the disk filled up" + (f": {last}" if last else ""), code, sig
     cause = f"exit code {code}" + (f": {last}" if last else "")
     return "failed", cause, code, sig
+
+
+def disk_full_cause(run: RunRecord, tail: list[str]) -> str | None:
+    """"the disk filled up: ..." when the log says so or the run folder's disk has no space left."""
+    from engine.files import disk_full_at, log_says_disk_full
+
+    line = log_says_disk_full(tail)
+    if line:
+        return f"the disk filled up: {line[:300]}"
+    if disk_full_at(run.run_dir):
+        return f"the disk filled up (no space left on the file system of {run.run_dir})"
+    return None
+
+
+def record_end_when_possible(store: RunStore, run_id: int, **end) -> None:
+    """:func:`record_end`, retried every RECORD_RETRY_S seconds while the store cannot be written (a
+    full disk): the end is recorded as soon as space is freed, never lost to a traceback."""
+    from engine.store import StoreReadOnlyError
+
+    told = False
+    while True:
+        try:
+            record_end(store, run_id, **end)
+            if told:
+                note("the end is recorded now")
+            return
+        except StoreReadOnlyError as err:
+            if not told:
+                note(f"cannot record the run's end yet ({err.message}); retrying every {RECORD_RETRY_S:g} s "
+                     "until space is freed")
+                told = True
+            time.sleep(RECORD_RETRY_S)
 
 
 def become_subreaper() -> bool:
@@ -169,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     run = store.get_run(run.id)
     tail = log_tail(run.log_path)
     status, cause, code, sig = classify_exit(rc, stop_requested=run.stop_requested, oom=oom and rc != 0, tail=tail)
+    if status == "failed":
+        cause = disk_full_cause(run, tail) or cause
     note(f"run ended: {status} ({cause})")
-    record_end(store, run.id, status=status, cause=cause, exit_code=code, exit_signal=sig, tail=tail)
+    record_end_when_possible(store, run.id, status=status, cause=cause, exit_code=code, exit_signal=sig, tail=tail)
     store.close()
     return 0
 
@@ -208,8 +252,10 @@ def adopt(store: RunStore, run: RunRecord, poll: float) -> int:
         status = "failed"
         cause = (f"the trainer (pid {pid}) ended without recording its end while its monitor was gone, so its "
                  "exit status is unknown (killed?)" + (f"; last log line: {tail[-1][:300]}" if tail else ""))
+    if status == "failed":
+        cause = disk_full_cause(run, tail) or cause
     note(f"adopted run ended: {status if run.active else run.status}")
-    record_end(store, run.id, status=status, cause=cause, exit_code=None, exit_signal=None, tail=tail)
+    record_end_when_possible(store, run.id, status=status, cause=cause, exit_code=None, exit_signal=None, tail=tail)
     store.close()
     return 0
 

@@ -284,11 +284,17 @@ class Supervisor:
         if run.stop_requested:
             status, cause = "stopped", "stopped by user"
         else:
+            from engine.files import log_says_disk_full
+
             status = "failed"
-            cause = (f"lost: the run's monitor (pid {run.monitor_pid}) ended without recording an exit "
-                     "(killed, or the machine restarted)")
-            if tail:
-                cause += f"; last log line: {tail[-1][:300]}"
+            full = log_says_disk_full(tail)
+            if full:  # the end could not be written while the disk was full; the log still says why
+                cause = (f"the disk filled up (the end was never recorded; from the log: {full[:300]})")
+            else:
+                cause = (f"lost: the run's monitor (pid {run.monitor_pid}) ended without recording an exit "
+                         "(killed, or the machine restarted)")
+                if tail:
+                    cause += f"; last log line: {tail[-1][:300]}"
         ended = time.time()
         try:
             if self.store.transition(run.id, ACTIVE_STATUSES, status=status, cause=cause, ended_at=ended,
