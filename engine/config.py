@@ -299,8 +299,21 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}", hint="pass --config with an existing file, e.g. configs/demo.yaml")
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a directory", hint="pass --config a YAML file, e.g. configs/demo.yaml")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {os.strerror(e.errno) if e.errno else e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{p}: line {line} is not UTF-8 text: byte 0x{raw[e.start:e.start + 1].hex()} at column "
+                          f"{column} (byte offset {e.start} in the file)", hint="save the config as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -313,11 +326,15 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def build_config(data: dict[str, Any], overrides: list[str] | None = None, *, source: str = "config",
                  env: typing.Mapping[str, str] | None = None) -> Config:
     data = copy.deepcopy(data)
+    from_command_line: dict[str, str] = {}
     for ov in overrides or []:
         key, value = parse_override(ov)
+        check_override(ov, key, value)  # an override's own error names the command line, not the file
         _set_dotted(data, key, value)
+        from_command_line[key] = ov
     cfg = _build(Config, data, "", source)
     apply_env(cfg, os.environ if env is None else env)
+    check_ranges(cfg, lambda key: f"command line '{from_command_line[key]}'" if key in from_command_line else source)
     validate(cfg)
     return cfg
 
@@ -341,28 +358,151 @@ def apply_env(cfg: Config, env: typing.Mapping[str, str]) -> None:
             ep.base_url = base
 
 
+# ---------------------------------------------------------------------------------------------
+# command-line overrides: checked on their own, so their errors name the command line
+
+def check_override(text: str, key: str, value: Any) -> None:
+    """ConfigError naming the override ``text`` when ``key`` is unknown or ``value`` has the wrong type."""
+    where = f"command line '{text}'"
+    cls: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            return  # inside a list / mapping value: the whole value is checked by the build
+        names = [f.name for f in dataclasses.fields(cls)]
+        prefix = ".".join(parts[:i])
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else (
+                f"valid keys here: {', '.join(names)}")
+            raise ConfigError(f"{where}: unknown config key '{'.'.join(parts[:i + 1])}'", hint=hint)
+        tp = typing.get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            _coerce(value, tp, key, where)
+            return
+        cls = tp
+
+
+# ---------------------------------------------------------------------------------------------
+# numeric ranges: one declarative table for every numeric key
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric key: ``low``/``high`` bounds (None: unbounded), exclusive when
+    ``*_open``; ``note`` says what a special value means. Non-finite values are always rejected."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts) or "a finite number"
+
+    def accepts(self, v: float) -> bool:
+        import math
+
+        if not math.isfinite(v):
+            return False
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        if self.high is not None and (v >= self.high if self.high_open else v > self.high):
+            return False
+        return True
+
+
+_POSITIVE = Range(0, low_open=True)
+_AT_LEAST_1 = Range(1)
+_NON_NEGATIVE = Range(0)
+_SEED = Range(0, note="any non-negative integer")
+#: Every numeric key of the config. ``judge.*`` means each judge role (rubricator, verifier, teacher).
+#: tests/test_config.py checks that no numeric field is missing here.
+RANGES: dict[str, Range] = {
+    "judge.*.temperature": Range(0, 2),
+    "judge.*.max_tokens": _AT_LEAST_1,
+    "judge.*.timeout_s": _POSITIVE,
+    "judge.concurrency": _AT_LEAST_1,
+    "judge.requests_per_minute": _POSITIVE,
+    "judge.tokens_per_minute": _POSITIVE,
+    "judge.max_retries": Range(0, 100),
+    "judge.retry_initial_delay_s": _NON_NEGATIVE,
+    "judge.retry_max_delay_s": _NON_NEGATIVE,
+    "judge.reask_attempts": Range(0, 20),
+    "scorer.k": _NON_NEGATIVE,
+    "scorer.min_criteria": _AT_LEAST_1,
+    "scorer.max_criteria": _AT_LEAST_1,
+    "scorer.verifier_chunk_size": _AT_LEAST_1,
+    "scorer.answer_char_budget": Range(0, note="0 = answers are not truncated"),
+    "scorer.failure_threshold": Range(0, 1),
+    "scorer.shuffle_seed": _SEED,
+    "scorer.eps": Range(0, 1, low_open=True, high_open=True),
+    "task.num_prompts": _AT_LEAST_1,
+    "task.seed": _SEED,
+    "trainer.steps": _AT_LEAST_1,
+    "trainer.prompts_per_step": _AT_LEAST_1,
+    "trainer.rollouts": Range(2, note="GRPO needs a group of rollouts per prompt"),
+    "trainer.max_new_tokens": _AT_LEAST_1,
+    "trainer.temperature": _POSITIVE,
+    "trainer.top_p": Range(0, 1, low_open=True),
+    "trainer.learning_rate": _POSITIVE,
+    "trainer.beta": _NON_NEGATIVE,
+    "trainer.save_every": _AT_LEAST_1,
+    "trainer.keep_checkpoints": _AT_LEAST_1,
+    "trainer.threads": _AT_LEAST_1,
+    "trainer.seed": _SEED,
+    "trainer.eval_every": Range(0, note="0 = no validation"),
+    "trainer.eval_prompts": _AT_LEAST_1,
+    "verl.nnodes": _AT_LEAST_1,
+    "verl.n_gpus_per_node": _AT_LEAST_1,
+    "verl.group_timeout_s": _POSITIVE,
+    "supervisor.stall_after_start_s": Range(0, note="0 = never flag a stall"),
+    "supervisor.stall_between_steps_s": Range(0, note="0 = never flag a stall"),
+    "supervisor.stop_grace_s": _NON_NEGATIVE,
+}
+_ROLES = ("rubricator", "verifier", "teacher")
+
+
+def range_keys() -> dict[str, Range]:
+    """RANGES with ``judge.*`` expanded to each role: dotted key -> Range."""
+    out: dict[str, Range] = {}
+    for key, rng in RANGES.items():
+        if key.startswith("judge.*."):
+            for role in _ROLES:
+                out[key.replace("*", role, 1)] = rng
+        else:
+            out[key] = rng
+    return out
+
+
+def check_ranges(cfg: Config, source_of: typing.Callable[[str], str] = lambda key: "config") -> None:
+    """ConfigError for the first numeric key outside its range, naming where the value came from."""
+    for key, rng in range_keys().items():
+        obj: Any = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        if obj is None or isinstance(obj, bool):
+            continue
+        if not rng.accepts(float(obj)):
+            note = f" ({rng.note})" if rng.note else ""
+            raise ConfigError(f"{source_of(key)}: '{key}' must be {rng.describe()}{note}, got {obj!r}",
+                              hint=f"set {key} to a value {rng.describe()}")
+
+
 def validate(cfg: Config) -> None:
+    """Checks that relate several keys (one key's own range is in :data:`RANGES`)."""
     s = cfg.scorer
-    if not (1 <= s.min_criteria <= s.max_criteria):
-        raise ConfigError(f"scorer.min_criteria ({s.min_criteria}) must be >= 1 and <= scorer.max_criteria ({s.max_criteria})")
-    if s.k < 0:
-        raise ConfigError("scorer.k must be >= 0")
-    if not 0.0 <= s.failure_threshold <= 1.0:
-        raise ConfigError(f"scorer.failure_threshold must be within [0, 1], got {s.failure_threshold}")
-    if s.verifier_chunk_size < 1:
-        raise ConfigError("scorer.verifier_chunk_size must be >= 1")
-    if cfg.judge.concurrency < 1:
-        raise ConfigError("judge.concurrency must be >= 1")
-    t = cfg.trainer
-    for name in ("steps", "prompts_per_step", "rollouts", "max_new_tokens"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(t, name)}")
-    if t.rollouts < 2:
-        raise ConfigError("trainer.rollouts must be >= 2: GRPO needs a group of rollouts per prompt")
-    if t.eval_every < 0:
-        raise ConfigError(f"trainer.eval_every must be >= 0 (0 = no validation), got {t.eval_every}")
-    if t.eval_prompts < 1:
-        raise ConfigError(f"trainer.eval_prompts must be >= 1, got {t.eval_prompts}")
+    if s.min_criteria > s.max_criteria:
+        raise ConfigError(f"scorer.min_criteria ({s.min_criteria}) must be <= scorer.max_criteria ({s.max_criteria})")
+    j = cfg.judge
+    if j.retry_initial_delay_s > j.retry_max_delay_s > 0:
+        raise ConfigError(f"judge.retry_initial_delay_s ({j.retry_initial_delay_s:g}) must be <= "
+                          f"judge.retry_max_delay_s ({j.retry_max_delay_s:g})")
 
 
 def store_path(cfg: Config | None = None, env: typing.Mapping[str, str] | None = None) -> Path:

@@ -6,12 +6,13 @@ modules import only :mod:`engine` and the standard library (checked by a test in
 
 Exit codes: 0 success; 1 the run/command finished unsuccessfully; 2 bad input (config, template,
 arguments, unknown run); 3 judge unreachable/misconfigured; 4 scoring failure rate over threshold;
-130 interrupted by the user.
+130 interrupted by the user; 141 the reader of the output went away (``| head``), said nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -24,6 +25,7 @@ exit_if_engine_is_foreign()  # before the first import of engine: a user's own e
 from engine.errors import UserError  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,15 +63,42 @@ def main(argv: list[str] | None = None) -> int:
         if args.serve:
             return _serve(args)
         return _run_tui(args)
+    from .commands._output import warn
+
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is handled below
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        warn(f"error: {err}")
         return err.exit_code
+    except OSError as err:
+        from engine.files import is_disk_full, os_error_hint
+
+        if not (is_disk_full(err) or err.errno == errno.EROFS):
+            raise  # anything else is a bug: keep the traceback
+        hint = os_error_hint(err, getattr(err, "filename", None))
+        warn(f"error: {err}" + (f"\n  hint: {hint}" if hint else ""))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return int(rc or 0)
+
+
+def _drop_stdout() -> None:
+    """The reader of our output closed the pipe (``ropd-tui --headless export RUN | head``): stop
+    quietly, like other Unix tools, and keep Python from complaining when it flushes at exit."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _run_tui(args: argparse.Namespace) -> int:

@@ -203,9 +203,24 @@ def default_chat(prompt: str, variant: int = 0) -> str:
 # ---------------------------------------------------------------------------------------------
 # the server
 
+#: What :meth:`LoopbackJudgeServer.random_faults` injects: transport faults (HTTP errors, a hang past
+#: the client timeout, a dropped connection, a proxy's HTML page or a non-chat JSON body with 200)
+#: and reply faults (cut-off JSON, prose, an empty reply, JSON in a code fence with chatter, a wrong
+#: number of verdicts or criteria).
+RANDOM_FAULT_KINDS = ("http_500", "http_502", "http_503", "http_504", "http_429", "http_408", "hang", "drop",
+                      "html_200", "not_chat_json_200", "truncated_json", "prose", "empty", "fenced_chatter",
+                      "wrong_count")
+RANDOM_REPLY_FAULTS = {
+    "truncated_json": '{"schema_version": "ropd.rubric.v1", "rubrics": [{"criterion_id": "c1", "crit',
+    "prose": "I have carefully considered every answer and they all look reasonable to me.",
+    "empty": "",
+    "fenced_chatter": "Sure! Here you go:\n```json\n{\"oops\": true}\n```\nLet me know if you need more.",
+}
+
+
 @dataclass
 class Fault:
-    kind: str  # status | hang | reply | wrong_count | drop | raw
+    kind: str  # status | hang | reply | wrong_count | drop | raw | raw_json
     remaining: int = 1
     role: str | None = None  # only requests of this role consume it
     status: int = 500
@@ -437,7 +452,55 @@ class LoopbackJudgeServer:
 
     def drop_next(self, n: int = 1, *, role: str | None = None) -> Fault:
         """Close the connection without replying (a transport error)."""
+        import logging
+
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # the dropped handler's traceback is expected
         return self.add_fault("drop", n, role)
+
+    def random_faults(self, rate: float, kinds: list[str] | None = None, *, seed: int = 0,
+                      hang_s: float = 2.0) -> None:
+        """Fault a ``rate`` share of the judge requests (after the scripted faults), each with a kind
+        from ``kinds`` (default: every kind of :data:`RANDOM_FAULT_KINDS`). Reproducible whatever the
+        order requests arrive in: the draw depends only on ``seed``, the request's messages and how
+        many times that same request was seen before. ``fault_counts`` counts what was injected."""
+        self._random_seed = seed
+        self._random_rate = rate
+        self._random_kinds = list(kinds or RANDOM_FAULT_KINDS)
+        self._hang_s = hang_s
+        self._seen: Counter = Counter()
+        self.fault_counts: Counter = Counter()
+        if "drop" in self._random_kinds:
+            import logging
+
+            logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+
+    def _random_fault(self, role: str, messages: list[dict[str, Any]]) -> Fault | None:
+        rate = getattr(self, "_random_rate", 0.0)
+        if not rate or role == "chat":
+            return None
+        key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+        nth = self._seen[key]
+        self._seen[key] += 1
+        draw = hashlib.sha256(f"{self._random_seed}|{key}|{nth}".encode()).digest()
+        if int.from_bytes(draw[:8], "big") / 2 ** 64 >= rate:
+            return None
+        kind = self._random_kinds[int.from_bytes(draw[8:16], "big") % len(self._random_kinds)]
+        self.fault_counts[kind] += 1
+        if kind.startswith("http_"):
+            status = int(kind[5:])
+            return Fault("status", status=status, retry_after=0.05 if status == 429 else None, text=f"injected {status}")
+        if kind == "hang":
+            return Fault("hang", seconds=self._hang_s)
+        if kind == "drop":
+            return Fault("drop")
+        if kind == "html_200":
+            return Fault("raw", status=200, text="<html><body><h1>502 Bad Gateway</h1>proxy</body></html>")
+        if kind == "not_chat_json_200":
+            return Fault("raw_json", text='{"detail": "upstream busy"}')
+        if kind == "wrong_count":
+            return Fault("wrong_count") if role in ("verifier", "scalar_judge") else Fault(
+                "reply", text='{"rubrics": [{"criterion_id": "c1", "criterion": "x", "points": 1}]}')
+        return Fault("reply", text=RANDOM_REPLY_FAULTS[kind])
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -449,13 +512,13 @@ class LoopbackJudgeServer:
     def requests_for(self, role: str) -> list[RequestRecord]:
         return [r for r in list(self.requests) if r.role == role]
 
-    def _take_fault(self, role: str) -> Fault | None:
+    def _take_fault(self, role: str, messages: list[dict[str, Any]] | None = None) -> Fault | None:
         with self._lock:
             for f in self.faults:
                 if f.remaining > 0 and (f.role is None or f.role == role):
                     f.remaining -= 1
                     return f
-        return None
+            return self._random_fault(role, messages or [])
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -576,7 +639,7 @@ class LoopbackJudgeServer:
 
     async def _generate(self, request: web.Request, api: str, body: dict[str, Any], messages: list[dict],
                         role: str, rec: RequestRecord, ptok: int, max_tokens: Any) -> web.StreamResponse:
-        fault = self._take_fault(role)
+        fault = self._take_fault(role, messages)
         rec.fault = fault.kind if fault else None
         delay = self.latency_fn(rec) if self.latency_fn else self.latency_s
         if fault and fault.kind == "hang":
@@ -591,6 +654,8 @@ class LoopbackJudgeServer:
                           "rate_limit_error" if fault.status == 429 else "invalid_request_error", headers=headers)
         if fault and fault.kind == "raw":
             return web.Response(status=fault.status, text=fault.text or "", content_type="text/html")
+        if fault and fault.kind == "raw_json":
+            return web.Response(status=200, text=fault.text or "{}", content_type="application/json")
         if fault and fault.kind == "drop":
             if request.transport is not None:
                 request.transport.close()
@@ -639,6 +704,48 @@ class LoopbackJudgeServer:
         else:
             out = self.chat_fn(prompt) if self.chat_fn else default_chat(prompt, variant)
         return out if isinstance(out, str) else json.dumps(out)
+
+
+class HungServer:
+    """A TCP server on 127.0.0.1 that accepts connections, reads requests and never answers (a hung
+    judge: a stuck GPU worker, a frozen proxy). ``with HungServer() as hs: hs.base_url``."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._conns: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self.accepted = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _accept(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            self._conns.append(conn)  # keep it open, never reply
+
+    def __enter__(self) -> "HungServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for c in self._conns:
+            c.close()
+        self._sock.close()
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None,

@@ -195,3 +195,72 @@ def test_readme_local_server_settings_paste_into_a_valid_config():
         cfg = build_config(yaml.safe_load(block))
         for role in (cfg.judge.rubricator, cfg.judge.verifier):
             assert role.base_url and role.max_tokens and role.response_format in ("json_schema", "json_object")
+
+
+# -- ranges, override attribution, unreadable files ---------------------------------------------
+
+def test_every_numeric_key_has_a_range():
+    import dataclasses
+    import typing
+
+    from engine.config import Config, range_keys
+
+    def numeric_keys(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(tp):
+                yield from numeric_keys(tp, key + ".")
+            elif {int, float} & set(typing.get_args(tp) or (tp,)):
+                yield key
+
+    assert set(numeric_keys(Config)) == set(range_keys())
+
+
+@pytest.mark.parametrize("override, words", [
+    ("trainer.learning_rate=-1", "'trainer.learning_rate' must be > 0, got -1.0"),
+    ("scorer.answer_char_budget=-5", "'scorer.answer_char_budget' must be >= 0 (0 = answers are not truncated), got -5"),
+    ("judge.verifier.timeout_s=0", "'judge.verifier.timeout_s' must be > 0"),
+    ("judge.teacher.temperature=3", "'judge.teacher.temperature' must be >= 0 and <= 2"),
+    ("trainer.top_p=.nan", "'trainer.top_p' must be > 0 and <= 1, got nan"),
+    ("scorer.failure_threshold=1.5", "'scorer.failure_threshold' must be >= 0 and <= 1"),
+    ("judge.max_retries=-1", "'judge.max_retries' must be >= 0"),
+    ("trainer.rollouts=1", "GRPO needs a group"),
+])
+def test_out_of_range_values_name_the_key_and_the_command_line(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert words in str(err.value) and f"command line '{override}'" in str(err.value)
+
+
+def test_out_of_range_value_in_a_file_names_the_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("trainer:\n  learning_rate: -0.001\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f, ["trainer.steps=2"])
+    assert str(err.value).startswith(f"{f}: 'trainer.learning_rate' must be > 0")
+
+
+def test_override_errors_are_attributed_to_the_command_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("scorer:\n  k: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f, ["trainer.stepz=3"])
+    assert str(err.value).startswith("command line 'trainer.stepz=3': unknown config key 'trainer.stepz'")
+    assert "trainer.steps" in str(err.value) and str(f) not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(f, ["trainer.steps=many"])
+    assert str(err.value).startswith("command line 'trainer.steps=many': 'trainer.steps' must be an integer")
+    with pytest.raises(ConfigError) as err:
+        load_config(f, ["nosuchsection.x=1"])
+    assert "command line 'nosuchsection.x=1': unknown config key 'nosuchsection'" in str(err.value)
+
+
+def test_config_that_is_a_directory_or_not_utf8(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes(b"scorer:\n  extra_rubric_instructions: caf\xe9\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert "line 2 is not UTF-8 text: byte 0xe9 at column 33 (byte offset 40 in the file)" in str(err.value)

@@ -265,11 +265,57 @@ def test_max_tokens_is_renamed_when_the_server_asks_for_max_completion_tokens(ju
     assert second.body["response_format"] == {"type": "json_object"}  # only the named parameter changed
 
 
-def test_non_json_response_is_a_judge_error(judge_server):
-    judge_server.raw_next("<html>login page</html>")
+def test_non_json_200_is_retried_as_a_transient_transport_error(judge_server):
+    judge_server.raw_next("<html>502 Bad Gateway (proxy)</html>", n=2)
+    comp = run(client(judge_server).complete(PROMPT))
+    assert "answer is 5" in comp.text.lower() and comp.attempts == 3
+    assert [r.fault for r in judge_server.requests] == ["raw", "raw", None]
+
+
+def test_a_body_that_is_never_json_is_a_judge_error_after_the_retries(judge_server):
+    judge_server.raw_next("<html>login page</html>", n=100)
     with pytest.raises(JudgeCallError) as ei:
-        run(client(judge_server).complete(PROMPT))
-    assert ei.value.kind == "bad_response" and "not JSON" in str(ei.value) and "/v1" in str(ei.value)
+        run(client(judge_server).complete(PROMPT))  # judge.max_retries=3
+    assert ei.value.kind == "bad_response" and "not JSON after 4 attempt(s)" in str(ei.value)
+    assert "/v1" in str(ei.value) and len(judge_server.requests) == 4
+
+
+def test_a_retrying_request_gives_its_slot_back_while_it_backs_off(judge_server):
+    # concurrency 1: request A gets a 500 and sleeps before its retry; B must reach the server meanwhile.
+    judge_server.fail_next(1, status=500)
+    c = client(judge_server, "judge.concurrency=1", "judge.retry_initial_delay_s=0.5", "judge.retry_max_delay_s=0.5")
+    a = [{"role": "user", "content": "request A: what is 1 + 1?"}]
+    b = [{"role": "user", "content": "request B: what is 2 + 2?"}]
+
+    async def both():
+        return await asyncio.gather(c.complete(a), c.complete(b))
+
+    ca, cb = run(both())
+    assert ca.attempts == 2 and cb.attempts == 1
+    order = [r.messages[0]["content"].split(":")[0] for r in judge_server.requests]
+    assert order == ["request A", "request B", "request A"]
+    assert judge_server.max_in_flight == 1  # the bound still holds
+
+
+def test_requests_are_counted_in_the_current_progress_tracker(judge_server):
+    from engine.progress import JudgeProgress, tracking
+
+    judge_server.fail_next(1, status=503)
+    judge_server.raw_next("<html>proxy</html>")
+    prog = JudgeProgress("test")
+    dead = loopback_config(judge_server, f"judge.verifier.base_url=http://127.0.0.1:{closed_port()}/v1",
+                           "judge.max_retries=0")
+
+    async def work():
+        with tracking(prog):
+            await asyncio.gather(*(client(judge_server).complete(PROMPT) for _ in range(3)))
+            with pytest.raises(JudgeCallError):
+                await client(dead).complete(PROMPT)
+
+    run(work())
+    snap = prog.snapshot()
+    assert (snap.requests_done, snap.requests_failed, snap.requests_retried, snap.in_flight) == (3, 1, 2, 0)
+
 
 
 def test_chat_reply_reader_is_lenient_about_shapes():

@@ -197,7 +197,7 @@ def test_headless_replay_command(store_path, judge_server):
     assert rc == 0, err
     data = json.loads(out)
     assert data["summary"]["groups"] == 3 and data["summary"]["auc_new"] == pytest.approx(0.875)
-    assert "answers" in err and "#" in err  # the progress bar went to stderr
+    assert "3/3 groups" in err and "requests: " in err and "#" in err  # the shared progress reporter, on stderr
     rc, out, _ = run_cli("--headless", "--store", str(store_path), "replay", "--show", str(data["replay_id"]))
     assert rc == 0 and "AUC reward vs correct, new" in out and "0.8750" in out
     rc, out, _ = run_cli("--headless", "--store", str(store_path), "replay", "r1", "--list")

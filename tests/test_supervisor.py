@@ -275,3 +275,107 @@ def test_monitor_kills_a_daemon_left_behind_by_a_finished_run(store, tmp_path):
     assert rec.status == "finished"
     daemon = int(pids_file.read_text())
     _wait_for(lambda: not procinfo.is_alive(daemon), timeout=15, what="the daemon killed by the monitor")
+
+
+# -- a monitor that dies while its trainer runs on ---------------------------------------------------
+
+def _kill_monitor(store, rec):
+    rec = _wait_for(lambda: (r := store.get_run(rec.id)).last_step and r.pid and r, what="the first step")
+    os.kill(rec.monitor_pid, signal.SIGKILL)
+    _wait_for(lambda: not procinfo.is_alive(rec.monitor_pid, rec.monitor_start), what="the monitor to die")
+    assert procinfo.is_alive(rec.pid, rec.proc_start)  # the trainer keeps going, unwatched
+    return rec
+
+
+def test_a_dead_monitor_is_noticed_by_a_reader_and_the_trainer_adopted(store):
+    sup = Supervisor(store)
+    rec = sup.launch(_run(store, "orphan", "steps_ok.py", "--steps", "400", "--sleep", "0.05"))
+    old = _kill_monitor(store, rec)
+    seen = Supervisor(store).refresh(old.id)  # any reader: status, runs, the TUI
+    assert seen.status == "running" and seen.monitor_pid != old.monitor_pid
+    assert procinfo.is_alive(seen.monitor_pid, seen.monitor_start)
+    events = [e for e in store.events(rec.id) if e["kind"] == "monitor_lost"]
+    assert len(events) == 1 and f"trainer (pid {old.pid})" in events[0]["message"]
+    again = Supervisor(store).refresh(old.id)  # a second reader does not adopt it twice
+    assert again.monitor_pid == seen.monitor_pid
+    assert len([e for e in store.events(rec.id) if e["kind"] == "monitor_lost"]) == 1
+    end = Supervisor(store).stop(again, grace=5)  # still stoppable; the new monitor records the end
+    assert end.status == "stopped"
+    _wait_for(lambda: not procinfo.is_alive(seen.monitor_pid, seen.monitor_start), what="the adopter to exit")
+
+
+def test_an_adopted_trainer_killed_is_recorded_with_its_unknown_exit(store):
+    sup = Supervisor(store)
+    rec = sup.launch(_run(store, "orphan2", "steps_ok.py", "--steps", "400", "--sleep", "0.05"))
+    old = _kill_monitor(store, rec)
+    adopted = Supervisor(store).refresh(old.id)
+    os.kill(old.pid, signal.SIGKILL)
+    end = _wait_for(lambda: (r := store.get_run(rec.id)).status != "running" and r, what="the end")
+    assert end.status == "failed" and "exit status is unknown" in end.cause and end.ended_at
+    assert "step " in end.cause  # the last log line
+    _wait_for(lambda: not procinfo.is_alive(adopted.monitor_pid, adopted.monitor_start), what="the adopter to exit")
+
+
+# -- the disk filling up during a run ---------------------------------------------------------------
+
+def test_disk_full_end_is_recorded_once_space_allows(tmp_path, monkeypatch):
+    import shutil as _shutil
+
+    if os.geteuid() != 0 or not _shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    fs = tmp_path / "small"
+    fs.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(fs)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    monkeypatch.setenv("ROPD_MONITOR_RECORD_RETRY_S", "0.2")
+    try:
+        s = RunStore(fs / "runs" / "ropd.db")
+        rec = Supervisor(s).launch(_run(s, "full", "fills_disk.py"))
+        _wait_for(lambda: (fs / "runs" / "filler").exists() and _shutil.disk_usage(fs).free < 1 << 20,
+                  what="the disk to fill")
+        time.sleep(1.0)  # the trainer has exited; its monitor cannot record the end yet
+        with RunStore(fs / "runs" / "ropd.db") as reader:  # reading commands work meanwhile
+            seen = Supervisor(reader).refresh(rec.id)
+            assert seen.last_step == 2 and seen.status == "running"  # the monitor waits to record the end
+        (fs / "runs" / "filler").unlink()  # space is freed: the end is recorded
+        end = _wait_for(lambda: (r := s.get_run(rec.id)).status == "failed" and r, what="the end")
+        assert end.cause.startswith("the disk filled up") and end.exit_code == 28
+        assert "Traceback" not in end.run_dir.joinpath("run.log").read_text()
+        s.close()
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+
+
+def test_a_run_lost_while_the_disk_was_full_says_so_from_its_log(store):
+    rec = store.create_run("lostfull", "embedded", {})
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    store.update_run(rec.id, status="running", pid=gone.pid, monitor_pid=gone.pid, started_at=time.time() - 100)
+    rec.run_dir.mkdir(parents=True, exist_ok=True)
+    rec.log_path.write_text("step 4 reward 0.5\nOSError: [Errno 28] No space left on device: 'checkpoint-5'\n")
+    end = Supervisor(store).refresh(rec.id)
+    assert end.status == "failed" and end.cause.startswith("the disk filled up (the end was never recorded")
+    assert "No space left on device" in end.cause and "lost" not in end.cause
+
+
+def test_worker_reports_a_full_disk_in_one_line(tmp_path, monkeypatch, capsys):
+    import errno as _errno
+
+    from engine.runs import worker
+    from engine.trainers import embedded
+
+    with RunStore(tmp_path / "runs" / "ropd.db") as s:
+        from engine.config import load_config
+
+        rec = s.create_run("w", "embedded", load_config(None, ["judge.mode=offline"]).to_dict())
+
+    def disk_fills(*a, **kw):
+        raise OSError(_errno.ENOSPC, "No space left on device", "checkpoint-3/optimizer.pt")
+
+    monkeypatch.setattr(embedded, "run", disk_fills)
+    rc = worker.run_worker(str(tmp_path / "runs" / "ropd.db"), str(rec.id), False)
+    err = capsys.readouterr().err
+    assert rc == 28 and "Traceback" not in err and "error: the disk filled up" in err
+    with RunStore(tmp_path / "runs" / "ropd.db") as s:
+        end = s.get_run(rec.id)
+    assert end.status == "failed" and end.cause.startswith("the disk filled up: [Errno 28] No space left on device")

@@ -79,6 +79,12 @@ def test_two_steps_land_in_the_store_with_rubrics_and_verdicts(tmp_path, tiny_mo
     assert latest_checkpoint(run).name == "checkpoint-2"
     kinds = [e["kind"] for e in store.events(run.id)]
     assert "trainer_started" in kinds and kinds.count("checkpoint") == 2
+    # the judge progress of the last step, as `train` reads it from the run folder
+    from engine.progress import PROGRESS_FILE, read_snapshot
+
+    snap = read_snapshot(run.run_dir / PROGRESS_FILE)
+    assert snap.label == "step 2 judging" and snap.finished
+    assert (snap.groups_total, snap.groups_done, snap.groups_failed) == (2, 2, 0)
 
 
 def _eos_likely(monkeypatch) -> None:
@@ -305,8 +311,16 @@ def test_resume_continues_at_the_next_step(tmp_path, tiny_model, store):
     run = new_run(store, cfg)
     assert embedded.run(cfg, store, run, log=quiet).last_step == 1
     first = store.steps(run.id)[0]
+    # the trainer was killed while saving step 2's checkpoint: a folder without trainer_state.json
+    broken = Path(run.run_dir) / "checkpoints" / "checkpoint-2"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"\0" * 300_000)
+    said = []
     cfg2 = make_cfg(tmp_path, tiny_model, "trainer.steps=3")
-    result = embedded.run(cfg2, store, run, resume=True, log=quiet)
+    result = embedded.run(cfg2, store, run, resume=True, log=said.append)
+    assert any("discarded incomplete checkpoint(s) left by an interrupted save: checkpoint-2 (300 kB)" in m
+               for m in said)
+    assert [e for e in store.events(run.id) if e["kind"] == "checkpoint_discarded"]
     assert result.status == "finished" and result.last_step == 3
     steps = store.steps(run.id)
     assert [s["step"] for s in steps] == [1, 2, 3]
@@ -315,6 +329,24 @@ def test_resume_continues_at_the_next_step(tmp_path, tiny_model, store):
     assert len(loaded) == 1 and loaded[0]["step"] == 1
     assert latest_checkpoint(run).name == "checkpoint-3"
     assert len(list((Path(run.run_dir) / "checkpoints").glob("checkpoint-*"))) == cfg.trainer.keep_checkpoints
+
+
+def test_incomplete_checkpoints_are_found_and_removed(tmp_path):
+    from types import SimpleNamespace
+
+    from engine.trainers.embedded import discard_incomplete_checkpoints
+
+    run = SimpleNamespace(run_dir=tmp_path)
+    root = tmp_path / "checkpoints"
+    (root / "checkpoint-1").mkdir(parents=True)
+    (root / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    (root / "checkpoint-2").mkdir()
+    (root / "checkpoint-2" / "optimizer.pt").write_bytes(b"x" * 2_000_000)
+    (root / "tmp-checkpoint-3").mkdir()
+    (root / "model.safetensors.tmp").write_bytes(b"x" * 10)
+    gone = discard_incomplete_checkpoints(run)
+    assert gone == [("checkpoint-2", 2_000_000), ("model.safetensors.tmp", 10), ("tmp-checkpoint-3", 0)]
+    assert [p.name for p in root.iterdir()] == ["checkpoint-1"] and latest_checkpoint(run).name == "checkpoint-1"
 
 
 def test_too_few_prompts_is_a_config_error(tmp_path, tiny_model, store):

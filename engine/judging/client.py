@@ -8,9 +8,11 @@ What this module adds to the SDK, and what it deliberately leaves to it:
 * Transport retries are the SDK's own (``judge.max_retries``): backoff with jitter, honouring
   ``Retry-After``, on 408/409/429/5xx, timeouts and connection errors, never on 400/401/403/404.
   Only the backoff base and cap are configurable (``judge.retry_initial_delay_s`` /
-  ``judge.retry_max_delay_s``), so tests and local servers need not wait seconds.
+  ``judge.retry_max_delay_s``), so tests and local servers need not wait seconds. A 200 whose body
+  is not JSON (a proxy's HTML error page) is a transient transport error too, retried the same way.
 * Bounded concurrency per endpoint: one ``asyncio.Semaphore`` (``judge.concurrency``) shared by every
-  client of the same base URL + model in the process (per event loop), plus optional
+  client of the same base URL + model in the process (per event loop); a request gives its slot
+  back while it sleeps before a retry, so a dying server is discovered by every request at once; plus optional
   requests-per-minute / tokens-per-minute limits (sliding 60 s window).
 * API keys: the config holds only the NAME of an environment variable (``api_key_env``); the key is
   read from the environment at request time, sent as a bearer header, and never logged, stored or
@@ -48,6 +50,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import time
 import weakref
@@ -61,6 +64,7 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.responses import Response
 
+from engine import progress
 from engine.config import EndpointConfig, JudgeConfig
 from engine.errors import JudgeError, one_line as _one_line
 from engine.judging.server_limits import (MIN_OUTPUT_TOKENS, estimate_prompt_tokens, facts_for, facts_from_models,
@@ -258,6 +262,14 @@ class _SDKClient(AsyncOpenAI):
         if counter is not None:
             counter[0] += 1
 
+    async def _sleep_for_retry(self, **kwargs):  # type: ignore[override]
+        # The SDK's own backoff sleep before a transport retry: count it, and sleep without the slot.
+        prog = progress.current()
+        if prog is not None:
+            prog.request_retried()
+        async with _slot_released():
+            await super()._sleep_for_retry(**kwargs)
+
 
 # ---------------------------------------------------------------------------------------------
 # per-endpoint limits, shared within a process (one set per event loop: asyncio primitives are loop-bound)
@@ -303,25 +315,70 @@ class EndpointLimiter:
     @asynccontextmanager
     async def slot(self, est_tokens: int = 0) -> AsyncIterator["SlotTicket"]:
         """Hold one of the endpoint's request slots. The ticket's ``rate`` entry may be corrected with
-        the real token count; ``peak_in_flight`` is the most requests in flight while it was held."""
-        async with self._sem:
-            ticket = SlotTicket(await self._wait_for_rate(est_tokens))
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            self._active.append(ticket)
-            for t in self._active:
-                t.peak_in_flight = max(t.peak_in_flight, self.in_flight)
-            try:
-                yield ticket
-            finally:
-                self.in_flight -= 1
-                self._active.remove(ticket)
+        the real token count; ``peak_in_flight`` is the most requests in flight while it was held.
+        A retrying request gives its slot back while it sleeps before the next attempt
+        (:func:`_slot_released`), so it never blocks other requests from reaching, or discovering the
+        outage of, the server."""
+        ticket = SlotTicket(None)
+        held = _Slot(self, ticket)
+        await held.acquire()
+        token = _SLOT.set(held)
+        try:
+            ticket.rate = await self._wait_for_rate(est_tokens)
+            yield ticket
+        finally:
+            _SLOT.reset(token)
+            held.release()
 
 
 @dataclass
 class SlotTicket:
     rate: list[float] | None
     peak_in_flight: int = 0
+
+
+class _Slot:
+    """One request's hold on an endpoint's semaphore (released and re-acquired around backoff sleeps)."""
+
+    def __init__(self, limiter: EndpointLimiter, ticket: SlotTicket):
+        self.limiter = limiter
+        self.ticket = ticket
+        self.held = False
+
+    async def acquire(self) -> None:
+        lim = self.limiter
+        await lim._sem.acquire()
+        self.held = True
+        lim.in_flight += 1
+        lim.peak_in_flight = max(lim.peak_in_flight, lim.in_flight)
+        lim._active.append(self.ticket)
+        for t in lim._active:
+            t.peak_in_flight = max(t.peak_in_flight, lim.in_flight)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            lim = self.limiter
+            lim.in_flight -= 1
+            lim._active.remove(self.ticket)
+            lim._sem.release()
+
+
+_SLOT: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar("ropd_judge_slot", default=None)
+
+
+@asynccontextmanager
+async def _slot_released() -> AsyncIterator[None]:
+    """Give the current request's concurrency slot back for the duration of the block (a backoff sleep)."""
+    held = _SLOT.get()
+    if held is None or not held.held:
+        yield
+        return
+    held.release()
+    try:
+        yield
+    finally:
+        await held.acquire()
 
 
 class _LoopState:
@@ -588,6 +645,28 @@ class JudgeClient:
         room = limit - prompt - 8
         return room if MIN_OUTPUT_TOKENS <= room < sent else None
 
+    async def _request_retrying_bad_bodies(self, client: _SDKClient, params: dict[str, Any]
+                                           ) -> tuple[str, int | None, int | None, str | None]:
+        """:meth:`_request`, with a 200 whose body is not a JSON reply (a proxy's HTML error page, a
+        truncated body) treated as a transient transport error: retried like a 5xx, up to
+        ``judge.max_retries`` times with the same backoff, the slot given back while sleeping."""
+        bad = 0
+        while True:
+            try:
+                return await self._request(client, params)
+            except ValueError:
+                if bad >= self.judge.max_retries:
+                    raise
+                bad += 1
+                prog = progress.current()
+                if prog is not None:
+                    prog.request_retried()
+                delay = min(self.judge.retry_initial_delay_s * 2 ** (bad - 1), self.judge.retry_max_delay_s)
+                log.info("%s judge at %s sent a body that is not JSON; retrying (%d of %d)", self.role, self.url,
+                         bad, self.judge.max_retries)
+                async with _slot_released():
+                    await asyncio.sleep(max(0.0, delay * (1 - 0.25 * random.random())))
+
     # -- public API ----------------------------------------------------------------------------
 
     async def complete(self, messages: list[dict[str, Any]], *, json_mode: bool = True,
@@ -613,14 +692,20 @@ class JudgeClient:
         first_params: dict[str, Any] | None = None
         ticket: SlotTicket | None = None
         refitted = False
+        prog = progress.current()
+        reported = False
+        ok = False
         try:
             async with limiter.slot(est) as ticket:
+                if prog is not None:
+                    prog.request_started()
+                    reported = True
                 for _ in range(8):  # bounded by the droppable params, format steps and one refit
                     params, fmt = self._params(messages, json_mode, schema, unsupported, max_tokens)
                     if first_params is None:
                         first_params = params
                     try:
-                        text, ptok, ctok, finish = await self._request(client, params)
+                        text, ptok, ctok, finish = await self._request_retrying_bad_bodies(client, params)
                         break
                     except openai.APIStatusError as e:
                         status, msg = e.status_code, str(getattr(e, "message", "") or e)
@@ -656,19 +741,23 @@ class JudgeClient:
                                          role=self.role, endpoint=self.url, model=model, kind="bad_request")
                 if ticket.rate is not None and (ptok or ctok):
                     ticket.rate[1] = float((ptok or 0) + (ctok or 0))
+            ok = True
         except openai.OpenAIError as e:
             raise self._translate(e, counter[0], time.perf_counter() - t0, max_tokens=max_tokens,
                                   in_flight=ticket.peak_in_flight if ticket else 0,
                                   concurrency=limiter.concurrency) from None
-        except ValueError as e:  # a 200 whose body is not JSON (a proxy's HTML page, a wrong URL)
+        except ValueError as e:  # still not JSON after the retries (a proxy's HTML page, a wrong URL)
             raise JudgeCallError(
-                f"the {self.role} judge at {self.url} (model '{model}') sent a response that is not JSON: "
+                f"the {self.role} judge at {self.url} (model '{model}') sent a response that is not JSON"
+                f"{f' after {counter[0]} attempt(s)' if counter[0] > 1 else ''}: "
                 f"{scrub(str(e)[:200])}",
                 hint=f"check that judge.{self.role}.base_url points at an OpenAI-compatible API (usually ending in /v1)",
                 role=self.role, endpoint=self.url, model=model, attempts=counter[0],
                 latency_s=time.perf_counter() - t0, kind="bad_response") from None
         finally:
             _ATTEMPTS.reset(token)
+            if reported:
+                prog.request_finished(ok)
         remembered |= unsupported
         return Completion(text=text, prompt_tokens=ptok, completion_tokens=ctok,
                           latency_s=time.perf_counter() - t0, attempts=max(1, counter[0]), model=model,
@@ -686,7 +775,8 @@ class JudgeClient:
         """
         model = self.model
         self._api_key()
-        client = self._sdk(max_retries=0, timeout=min(self.endpoint.timeout_s, _PREFLIGHT_TIMEOUT_S))
+        pre_timeout = min(self.endpoint.timeout_s, _PREFLIGHT_TIMEOUT_S)
+        client = self._sdk(max_retries=0, timeout=pre_timeout)
         await _ensure_closer(_loop_state())
         counter = [0]
         token = _ATTEMPTS.set(counter)
@@ -713,7 +803,7 @@ class JudgeClient:
                     hint=f"set judge.{self.role}.model to one of the served models",
                     role=self.role, endpoint=self.url, model=model, kind="not_found")
         except openai.OpenAIError as e:
-            raise self._translate(e, counter[0], time.perf_counter() - t0) from None
+            raise self._translate(e, counter[0], time.perf_counter() - t0, timeout_s=pre_timeout) from None
         finally:
             _ATTEMPTS.reset(token)
         learn_context(self.base_url, facts_from_models(entries, model), "/v1/models")
@@ -741,7 +831,8 @@ class JudgeClient:
     # -- errors --------------------------------------------------------------------------------
 
     def _translate(self, e: BaseException, attempts: int, latency: float, *, max_tokens: int | None = None,
-                   in_flight: int = 0, concurrency: int | None = None) -> JudgeCallError:
+                   in_flight: int = 0, concurrency: int | None = None,
+                   timeout_s: float | None = None) -> JudgeCallError:
         model = self.endpoint.model or "?"
         who = f"the {self.role} judge at {self.url} (model '{model}')"
         env = self.endpoint.api_key_env or "OPENAI_API_KEY"
@@ -751,9 +842,13 @@ class JudgeClient:
         tries = f"after {attempts} attempt(s)" if attempts else ""
         hint = None
         refused = _refused(e)
-        if isinstance(e, openai.APITimeoutError) and not refused:
+        timeout_s = self.endpoint.timeout_s if timeout_s is None else timeout_s
+        # The aiohttp transport reports a dropped connection as a timeout too: no attempt can have timed
+        # out when all of them together took less than one timeout.
+        dropped = isinstance(e, openai.APITimeoutError) and latency < 0.9 * timeout_s
+        if isinstance(e, openai.APITimeoutError) and not refused and not dropped:
             kind = "timeout"
-            msg, hint = self._timeout_text(who, tries, in_flight, concurrency)
+            msg, hint = self._timeout_text(who, tries, in_flight, concurrency, timeout_s)
         elif isinstance(e, openai.APIConnectionError):  # (APITimeoutError is one: a refused connect lands here)
             kind = "connection"
             msg = f"cannot connect to {who}: {_root_cause(e)} ({tries})" if tries else \
@@ -794,9 +889,10 @@ class JudgeClient:
                               endpoint=self.url, model=model, attempts=attempts, latency_s=latency,
                               status_code=status, kind=kind)
 
-    def _timeout_text(self, who: str, tries: str, in_flight: int, concurrency: int | None) -> tuple[str, str]:
+    def _timeout_text(self, who: str, tries: str, in_flight: int, concurrency: int | None,
+                      timeout_s: float | None = None) -> tuple[str, str]:
         """A timeout, told apart: queued behind other requests at the server, or a slow model."""
-        t = f"{self.endpoint.timeout_s:g}"
+        t = f"{self.endpoint.timeout_s if timeout_s is None else timeout_s:g}"
         others = max(0, in_flight - 1)
         slots = facts_for(self.base_url).slots
         role = self.role

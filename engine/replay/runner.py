@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal
 
+from engine import progress as judge_progress
 from engine.config import Config, build_config
 from engine.errors import ConfigError, StoreError, TemplateError, UserError
 from engine.replay.metrics import CriterionFlips, agreement_rate, auc, count_flips, mean
@@ -455,6 +456,9 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
         total_answers = sum(len(_pool(g)) for g in groups)
         replay_id = rs.create_replay(run_id, spec.name, settings, len(groups))
         prog = ReplayProgress(0, len(groups), 0, total_answers, 0, 0, 0, 0.0)
+        tracker = judge_progress.current()  # the shared request/group counters (``replay``'s progress bar)
+        if tracker is not None:
+            tracker.groups_total = len(groups)
         started = time.monotonic()
         versions = {r: t.sha256 for r, t in templates.items()}
         sem = asyncio.Semaphore(max(1, cfg.judge.concurrency))
@@ -494,6 +498,8 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
                 prog.done_groups += 1
                 prog.done_answers += len(_pool(group))
                 prog.failed_groups += gstatus == "failed"
+                if tracker is not None:
+                    tracker.group_finished(gstatus == "failed")
                 prog.judge_calls += stats["calls"] or len(calls)
                 prog.cached_calls += stats["cached"]
                 prog.elapsed_s = time.monotonic() - started

@@ -22,8 +22,16 @@ from engine.errors import UserError
 from engine.store import RunRecord, RunStore
 
 
+# how often an end that could not be written (full disk) is tried again
+RECORD_RETRY_S = float(os.environ.get("ROPD_MONITOR_RECORD_RETRY_S", "10"))
+EXIT_DISK_FULL = 28  # engine.runs.worker's exit code when the disk filled up
+
+
 def note(msg: str) -> None:
-    print(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+    except OSError:  # the log is on a full disk
+        pass
 
 
 def classify_exit(returncode: int, *, stop_requested: bool, oom: bool, tail: list[str]
@@ -42,8 +50,42 @@ def classify_exit(returncode: int, *, stop_requested: bool, oom: bool, tail: lis
                        f"a process of the run was killed by the OOM killer; exit code {code}"), code, sig
     if sig is not None and returncode < 0:
         return "killed", f"killed by {procinfo.signal_name(sig)}", None, sig
+    if returncode == EXIT_DISK_FULL:
+        return "failed", "the disk filled up" + (f": {last}" if last else ""), code, sig
     cause = f"exit code {code}" + (f": {last}" if last else "")
     return "failed", cause, code, sig
+
+
+def disk_full_cause(run: RunRecord, tail: list[str]) -> str | None:
+    """"the disk filled up: ..." when the log says so or the run folder's disk has no space left."""
+    from engine.files import disk_full_at, log_says_disk_full
+
+    line = log_says_disk_full(tail)
+    if line:
+        return f"the disk filled up: {line[:300]}"
+    if disk_full_at(run.run_dir):
+        return f"the disk filled up (no space left on the file system of {run.run_dir})"
+    return None
+
+
+def record_end_when_possible(store: RunStore, run_id: int, **end) -> None:
+    """:func:`record_end`, retried every RECORD_RETRY_S seconds while the store cannot be written (a
+    full disk): the end is recorded as soon as space is freed, never lost to a traceback."""
+    from engine.store import StoreReadOnlyError
+
+    told = False
+    while True:
+        try:
+            record_end(store, run_id, **end)
+            if told:
+                note("the end is recorded now")
+            return
+        except StoreReadOnlyError as err:
+            if not told:
+                note(f"cannot record the run's end yet ({err.message}); retrying every {RECORD_RETRY_S:g} s "
+                     "until space is freed")
+                told = True
+            time.sleep(RECORD_RETRY_S)
 
 
 def become_subreaper() -> bool:
@@ -72,10 +114,11 @@ def reap_adopted(main_child: int) -> None:
                 pass
 
 
-def _kill_leftovers(run: RunRecord, grace: float) -> int:
-    """SIGTERM, then SIGKILL, any process still in this session after the training command ended."""
+def _kill_leftovers(run: RunRecord, grace: float, sid: int | None = None) -> int:
+    """SIGTERM, then SIGKILL, any process still in the run's session (default: this one) after the
+    training command ended."""
     me = os.getpid()
-    sid = os.getsid(0)
+    sid = os.getsid(0) if sid is None else sid
 
     def left() -> list[int]:
         return [p.pid for p in procinfo.session_members(sid) if p.pid != me] + \
@@ -103,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", required=True)
     ap.add_argument("--run", required=True, type=int)
     ap.add_argument("--poll", type=float, default=float(os.environ.get("ROPD_MONITOR_POLL_S", "2.0")))
+    ap.add_argument("--adopt", action="store_true",
+                    help="watch the run's already running trainer (its monitor died) instead of starting one")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
+    if not command and not args.adopt:
         ap.error("no command to run after --")
 
     # Handlers (not SIG_IGN, which children would inherit): the monitor waits for the child.
@@ -121,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         note(f"monitor cannot open the run: {err}")
         return 2
+    if args.adopt:
+        return adopt(store, run, args.poll)
     me = os.getpid()
     become_subreaper()
     store.update_run(run.id, monitor_pid=me, monitor_start=procinfo.start_time(me), sid=os.getsid(0))
@@ -164,8 +211,51 @@ def main(argv: list[str] | None = None) -> int:
     run = store.get_run(run.id)
     tail = log_tail(run.log_path)
     status, cause, code, sig = classify_exit(rc, stop_requested=run.stop_requested, oom=oom and rc != 0, tail=tail)
+    if status == "failed":
+        cause = disk_full_cause(run, tail) or cause
     note(f"run ended: {status} ({cause})")
-    record_end(store, run.id, status=status, cause=cause, exit_code=code, exit_signal=sig, tail=tail)
+    record_end_when_possible(store, run.id, status=status, cause=cause, exit_code=code, exit_signal=sig, tail=tail)
+    store.close()
+    return 0
+
+
+def adopt(store: RunStore, run: RunRecord, poll: float) -> int:
+    """Watch a trainer whose monitor died (started by :meth:`Supervisor.refresh`): flag stalls while it
+    runs, then record its end. It is not our child, so its exit code cannot be observed: when the
+    trainer recorded its own end (engine.runs.worker always does, except when it is killed) that
+    end stands; otherwise the run is marked failed, saying the exit status is unknown."""
+    from engine.runs.supervisor import check_stall, log_tail
+
+    pid, start = run.pid, run.proc_start
+    note(f"adopted the trainer (pid {pid}): its monitor (pid {run.monitor_pid}) is gone")
+    oom_file = procinfo.cgroup_memory_events()
+    oom_before = procinfo.oom_kill_count(oom_file)
+    last_check = 0.0
+    while procinfo.is_alive(pid, start):
+        time.sleep(poll)
+        if time.monotonic() - last_check >= max(poll, 1.0):
+            last_check = time.monotonic()
+            try:
+                check_stall(store, store.get_run(run.id))
+            except Exception as err:  # noqa: BLE001 - never let bookkeeping kill the watch
+                note(f"stall check failed: {err}")
+    run = store.get_run(run.id)
+    if run.sid:
+        _kill_leftovers(run, 0.0 if run.stop_requested else 5.0, sid=run.sid)
+    tail = log_tail(run.log_path)
+    oom_after = procinfo.oom_kill_count(oom_file)
+    if run.stop_requested:
+        status, cause = "stopped", "stopped by user"
+    elif oom_before is not None and oom_after is not None and oom_after > oom_before:
+        status, cause = "oom", "killed by the OOM killer (out of memory) while its monitor was gone"
+    else:
+        status = "failed"
+        cause = (f"the trainer (pid {pid}) ended without recording its end while its monitor was gone, so its "
+                 "exit status is unknown (killed?)" + (f"; last log line: {tail[-1][:300]}" if tail else ""))
+    if status == "failed":
+        cause = disk_full_cause(run, tail) or cause
+    note(f"adopted run ended: {status if run.active else run.status}")
+    record_end_when_possible(store, run.id, status=status, cause=cause, exit_code=None, exit_signal=None, tail=tail)
     store.close()
     return 0
 

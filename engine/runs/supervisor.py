@@ -21,11 +21,13 @@ trainer continues from the latest checkpoint in ``<run dir>/checkpoints``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -34,7 +36,7 @@ from engine.runs import procinfo
 from engine.runs.entrypoint import OUR_PACKAGES, is_entrypoint_argv, module_argv
 from engine.config import SupervisorConfig
 from engine.errors import StoreError
-from engine.store import ACTIVE_STATUSES, RunRecord, RunStore
+from engine.store import ACTIVE_STATUSES, RunRecord, RunStore, StoreReadOnlyError
 from engine.store.scrub import is_secret_name
 
 RESUME_FLAG = "--resume"
@@ -114,9 +116,12 @@ def check_stall(store: RunStore, run: RunRecord, now: float | None = None) -> Ru
         idle, limit = now - run.last_step_at, cfg.stall_between_steps_s
         cause = f"no new step for {limit:.0f} s since step {run.last_step}"
     if limit > 0 and idle > limit:
-        if store.transition(run.id, ("running",), status="stalled", cause=cause):
-            store.add_event(run.id, "stalled", cause, step=run.last_step,
-                            data={"idle_s": round(idle, 1), "limit_s": limit})
+        try:
+            if store.transition(run.id, ("running",), status="stalled", cause=cause):
+                store.add_event(run.id, "stalled", cause, step=run.last_step,
+                                data={"idle_s": round(idle, 1), "limit_s": limit})
+        except StoreReadOnlyError:  # a full disk or a read-only store: say it, record it later
+            return dataclasses.replace(run, status="stalled", cause=cause)
         return store.get_run(run.id)
     return run
 
@@ -244,26 +249,68 @@ class Supervisor:
         if not run.active or not self._local(run):
             return run
         self._reap()
-        if procinfo.is_alive(run.monitor_pid, run.monitor_start) or procinfo.is_alive(run.pid, run.proc_start):
+        if procinfo.is_alive(run.monitor_pid, run.monitor_start):
             return check_stall(self.store, run)
+        if procinfo.is_alive(run.pid, run.proc_start):
+            return check_stall(self.store, self._adopt(run))  # the trainer runs on, unwatched: watch it
         if run.status == "starting" and run.monitor_pid is None and time.time() - (run.started_at or 0) < STARTING_GRACE_S:
             return run  # being launched right now
-        self._record_lost(run)
+        return self._record_lost(run)
+
+    def _adopt(self, run: RunRecord) -> RunRecord:
+        """The run's monitor died (SIGKILL, OOM) while its trainer keeps going: start a monitor that
+        adopts the trainer (pid + start time), so its end is still recorded, and record an event.
+        Whichever reader (status, runs, the TUI, train) notices first does it, once."""
+        try:
+            with self.store.write_transaction():
+                cur = self.store.get_run(run.id)
+                if cur.monitor_pid != run.monitor_pid or cur.monitor_start != run.monitor_start:
+                    return cur  # another reader adopted it a moment ago
+                with open(cur.log_path, "ab") as log:
+                    log.write(f"[ropd-tui] {time.strftime('%Y-%m-%d %H:%M:%S')} the run monitor (pid "
+                              f"{cur.monitor_pid}) is gone; adopting the trainer (pid {cur.pid})\n".encode())
+                    log.flush()
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "engine.runs.monitor", "--store", str(self.store.path),
+                         "--run", str(cur.id), "--adopt"], stdin=subprocess.DEVNULL, stdout=log,
+                        stderr=subprocess.STDOUT, cwd=cur.cwd or None, start_new_session=True, close_fds=True)
+                self._children[proc.pid] = proc
+                self.store.update_run(cur.id, monitor_pid=proc.pid, monitor_start=procinfo.start_time(proc.pid))
+                msg = (f"the run monitor (pid {cur.monitor_pid}) died while the trainer (pid {cur.pid}) kept "
+                       f"running; a new monitor (pid {proc.pid}) adopted it")
+                self.store.add_event(cur.id, "monitor_lost", msg, step=cur.last_step,
+                                     data={"old_monitor_pid": cur.monitor_pid, "monitor_pid": proc.pid})
+        except StoreReadOnlyError:
+            return dataclasses.replace(run, cause="unsupervised: its monitor died (the store is read-only or full, "
+                                                  "so no new monitor could take over)")
+        except OSError as err:
+            return dataclasses.replace(run, cause=f"unsupervised: its monitor died and no new one could start ({err})")
         return self.store.get_run(run.id)
 
-    def _record_lost(self, run: RunRecord) -> None:
+    def _record_lost(self, run: RunRecord) -> RunRecord:
         tail = log_tail(run.log_path)
         if run.stop_requested:
             status, cause = "stopped", "stopped by user"
         else:
+            from engine.files import log_says_disk_full
+
             status = "failed"
-            cause = (f"lost: the run's monitor (pid {run.monitor_pid}) ended without recording an exit "
-                     "(killed, or the machine restarted)")
-            if tail:
-                cause += f"; last log line: {tail[-1][:300]}"
-        if self.store.transition(run.id, ACTIVE_STATUSES, status=status, cause=cause, ended_at=time.time(),
-                                 stderr_tail="\n".join(tail) or None):
-            self.store.add_event(run.id, status, cause, step=run.last_step)
+            full = log_says_disk_full(tail)
+            if full:  # the end could not be written while the disk was full; the log still says why
+                cause = (f"the disk filled up (the end was never recorded; from the log: {full[:300]})")
+            else:
+                cause = (f"lost: the run's monitor (pid {run.monitor_pid}) ended without recording an exit "
+                         "(killed, or the machine restarted)")
+                if tail:
+                    cause += f"; last log line: {tail[-1][:300]}"
+        ended = time.time()
+        try:
+            if self.store.transition(run.id, ACTIVE_STATUSES, status=status, cause=cause, ended_at=ended,
+                                     stderr_tail="\n".join(tail) or None):
+                self.store.add_event(run.id, status, cause, step=run.last_step)
+        except StoreReadOnlyError:  # a full disk or a read-only store: report it now, record it on a later read
+            return dataclasses.replace(run, status=status, cause=cause, ended_at=ended, stderr_tail="\n".join(tail) or None)
+        return self.store.get_run(run.id)
 
     def refresh_all(self) -> list[RunRecord]:
         """Refresh every active run of this host; returns all runs."""

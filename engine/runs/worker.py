@@ -11,7 +11,8 @@ changed the weights yet (or finished when it is already in its optimizer step), 
 step is checkpointed, the run is marked ``stopped`` and the worker exits with :data:`EXIT_STOPPED`.
 
 Exit codes: 0 finished; 1 crashed (traceback in the run log); 2 bad input (config, model, teacher
-index, template); 3 judge unreachable; 4 scoring failure rate over the threshold; 143 stopped.
+index, template); 3 judge unreachable; 4 scoring failure rate over the threshold; 28 the disk filled
+up (one line in the log, no traceback); 143 stopped.
 """
 
 from __future__ import annotations
@@ -26,14 +27,42 @@ from typing import Any
 from engine.errors import UserError
 
 EXIT_OK, EXIT_CRASHED, EXIT_STOPPED = 0, 1, 143
+EXIT_DISK_FULL = 28  # ENOSPC: the run stopped because its disk filled up (the monitor says so)
 
 
 def _log(msg: str) -> None:
-    print(msg, flush=True)
+    try:
+        print(msg, flush=True)
+    except OSError:  # the log is on a full disk: nothing more to say there
+        pass
 
 
 def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    try:
+        print(msg, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _disk_full(err: BaseException, run: Any) -> bool:
+    """The error came from a full disk: said so (ENOSPC, SQLite's "disk is full"), or the run folder's
+    file system has no space left (PyTorch only says "file write failed")."""
+    from engine.files import disk_full_at, is_disk_full
+
+    if is_disk_full(err):
+        return True
+    try:
+        return disk_full_at(run.run_dir)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _disk_full_end(store, run, err: BaseException) -> int:
+    cause = f"the disk filled up: {str(err).splitlines()[0][:300] if str(err) else type(err).__name__}"
+    _err(f"error: {cause} (free space on the file system of {run.run_dir}, then resume the run)")
+    _finish(store, run.id, status="failed", exit_code=EXIT_DISK_FULL, cause=cause)  # best effort: the disk is full
+    _event(store, run.id, "failed", cause)
+    return EXIT_DISK_FULL
 
 
 _LIVE = ("created", "starting", "running", "stalled")
@@ -101,6 +130,8 @@ def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int
         return _stopped(store, run, None)
     except UserError as err:
         stop.close()
+        if _disk_full(err, run):
+            return _disk_full_end(store, run, err)
         _err(f"error: {err}")
         _finish(store, run.id, status="failed", exit_code=err.exit_code, cause=err.message)
         _event(store, run.id, "failed", err.message)
@@ -112,6 +143,8 @@ def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int
         return EXIT_CRASHED
     except Exception as err:  # a bug or an environment problem: keep the traceback in the run log
         stop.close()
+        if _disk_full(err, run):
+            return _disk_full_end(store, run, err)
         _err(traceback.format_exc())
         cause = f"{type(err).__name__}: {err}"
         _finish(store, run.id, status="failed", exit_code=EXIT_CRASHED, cause=cause[:500])

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import hashlib
 import inspect
 import logging
@@ -43,6 +44,7 @@ import random
 import time
 from typing import Any, Sequence
 
+from engine import progress
 from engine.config import Config
 from engine.errors import TeacherIndexError, UserError
 from engine.judging.factory import make_judge
@@ -121,7 +123,8 @@ def run_sync(make_coro):
     except RuntimeError:
         return asyncio.run(main())
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ropd-scorer") as ex:
-        return ex.submit(asyncio.run, main()).result()
+        # the caller's context (its progress tracker) goes with the coroutine into the helper thread
+        return ex.submit(contextvars.copy_context().run, asyncio.run, main()).result()
 
 
 class _StageFailure(Exception):
@@ -243,6 +246,9 @@ class Scorer:
                 answer.correct = _check_answer(text, group.ground_truth)
         res.template_versions = {c.role: c.template_sha for c in res.calls if c.template_sha}
         res.wall_s = time.perf_counter() - t0
+        prog = progress.current()
+        if prog is not None:
+            prog.group_finished(res.status == "failed")
         return res
 
     def _fail(self, res: GroupResult, stage: str, cause: str, calls: list[JudgeCall]) -> None:

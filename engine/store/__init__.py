@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine.store.db import StoreReadOnlyError
 from engine.store.queries import ACCURACY_KEYS, CURSOR_TABLES, REWARD_KEYS
 from engine.store.runstore import ACTIVE_STATUSES, STATUSES, TERMINAL_STATUSES, RunRecord, RunStore
 from engine.store.schema import MIGRATIONS, schema_version
@@ -13,6 +14,7 @@ from engine.store.step_writer import DERIVED_KEYS
 __all__ = [
     "RunStore", "RunRecord", "STATUSES", "ACTIVE_STATUSES", "TERMINAL_STATUSES", "REWARD_KEYS", "ACCURACY_KEYS",
     "DERIVED_KEYS", "CURSOR_TABLES", "MIGRATIONS", "schema_version", "resolve_store_path", "open_store",
+    "StoreReadOnlyError",
 ]
 
 

@@ -9,6 +9,7 @@ lock up front and waits for it through the busy handler instead of failing on up
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -21,6 +22,38 @@ from engine.store.schema import MIGRATIONS, schema_version
 
 BUSY_TIMEOUT_MS = 10_000
 LOCK_GIVE_UP_S = 300.0  # a write waits this long for another process's lock before failing clearly
+
+
+class StoreReadOnlyError(StoreError):
+    """A write to a store that is read-only (file system, permissions) or on a full disk."""
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the store's file system has (almost) no space left: SQLite then fails to open a WAL
+    store with "disk I/O error" (it cannot create the shared-memory file)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(path.parent).free < 1024 * 1024
+    except OSError:
+        return False
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def store_write_error(path: Path, err: sqlite3.OperationalError) -> Exception:
+    """A full disk or a read-only store as a StoreReadOnlyError with the right hint; else ``err`` itself."""
+    msg = str(err).lower()
+    if "disk is full" in msg or "no space" in msg:
+        return StoreReadOnlyError(f"the run store {path} cannot be written: the disk is full ({err})",
+                                  hint=f"free space on the file system of {path.parent} (df -h), then retry; "
+                                       "reading commands (runs, status, logs, metrics, export) still work")
+    if "readonly" in msg or "read-only" in msg:
+        return StoreReadOnlyError(f"the run store {path} cannot be written: it is read-only ({err})",
+                                  hint="run the command where the store is writable")
+    return err
 
 
 def _is_busy(err: sqlite3.OperationalError) -> bool:
@@ -49,13 +82,48 @@ class Connection:
         self.lock = threading.RLock()
         self.local_writes = 0  # PRAGMA data_version ignores this connection's own commits
         self._depth = 0
+        self.read_only: str | bool = False  # why, when the store could only be opened for reading
         try:
             self._configure()
             self._migrate()
         except sqlite3.DatabaseError as err:
             self.conn.close()
+            full = "disk is full" in str(err).lower() or _disk_full(self.path)
+            if self.path.exists() and (full or not _writable(self.path)):
+                self._open_read_only(err, "the disk is full" if full else "it is read-only")
+                return
             raise StoreError(f"{self.path} is not a usable run store: {err}",
                              hint="pass --store with the path of a ropd.db file") from None
+
+    def _open_read_only(self, first: sqlite3.DatabaseError, why: str) -> None:
+        """A store on a read-only file system (or without write permission): open it for reading, so
+        ``runs``, ``status``, ``logs``, ``metrics`` and ``export`` still work; writes raise StoreError.
+        Without a ``-shm`` file SQLite cannot share a WAL store read-only; ``immutable`` reads it as a
+        plain file then (nobody can write a read-only or full file system; what only a ``-wal`` file
+        holds, from a writer that never closed the store, is not seen)."""
+        from urllib.parse import quote
+
+        uri = f"file:{quote(str(self.path.absolute()))}"
+        last: sqlite3.DatabaseError = first
+        for opts in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(uri + opts, uri=True, isolation_level=None, check_same_thread=False,
+                                       timeout=BUSY_TIMEOUT_MS / 1000)
+                conn.row_factory = sqlite3.Row
+                current = conn.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.DatabaseError as err:
+                last = err
+                continue
+            if current != schema_version():
+                conn.close()
+                raise StoreError(f"the run store {self.path} is read-only and has schema version {current} "
+                                 f"(this ropd-tui needs {schema_version()})",
+                                 hint="open it once where it is writable, or use the ropd-tui version that wrote it")
+            self.conn = conn
+            self.read_only = why
+            return
+        raise StoreError(f"{self.path} is not a usable run store: {last}",
+                         hint="pass --store with the path of a ropd.db file") from None
 
     # -- setup -------------------------------------------------------------------------------------
     def _configure(self) -> None:
@@ -119,21 +187,36 @@ class Connection:
                 finally:
                     self._depth -= 1
                 return
-            self._retry(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+            if self.read_only:
+                full = "full" in str(self.read_only)
+                raise StoreReadOnlyError(
+                    f"the run store {self.path} was opened for reading only ({self.read_only}): this command needs "
+                    "to write to it",
+                    hint=(f"free space on the file system of {self.path.parent} (df -h), then retry" if full else
+                          "run the command where the store is writable") +
+                    "; reading commands (runs, status, logs, metrics, export) still work")
+            try:
+                self._retry(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+            except sqlite3.OperationalError as err:
+                raise store_write_error(self.path, err) from None
             self._depth = 1
             try:
                 yield self.conn
-            except BaseException:
+            except BaseException as err:
                 self._depth = 0
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
+                if isinstance(err, sqlite3.OperationalError):
+                    raise store_write_error(self.path, err) from None
                 raise
             self._depth = 0
             try:
                 self._retry(lambda: self.conn.execute("COMMIT"))
-            except BaseException:
+            except BaseException as err:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
+                if isinstance(err, sqlite3.OperationalError):
+                    raise store_write_error(self.path, err) from None
                 raise
             self.local_writes += 1
 

@@ -101,6 +101,14 @@ class RunRecord:
         return d
 
 
+def check_run_name(name: str, what: str = "run name") -> str:
+    """``name`` when it can name a run (its folder, its CLI argument); StoreError saying what is allowed."""
+    if not _NAME_RE.match(name or ""):
+        raise StoreError(f"invalid {what} {name!r}",
+                         hint="use letters, digits, '.', '_' or '-' (at most 100 characters), starting with a letter or digit")
+    return name
+
+
 class RunStore:
     """Open (creating and migrating if needed) the store at ``path``.
 
@@ -172,9 +180,7 @@ class RunStore:
     def create_run(self, name: str, backend: str, config: Mapping[str, Any], argv: Sequence[str] | None = None,
                    *, cwd: str | None = None, env: Mapping[str, str] | None = None) -> RunRecord:
         """Register a new run (status ``created``) and write its folder and config snapshot."""
-        if not _NAME_RE.match(name or ""):
-            raise StoreError(f"invalid run name {name!r}",
-                             hint="use letters, digits, '.', '_' or '-' (at most 100 characters), starting with a letter or digit")
+        check_run_name(name)
         safe_config = scrub(to_jsonable(dict(config)))
         now = time.time()
         with self._db.write() as c:

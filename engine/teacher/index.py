@@ -183,6 +183,9 @@ def parse_index_bytes(raw: bytes, source: str) -> tuple[dict[str, dict[str, Any]
     """Rows by key from index file contents; a partial last line (crash) is skipped with a warning."""
     rows: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
+    if b"\0" in raw[:65536]:  # no JSONL text holds a NUL byte: this is not an index, whatever its name
+        raise TeacherIndexError(f"{source} is not a teacher index: it holds binary data (NUL bytes)",
+                                hint="point teacher.index at a JSONL index (build one with ropd-tui --headless index build)")
     lines = raw.split(b"\n")
     complete_file = raw.endswith(b"\n") or not raw
     for lineno, line in enumerate(lines, 1):
@@ -192,9 +195,15 @@ def parse_index_bytes(raw: bytes, source: str) -> tuple[dict[str, dict[str, Any]
         try:
             row = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if is_tail:
+            # Only a cut-off JSON object looks like an interrupted append; anything else is not an index row.
+            cut_mid_char = isinstance(e, UnicodeDecodeError) and e.reason == "unexpected end of data"
+            if is_tail and line.lstrip().startswith(b"{") and (cut_mid_char or not isinstance(e, UnicodeDecodeError)):
                 warnings.append(f"{source}: line {lineno} is incomplete (interrupted write?); ignoring it")
                 continue
+            if isinstance(e, UnicodeDecodeError):
+                raise TeacherIndexError(f"{source}: line {lineno} is not UTF-8 text (byte 0x{line[e.start:e.start + 1].hex()} "
+                                        f"at column {e.start + 1}): not a teacher index?",
+                                        hint="point teacher.index at a JSONL index (ropd-tui --headless index build)") from None
             raise TeacherIndexError(f"{source}: line {lineno} is not valid JSON ({e})",
                                     hint="fix or delete that line; the builder will regenerate missing prompts") from None
         problem = _row_problem(row)

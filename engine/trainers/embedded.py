@@ -309,6 +309,35 @@ def latest_checkpoint(run: Any) -> Path | None:
     return max(found)[1] if found else None
 
 
+def discard_incomplete_checkpoints(run: Any) -> list[tuple[str, int]]:
+    """Remove what an interrupted save left in the checkpoints folder: ``checkpoint-N`` folders without
+    ``trainer_state.json`` (the Trainer writes it last) and stray temporary files. Returns (name,
+    bytes) of each. Left in place they would hold disk space for good, and the Trainer's rotation
+    counts them as checkpoints (keeping a broken one, deleting a good one)."""
+    import shutil
+
+    root = checkpoint_dir(run)
+    if not root.is_dir():
+        return []
+    gone = []
+    for p in sorted(root.iterdir()):
+        incomplete = (p.is_dir() and _CKPT_RE.match(p.name) and not (p / "trainer_state.json").is_file()) or \
+            p.name.startswith("tmp-checkpoint-") or p.suffix in (".tmp", ".part")
+        if not incomplete:
+            continue
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        except OSError:
+            continue
+        gone.append((p.name, size))
+    return gone
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
 # ---------------------------------------------------------------------------------------------
 # the trainer
 
@@ -433,6 +462,7 @@ class EmbeddedRun:
         self.trainer = None
         self.last_written_step = 0
         self.last_saved_step = 0
+        self._progress_writer = None  # judge progress -> <run dir>/progress.json (for `train`)
 
     # -- setup --------------------------------------------------------------------------------------
     def _setup_torch(self) -> None:
@@ -528,6 +558,25 @@ class EmbeddedRun:
 
         return ropd_rubric_reward
 
+    def _score_tracked(self, groups: list[GroupInput]):
+        """Score the step's groups with judge progress counted and written to the run folder
+        (``progress.json``, read by ``ropd-tui --headless train``)."""
+        from engine.progress import PROGRESS_FILE, JudgeProgress, SnapshotWriter, tracking
+
+        run_dir = getattr(self.run, "run_dir", None)
+        if self._progress_writer is None and run_dir is not None:
+            self._progress_writer = SnapshotWriter(Path(run_dir) / PROGRESS_FILE)
+        prog = JudgeProgress(f"step {self._current_step()} judging", len(groups))
+        if self._progress_writer is not None:
+            self._progress_writer.watch(prog)
+        try:
+            with tracking(prog):
+                return self.scorer.score_batch_sync(groups)
+        finally:
+            prog.finish()
+            if self._progress_writer is not None:
+                self._progress_writer.watch(prog)
+
     def _score(self, completions: list[Any], uids: list[str] | None) -> list[float | None]:
         from engine.tasks import check_answer
 
@@ -550,7 +599,7 @@ class EmbeddedRun:
         if self.templates is not None:
             self.templates.step = self._current_step()
         t0 = time.perf_counter()
-        batch = self.scorer.score_batch_sync(groups)
+        batch = self._score_tracked(groups)
         self.record.timing["score"] += time.perf_counter() - t0
         rewards = row_rewards(batch, n)
         self.record.batch = batch
@@ -733,9 +782,18 @@ class EmbeddedRun:
         model, tok = load_model_and_tokenizer(model_dir)
         ckpt_root = checkpoint_dir(self.run)
         ckpt_root.mkdir(parents=True, exist_ok=True)
+        discarded = discard_incomplete_checkpoints(self.run)
+        if discarded:
+            what = ", ".join(f"{name} ({_mb(size)})" for name, size in discarded)
+            msg = f"discarded incomplete checkpoint(s) left by an interrupted save: {what}"
+            self.log(msg)
+            self.store.add_event(self.run.id, "checkpoint_discarded", msg,
+                                 data={"discarded": [name for name, _ in discarded]})
         resume_from = latest_checkpoint(self.run) if self.resume else None
         if self.resume and resume_from is None:
-            self.log("no checkpoint to resume from: starting from step 1")
+            self.log("no complete checkpoint to resume from" +
+                     (f" (the incomplete {', '.join(n for n, _ in discarded)} was discarded)" if discarded else "")
+                     + ": starting from step 1")
         cls = _make_trainer_class()
         cls.ropd = self
         self.trainer = cls(model=model, reward_funcs=[self.reward_fn()], args=self._grpo_args(ckpt_root),

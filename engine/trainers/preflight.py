@@ -37,7 +37,7 @@ def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool =
     notes.append(_check_judge(cfg, env))
     if live and cfg.judge_is_llm(env):
         notes.append(_check_judge_live(cfg))
-    notes += _check_templates(cfg)
+    notes += check_templates(cfg)
     if cfg.run.backend == "embedded":
         notes += _check_task_and_index(cfg)
     return notes
@@ -111,7 +111,8 @@ def _check_judge_live(cfg: Config) -> str:
     return "judge reachable: " + ", ".join(f"{c.get('model')} @ {c.get('url')}{limits(c)}" for c in checked)
 
 
-def _check_templates(cfg: Config) -> list[str]:
+def check_templates(cfg: Config) -> list[str]:
+    """Load every template the configured reward mode uses (ConfigError / TemplateError, exit 2)."""
     from engine.templates.render import Template, resolve_template_path
 
     roles = ["scalar_judge"] if cfg.scorer.reward_mode == "scalar_judge" else ["rubricator", "verifier"]

@@ -53,10 +53,10 @@ def one_line(text: str | None, width: int = 60) -> str:
 
 def report_launched(args: argparse.Namespace, rec, what: str) -> None:
     """Print a (re)launched run: JSON for scripts, one line for people (``what``: "resumed run X ...")."""
-    from ._output import print_json
+    from ._output import echo, print_json
 
     if args.json:
         print_json({"id": rec.id, "name": rec.name, "status": rec.status, "monitor_pid": rec.monitor_pid,
                     "attempt": rec.attempt, "log": str(rec.log_path)})
     else:
-        print(f"{what} (monitor pid {rec.monitor_pid}); log: {rec.log_path}")
+        echo(f"{what} (monitor pid {rec.monitor_pid}); log: {rec.log_path}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._output import add_json_flag, print_json
+from ._output import add_json_flag, echo, print_json
 from ._runs_common import add_run_arg, open_store
 
 
@@ -32,5 +32,5 @@ def handler(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"id": rec.id, "name": rec.name, "deleted": True})
     else:
-        print(f"deleted run {rec.name} and {rec.run_dir}")
+        echo(f"deleted run {rec.name} and {rec.run_dir}")
     return 0

@@ -1,13 +1,16 @@
-"""``ropd-tui --headless export RUN --format csv|jsonl --what metrics|answers|verdicts [--out FILE]``."""
+"""``ropd-tui --headless export RUN --format csv|jsonl --what metrics|answers|verdicts [--out FILE]``.
+
+JSONL is exact (terminal control characters in texts are JSON-escaped, which decodes to the same
+string). CSV written to a file or a pipe is exact; CSV shown on a terminal has its control characters
+replaced by visible escapes (``\x1b``), so model output cannot drive the terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, Iterator
 
 METRIC_FIELDS = ["step", "key", "value", "wall_time"]
@@ -64,27 +67,52 @@ def handler(args: argparse.Namespace) -> int:
         else:
             rows, fields = _verdict_rows(store, rec.id, args.attempt), VERDICT_FIELDS
         if args.out:
-            out_path = Path(args.out)
+            from engine.errors import UserError
+            from engine.files import check_output_file, os_error_hint
+
+            out_path = check_output_file(args.out, "--out")
             tmp = out_path.with_name(out_path.name + ".part")
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
-                n = _write(rows, fields, args.format, f)
-            os.replace(tmp, out_path)
-            print(f"exported {n} {args.what} rows of run {rec.name} to {out_path}", file=sys.stderr)
+            try:
+                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                    n = _write(rows, fields, args.format, f)
+                os.replace(tmp, out_path)
+            except OSError as err:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+                raise UserError(f"could not write {out_path}: {err.strerror or err}",
+                                hint=os_error_hint(err, out_path.parent)) from None
+            from ._output import warn
+
+            warn(f"exported {n} {args.what} rows of run {rec.name} to {out_path}")
         else:
-            _write(rows, fields, args.format, sys.stdout)
+            _write(rows, fields, args.format, sys.stdout, on_terminal=_isatty(sys.stdout))
     return 0
 
 
-def _write(rows, fields, fmt: str, f) -> int:
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _write(rows, fields, fmt: str, f, *, on_terminal: bool = False) -> int:
+    from ._output import json_text, term_safe
+
     n = 0
     if fmt == "csv":
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", **({"lineterminator": "\n"} if on_terminal else {}))
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+            row = {k: ("" if v is None else v) for k, v in r.items()}
+            if on_terminal:
+                row = {k: term_safe(v) if isinstance(v, str) else v for k, v in row.items()}
+            w.writerow(row)
             n += 1
     else:
         for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            f.write(json_text(r) + "\n")
             n += 1
     return n

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ._output import echo, warn
 
 
 def _teacher_default(name: str):
@@ -61,12 +62,12 @@ def build_handler(args: argparse.Namespace) -> int:
     if not ep.model:
         raise ConfigError("no teacher model given",
                           hint="pass --teacher-model MODEL (or set ROPD_TEACHER_MODEL / judge.teacher.model)")
-    print(f"building teacher index {args.out} from {args.prompts}: {args.answers} answers per prompt from "
-          f"{ep.model or '?'}", file=sys.stderr)
+    warn(f"building teacher index {args.out} from {args.prompts}: {args.answers} answers per prompt from "
+         f"{ep.model or '?'}")
     summary = build_index(args.prompts, args.out, ep, args.answers, judge_cfg=cfg.judge,
                           concurrency=args.concurrency, progress=not args.quiet)
     for line in summary.lines():
-        print(line)
+        echo(line)
     return 1 if summary.failed else 0
 
 
@@ -77,10 +78,10 @@ def show_handler(args: argparse.Namespace) -> int:
 
     idx = TeacherIndex.load(args.path)
     counts = Counter(len(r["answers"]) for r in idx.rows.values())
-    print(f"{args.path}: {len(idx)} prompts")
-    print("  answers per prompt: " + ", ".join(f"{k}: {v} prompts" for k, v in sorted(counts.items())))
-    print(f"  settings: {idx.settings}")
+    echo(f"{args.path}: {len(idx)} prompts")
+    echo("  answers per prompt: " + ", ".join(f"{k}: {v} prompts" for k, v in sorted(counts.items())))
+    echo(f"  settings: {idx.settings}")
     identical = identical_answers_warning(idx.identical_answer_rows(), len(idx), args.path)
     for w in idx.warnings + ([identical] if identical else []):
-        print(f"  warning: {w}")
+        echo(f"  warning: {w}")
     return 0

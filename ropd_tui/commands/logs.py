@@ -1,40 +1,48 @@
-"""``ropd-tui --headless logs RUN [-f]``: print (and follow) a run's log."""
+"""``ropd-tui --headless logs RUN [-f] [--raw]``: print (and follow) a run's log.
+
+Control characters in the log (a model's output can hold ``\\x1b]0;...`` or ``\\x1b[2J``) are shown as
+visible escapes so they cannot drive the terminal; ``--raw`` prints the bytes as written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from ._output import term_safe, warn
 from ._runs_common import add_run_arg, open_store
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("logs", help="print a run's log (stdout and stderr of the trainer)",
                               description="Print the run's log file. With -f, keep printing new lines until the run "
-                              "ends (Ctrl-C stops following; the run keeps going).")
+                              "ends (Ctrl-C stops following; the run keeps going). Terminal control characters are "
+                              "shown as escapes (\\x1b ...) unless --raw.")
     add_run_arg(p)
     p.add_argument("-f", "--follow", action="store_true", help="follow the log until the run ends")
     p.add_argument("-n", "--lines", type=int, help="start with only the last N lines")
+    p.add_argument("--raw", action="store_true", help="print the log exactly as written (control characters included)")
     p.set_defaults(func=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
     from engine.runs.supervisor import Supervisor
 
+    show = (lambda line: line) if args.raw else (lambda line: term_safe(line))
     with open_store(args) as store:
         rec = store.get_run(args.run)
         if not rec.log_path.exists() and not args.follow:
-            print(f"run {rec.name} has no log yet ({rec.log_path})", file=sys.stderr)
+            warn(f"run {rec.name} has no log yet ({rec.log_path})")
             return 0
+        out = sys.stdout
         if args.lines is not None and rec.log_path.exists():
             for line in _last_lines(rec.log_path, args.lines):
-                print(line)
+                out.write(show(line) + "\n")
             lines = Supervisor(store).follow_log(rec, from_start=False, follow=args.follow)
         else:
             lines = Supervisor(store).follow_log(rec, from_start=True, follow=args.follow)
-        out = sys.stdout
         for line in lines:
-            out.write(line + "\n")
+            out.write(show(line) + "\n")
             if args.follow:
                 out.flush()
     return 0

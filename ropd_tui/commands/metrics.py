@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._output import add_json_flag, print_json, print_table
+from ._output import add_json_flag, echo, print_json, print_table
 from ._runs_common import add_run_arg, open_store
 
 DEFAULT_KEYS = ("reward/mean", "teacher_score/mean", "accuracy", "val/accuracy", "loss", "score/student_reward_mean",
@@ -55,7 +55,7 @@ def handler(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     if not rows:
-        print(f"run {rec.name} has no metrics yet")
+        echo(f"run {rec.name} has no metrics yet")
         return 0
     print_table(["STEP", *keys], [[r["step"], *[r[k] for k in keys]] for r in rows])
     return 0

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from ._output import add_json_flag, print_json, print_table
+from ._output import add_json_flag, echo, print_json, print_table
 
 
 def register(subparsers) -> None:
@@ -43,40 +43,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=handler)
 
 
-class ProgressBar:
-    """A plain progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise."""
-
-    def __init__(self, stream=None, width: int = 30):
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_decile = -1
-        self._last_draw = 0.0
-
-    def __call__(self, p: Any) -> None:
-        frac = p.fraction
-        line = (f"[{'#' * int(frac * self.width):<{self.width}}] {p.done_answers}/{p.total_answers} answers"
-                f"  {p.done_groups}/{p.total_groups} groups  {p.failed_groups} failed"
-                f"  cached {p.cached_calls}/{p.judge_calls} calls  {p.elapsed_s:.1f}s")
-        if self.tty:
-            now = time.monotonic()
-            if now - self._last_draw >= 0.1 or p.done_groups == p.total_groups:
-                self.stream.write("\r" + line)
-                self.stream.flush()
-                self._last_draw = now
-        else:
-            decile = int(frac * 10)
-            if decile != self._last_decile:
-                self._last_decile = decile
-                self.stream.write(line + "\n")
-                self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _fmt(v: Any, signed: bool = False) -> str:
     if v is None:
         return "-"
@@ -91,7 +57,7 @@ def print_report(report: Any, top: int = 10, file=None) -> None:
     st = report.stats or {}
     settings = report.settings or {}
     tpl = ", ".join(f"{r}={v.get('sha256', '')[:12]}" for r, v in (settings.get("templates") or {}).items())
-    print(f"replay {report.replay_id} of run {report.run_name!r}: {report.status}"
+    echo(f"replay {report.replay_id} of run {report.run_name!r}: {report.status}"
           f"  (judge {settings.get('judge')}, rubric {settings.get('rubric_mode')}, templates {tpl})", file=out)
     if report.status == "failed" and report.cause:
         print(f"  {_clip(report.cause, 600)}", file=out)
@@ -110,19 +76,19 @@ def print_report(report: Any, top: int = 10, file=None) -> None:
     print_table(["summary", "value"], rows, file=out)
     crits = report.criterion_flips(only_changed=True)[:top]
     if crits:
-        print(file=out)
+        echo(file=out)
         print_table(["step", "group", "criterion", "pts", "T->F", "F->T", "agree"],
                     [(g.step, g.group_index, _clip(f"{c.criterion_id}: {c.text}", 60), c.points, c.true_to_false,
                       c.false_to_true, _fmt(c.agreement)) for g, c in crits], file=out)
     moved = sorted((a for a in report.answers if a.shift), key=lambda a: -abs(a.shift))[:top]
     if moved:
-        print(file=out)
+        echo(file=out)
         print_table(["step", "group", "answer", "correct", "old", "new", "shift"],
                     [(a.step, a.group_index, f"{a.kind[0]}{a.index}", "-" if a.correct is None else a.correct,
                       _fmt(a.old_reward), _fmt(a.new_reward), _fmt(a.shift, signed=True)) for a in moved], file=out)
     failed = [g for g in report.groups if g.status == "failed"]
     for g in failed[:top]:
-        print(f"failed: step {g.step} group {g.group_index} ({g.failure_stage}): {_clip(g.failure_cause or '', 200)}",
+        echo(f"failed: step {g.step} group {g.group_index} ({g.failure_stage}): {_clip(g.failure_cause or '', 200)}",
               file=out)
 
 
@@ -137,9 +103,12 @@ def handler(args: argparse.Namespace) -> int:
     import threading
 
     from engine.errors import ConfigError
+    from engine.progress import JudgeProgress, tracking
     from engine.replay.runner import (ReplaySpec, list_replays, load_report, parse_reward_range, parse_steps,
                                parse_template_args, run_replay)
     from engine.store import resolve_store_path
+
+    from ._progress import ProgressReporter
 
     store = resolve_store_path(args.store)
     if not store.exists():
@@ -173,7 +142,8 @@ def handler(args: argparse.Namespace) -> int:
         judge_model=args.judge_model, base_url=args.base_url, offline=args.offline, rubric_mode=args.rubric,
         force=args.force, concurrency=args.concurrency, max_groups=args.max_groups, name=args.name)
     cancel = threading.Event()
-    bar = ProgressBar()
+    tracker = JudgeProgress("replay")
+    reporter = ProgressReporter().follow(tracker)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -181,18 +151,20 @@ def handler(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signal.SIGINT, cancel.set)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread / Windows
             pass
-        return await run_replay(store, spec, progress=bar, cancel=cancel)
+        return await run_replay(store, spec, cancel=cancel)
 
     try:
-        report = asyncio.run(main())
+        with tracking(tracker):
+            report = asyncio.run(main())
     finally:
-        bar.close()
+        tracker.finish()
+        reporter.close(tracker.snapshot() if tracker.groups_total else None)
     if args.json:
         print_json(report.to_jsonable())
     else:
         print_report(report, args.top)
     if report.status == "cancelled":
-        print(f"replay {report.replay_id} cancelled; the groups done so far are stored", file=sys.stderr)
+        echo(f"replay {report.replay_id} cancelled; the groups done so far are stored", file=sys.stderr)
         return 130
     if report.status == "failed":
         from engine.errors import ScoringFailureRateError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._output import add_json_flag, print_json, print_table
+from ._output import add_json_flag, echo, print_json, print_table
 from ._runs_common import fmt_age, one_line, open_store, store_exists
 
 
@@ -23,16 +23,20 @@ def handler(args: argparse.Namespace) -> int:
         if args.json:
             print_json([])
         else:
-            print("no runs yet (no run store here); start one with: ropd-tui --headless train --config configs/demo.yaml")
+            echo("no runs yet (no run store here); start one with: ropd-tui --headless train --config configs/demo.yaml")
         return 0
     with open_store(args) as store:
-        Supervisor(store).refresh_all()
+        checked = {r.id: r for r in Supervisor(store).refresh_all()}
         runs = store.list_runs()
+    for r in runs:  # what the re-check found, also when the store could not record it (read-only, full disk)
+        rec = checked.get(r["id"])
+        if rec is not None and rec.status != r["status"]:
+            r.update(status=rec.status, cause=rec.cause, ended_at=rec.ended_at)
     if args.json:
         print_json(runs)
         return 0
     if not runs:
-        print("no runs yet")
+        echo("no runs yet")
         return 0
     print_table(["ID", "NAME", "BACKEND", "STATUS", "STEP", "REWARD", "ACC", "UPDATED", "CAUSE"],
                 [[r["id"], r["name"], r["backend"], r["status"], r["last_step"], r["reward"], r["accuracy"],

@@ -14,7 +14,6 @@ used and every output line says so (``"judge": "offline"``).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,41 +52,42 @@ def read_groups(path: Path) -> list[tuple[Any, dict[str, Any]]]:
     import json
 
     from engine.errors import UserError
+    from engine.files import check_input_file, iter_utf8_lines
     from engine.types import GroupInput
 
     if not path.exists():
         raise UserError(f"input file not found: {path}", hint=f"give --input a JSONL file of groups (see {DEMO_INPUT})")
+    check_input_file(path, "--input", hint=f"give --input a JSONL file of groups (see {DEMO_INPUT})")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where} is not valid JSON ({e.msg})",
-                                hint='each line must be {"prompt": ..., "rollouts": [...], "ground_truth": ...}') from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{where} must be a JSON object")
-            prompt = obj.get("prompt")
-            if not isinstance(prompt, (str, list)) or not prompt:
-                raise UserError(f'{where} has no "prompt" (a string or a list of chat messages)')
-            if isinstance(prompt, list) and not all(isinstance(m, dict) and "content" in m for m in prompt):
-                raise UserError(f'{where}: "prompt" as a list must hold chat messages {{"role": ..., "content": ...}}')
-            rollouts = obj.get("rollouts")
-            if not isinstance(rollouts, list) or not rollouts or not all(isinstance(r, str) for r in rollouts):
-                raise UserError(f'{where}: "rollouts" must be a non-empty list of strings')
-            teachers = obj.get("teacher_answers")
-            if teachers is not None and (not isinstance(teachers, list) or not all(isinstance(t, str) for t in teachers)):
-                raise UserError(f'{where}: "teacher_answers" must be a list of strings (or left out to use the teacher index)')
-            gt = obj.get("ground_truth")
-            if gt is not None and not isinstance(gt, (str, int, float)):
-                raise UserError(f'{where}: "ground_truth" must be a string or a number')
-            meta = {k: obj[k] for k in ("data_source",) if k in obj}
-            uid = obj.get("uid")
-            out.append((GroupInput(prompt=prompt, rollouts=list(rollouts), ground_truth=None if gt is None else str(gt),
-                                   teacher_answers=teachers, uid=None if uid is None else str(uid), meta=meta), obj))
+    for lineno, line in iter_utf8_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}: line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where} is not valid JSON ({e.msg})",
+                            hint='each line must be {"prompt": ..., "rollouts": [...], "ground_truth": ...}') from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{where} must be a JSON object")
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, (str, list)) or not prompt:
+            raise UserError(f'{where} has no "prompt" (a string or a list of chat messages)')
+        if isinstance(prompt, list) and not all(isinstance(m, dict) and "content" in m for m in prompt):
+            raise UserError(f'{where}: "prompt" as a list must hold chat messages {{"role": ..., "content": ...}}')
+        rollouts = obj.get("rollouts")
+        if not isinstance(rollouts, list) or not rollouts or not all(isinstance(r, str) for r in rollouts):
+            raise UserError(f'{where}: "rollouts" must be a non-empty list of strings')
+        teachers = obj.get("teacher_answers")
+        if teachers is not None and (not isinstance(teachers, list) or not all(isinstance(t, str) for t in teachers)):
+            raise UserError(f'{where}: "teacher_answers" must be a list of strings (or left out to use the teacher index)')
+        gt = obj.get("ground_truth")
+        if gt is not None and not isinstance(gt, (str, int, float)):
+            raise UserError(f'{where}: "ground_truth" must be a string or a number')
+        meta = {k: obj[k] for k in ("data_source",) if k in obj}
+        uid = obj.get("uid")
+        out.append((GroupInput(prompt=prompt, rollouts=list(rollouts), ground_truth=None if gt is None else str(gt),
+                               teacher_answers=teachers, uid=None if uid is None else str(uid), meta=meta), obj))
     if not out:
         raise UserError(f"{path} holds no groups", hint="one JSON object per line")
     return out
@@ -165,7 +165,7 @@ def group_record(res: Any, *, full: bool = False) -> dict[str, Any]:
         "calls": [{"role": c.role, "model": c.model, "status": c.status, "latency_s": round(c.latency_s, 4),
                    "attempts": c.attempts, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                    "finish_reason": c.finish_reason, "response_format": c.response_format,
-                   "error": c.error} for c in res.calls],
+                   "error_class": c.error_class, "error": c.error} for c in res.calls],
         "template_versions": res.template_versions,
         "wall_s": round(res.wall_s, 4),
     }
@@ -175,16 +175,17 @@ def group_record(res: Any, *, full: bool = False) -> dict[str, Any]:
 
 
 def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    import json
     import os
     import tempfile
+
+    from ._output import json_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for r in records:
-                f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+                f.write(json_text(r) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -194,6 +195,33 @@ def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
         except OSError:
             pass
         raise
+
+
+def save_results(out: Path, records: list[dict[str, Any]], store_flag: str | None) -> Path | None:
+    """Write the records to ``out``; when that fails after judging, to a fallback file (next to the run
+    store, else the temp folder). Returns the fallback path used, None when ``out`` was written.
+    Raises UserError only when neither could be written (the message names both causes)."""
+    from engine.errors import UserError
+    from engine.files import fallback_path, os_error_hint
+    from engine.store import resolve_store_path
+
+    from ._output import warn
+
+    try:
+        write_jsonl_atomic(out, records)
+        return None
+    except OSError as err:
+        first = err
+    spare = fallback_path(f"scores-{out.stem or 'out'}", near=resolve_store_path(store_flag).parent)
+    try:
+        write_jsonl_atomic(spare, records)
+    except OSError as err:
+        raise UserError(f"could not write the scored groups to {out} ({first}) nor to {spare} ({err}); "
+                        "the results are lost", hint=os_error_hint(first, out.parent)) from None
+    hint = os_error_hint(first, out.parent)
+    warn(f"error: could not write {out}: {first}" + (f"\n  hint: {hint}" if hint else ""))
+    warn(f"the {len(records)} scored group(s) are kept in {spare} (move it where you want it)")
+    return spare
 
 
 def _fmt_rewards(values: list[Any]) -> str:
@@ -217,59 +245,127 @@ def summary_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
 
 # ---------------------------------------------------------------------------------------------
 
+#: Judge failure kinds that mean the judge is unreachable or misconfigured (exit 3), not a bad reply.
+UNREACHABLE_KINDS = ("connection", "timeout", "auth", "not_found", "config")
+
+
+def failure_kind(record: dict[str, Any]) -> str | None:
+    """The judge error kind of a failed group's last failed call ("connection", ...), if any."""
+    for call in reversed(record.get("calls") or []):
+        err = call.get("error_class") or ""
+        if call.get("status") == "error" and err.startswith("JudgeError:"):
+            return err.split(":", 1)[1]
+    return None
+
+
+def failure_lines(records: list[dict[str, Any]], limit: int = 5) -> list[str]:
+    """Failed groups grouped by cause: one line per distinct (stage, cause), with the group numbers."""
+    from collections import OrderedDict
+
+    by_cause: "OrderedDict[tuple[str, str], list[int]]" = OrderedDict()
+    for r in records:
+        if r["status"] == "failed":
+            cause = " ".join(str(r["failure_cause"] or "unknown").split())
+            by_cause.setdefault((str(r["failure_stage"]), cause), []).append(r["group"])
+    lines = []
+    for (stage, cause), idx in list(by_cause.items())[:limit]:
+        shown = ", ".join(map(str, idx[:8])) + (f" and {len(idx) - 8} more" if len(idx) > 8 else "")
+        what = f"group {shown}" if len(idx) == 1 else f"{len(idx)} groups ({shown})"
+        lines.append(f"{what} failed at {stage}: {cause if len(cause) <= 600 else cause[:599] + '…'}")
+    if len(by_cause) > limit:
+        lines.append(f"... and {len(by_cause) - limit} other cause(s); see failure_cause in the output file")
+    return lines
+
+
+def _quiet_engine_logs() -> None:
+    """The scorer logs each failed group; the summary below says it once (no second copy on stderr)."""
+    import logging
+
+    logger = logging.getLogger("ropd")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+
+
 def handler(args: argparse.Namespace) -> int:
     from engine.config import load_config
-    from engine.errors import ScoringFailureRateError, UserError
+    from engine.errors import JudgeError, ScoringFailureRateError, UserError
+    from engine.files import check_output_file
     from engine.judging.factory import make_judge
+    from engine.progress import JudgeProgress, tracking
     from engine.scoring.scorer import Scorer
+    from engine.trainers.preflight import check_templates
 
-    from ._output import print_json, print_table
+    from ._output import echo, print_json, print_table, warn
+    from ._progress import ProgressReporter
 
+    _quiet_engine_logs()
     inp = _input_path(args.input)
     out = Path(args.out)
-    if out.resolve() == inp.resolve():
+    if out.exists() and inp.exists() and out.resolve() == inp.resolve():
         raise UserError(f"--out {out} is the input file", hint="write the scores to another file")
     cfg = load_config(args.config, list(args.overrides))
     groups = read_groups(inp)
+    check_output_file(out, "--out")  # before judging: a read-only or full disk is reported now, not after
     judge = make_judge(cfg)
     is_llm = getattr(judge, "kind", "offline") == "llm"
     if is_llm:
+        check_templates(cfg)  # every template the judge will use, before the first request (exit 2)
         ep = cfg.judge.rubricator
         judge_line = (f"judge: LLM (rubricator {cfg.judge.rubricator.model or '?'}, verifier "
                       f"{cfg.judge.verifier.model or '?'} at {ep.base_url or 'OPENAI_BASE_URL / api.openai.com'})")
     else:
         judge_line = ("judge: offline (rule-based stand-in for an LLM judge; set OPENAI_API_KEY or OPENAI_BASE_URL, "
                       "or judge.* in a config, to use an LLM judge)")
-    print(judge_line, file=sys.stderr)
+    warn(judge_line)
     index, notes = prepare_teacher_index(cfg, groups)
     for n in notes:
-        print(n, file=sys.stderr)
+        warn(n)
     scorer = Scorer(cfg, judge=judge, teacher_index=index)
-    print(f"scoring {len(groups)} group(s) from {inp} (reward mode {cfg.scorer.reward_mode}, k={cfg.scorer.k})",
-          file=sys.stderr)
-    batch = scorer.score_batch_sync([g for g, _ in groups])
+    if is_llm:
+        checked = scorer.preflight_sync()  # a dead, hung or misconfigured judge: JudgeError (exit 3) in seconds
+        warn("judge reachable: " + ", ".join(f"{c.get('model')} @ {c.get('url')}" for c in checked))
+    warn(f"scoring {len(groups)} group(s) from {inp} (reward mode {cfg.scorer.reward_mode}, k={cfg.scorer.k})")
+    prog = JudgeProgress("scoring", len(groups))
+    reporter = ProgressReporter(enabled=is_llm).follow(prog)
+    try:
+        with tracking(prog):
+            batch = scorer.score_batch_sync([g for g, _ in groups])
+    finally:
+        prog.finish()
+        reporter.close(prog.snapshot())
     records = [group_record(g, full=args.full) for g in batch.groups]
-    write_jsonl_atomic(out, records)
+    spare = save_results(out, records, getattr(args, "store", None))
+    written = spare or out
     if index is not None:
         for w in index.warnings:
-            print(f"warning: {w}", file=sys.stderr)
+            warn(f"warning: {w}")
 
+    failed = [r for r in records if r["status"] == "failed"]
+    unreachable = [r for r in failed if failure_kind(r) in UNREACHABLE_KINDS]
+    outage = bool(unreachable) and len(failed) / len(records) > cfg.scorer.failure_threshold
+    # A judge outage is said once, in the error below; other failures get one line per distinct cause.
+    failures = failure_lines([r for r in records if not (outage and r in unreachable)])
     if args.json:
-        print_json({"judge": "llm" if is_llm else "offline", "out": str(out), "groups": len(records),
-                    "failed": sum(r["status"] == "failed" for r in records), "wall_s": round(batch.wall_s, 3),
+        print_json({"judge": "llm" if is_llm else "offline", "out": str(written), "groups": len(records),
+                    "failed": len(failed), "wall_s": round(batch.wall_s, 3),
                     "summary": [dict(zip(("group", "status", "prompt", "criteria", "rewards", "teacher_mean",
                                           "correct"), row)) for row in summary_rows(records)]})
     else:
-        print(judge_line if is_llm else "judge: offline (rule-based stand-in for an LLM judge)")
+        echo(judge_line if is_llm else "judge: offline (rule-based stand-in for an LLM judge)")
         print_table(["group", "status", "prompt", "criteria", "rollout rewards", "teacher", "correct"],
                     summary_rows(records))
-        for r in records:
-            if r["status"] == "failed":
-                print(f"group {r['group']} failed at {r['failure_stage']}: {r['failure_cause']}")
-        print(f"wrote {len(records)} scored group(s) to {out} in {batch.wall_s:.2f}s")
+        for line in failures:
+            echo(line)
+        echo(f"wrote {len(records)} scored group(s) to {written} in {batch.wall_s:.2f}s")
+    if outage:
+        cause, _, hint = str(unreachable[0]["failure_cause"]).partition("\n  hint: ")
+        raise JudgeError(f"the judge became unreachable while scoring ({len(failed)} of {len(records)} groups "
+                         f"failed): {' '.join(cause.split())[:600]}",
+                         hint=(f"{hint.strip()}; " if hint.strip() else "") +
+                         f"then score again (the {len(records) - len(failed)} scored group(s) are in {written})")
     try:
         scorer.check_failure_rate(batch)
     except ScoringFailureRateError:
-        print(f"(the scored groups were written to {out})", file=sys.stderr)
+        warn(f"(the scored groups were written to {written})")
         raise
-    return 0
+    return 1 if spare else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._output import add_json_flag, print_json, print_table
+from ._output import add_json_flag, echo, print_json, print_table, term_safe
 from ._runs_common import add_run_arg, fmt_age, fmt_time, open_store
 
 HEADLINE = ("reward/mean", "teacher_score/mean", "accuracy", "loss", "score/student_reward_mean",
@@ -48,7 +48,7 @@ def handler(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         if v:
-            print(f"{k.ljust(width)}  {v}")
+            echo(f"{k.ljust(width)}  {term_safe(v, multiline=False)}")
     shown = [(k, latest[k]) for k in HEADLINE if k in latest]
     if shown:
         print()
@@ -56,7 +56,7 @@ def handler(args: argparse.Namespace) -> int:
     if rec.stderr_tail and rec.status in ("failed", "killed", "oom"):
         print("\nlast log lines:")
         for line in rec.stderr_tail.splitlines()[-10:]:
-            print(f"  {line}")
+            echo(f"  {line}")
     if events:
         print()
         print_table(["TIME", "EVENT", "STEP", "MESSAGE"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._output import add_json_flag, print_json
+from ._output import add_json_flag, echo, print_json
 from ._runs_common import add_run_arg, open_store
 
 
@@ -30,7 +30,7 @@ def handler(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"id": rec.id, "name": rec.name, "status": rec.status, "cause": rec.cause, "stopped": was_active})
     elif was_active:
-        print(f"stopped run {rec.name} ({rec.status})")
+        echo(f"stopped run {rec.name} ({rec.status})")
     else:
-        print(f"run {rec.name} is not running ({rec.status}); nothing to stop")
+        echo(f"run {rec.name} is not running ({rec.status}); nothing to stop")
     return 0

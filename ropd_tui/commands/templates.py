@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from ._output import add_json_flag, print_json, print_table
+from ._output import add_json_flag, echo, print_json, print_table, term_safe
 
 ROLES = ("rubricator", "verifier", "scalar_judge")
 
@@ -26,12 +26,14 @@ def register(subparsers) -> None:
     show = sub.add_parser("show", help="print a template version (sha prefix) or file")
     show.add_argument("ref", help="a stored version (sha prefix) or a template file")
     show.add_argument("--role", choices=ROLES)
+    show.add_argument("--raw", action="store_true", help="print the text exactly (terminal control characters included)")
     show.set_defaults(func=handle_show)
 
     diff = sub.add_parser("diff", help="unified diff between two versions (sha prefixes or files)")
     diff.add_argument("a")
     diff.add_argument("b")
     diff.add_argument("--role", choices=ROLES)
+    diff.add_argument("--raw", action="store_true", help="print the diff exactly (terminal control characters included)")
     diff.set_defaults(func=handle_diff)
 
     val = sub.add_parser("validate", help="check a template file (placeholders) without using it")
@@ -106,6 +108,7 @@ def handle_list(args: argparse.Namespace) -> int:
 
 def handle_show(args: argparse.Namespace) -> int:
     _label, _role, text = load_ref(args.ref, args.role, args)
+    text = text if args.raw else term_safe(text)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
@@ -117,6 +120,7 @@ def handle_diff(args: argparse.Namespace) -> int:
     lb, _rb, tb = load_ref(args.b, args.role, args)
     lines = list(difflib.unified_diff(ta.splitlines(keepends=True), tb.splitlines(keepends=True), la, lb))
     for line in lines:
+        line = line if args.raw else term_safe(line)
         sys.stdout.write(line if line.endswith("\n") else line + "\n")
     return 0 if not lines else 1  # like diff(1): 1 when the versions differ
 
@@ -141,6 +145,6 @@ def handle_validate(args: argparse.Namespace) -> int:
         print_json({"file": args.file, "role": role, "valid": True, "sha256": tpl.sha256,
                     "placeholders": sorted(tpl.placeholders)})
     else:
-        print(f"{args.file}: valid {role} template {tpl.short_sha} (placeholders: "
-              f"{', '.join(sorted(tpl.placeholders))})")
+        echo(f"{args.file}: valid {role} template {tpl.short_sha} (placeholders: "
+             f"{', '.join(sorted(tpl.placeholders))})")
     return 0

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._output import echo
+
 POLL_S = 1.0
 
 
@@ -40,12 +42,17 @@ def handle(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ConfigError(f"unexpected argument {bad[0]!r}: overrides are key=value (e.g. trainer.steps=5)")
+    from engine.store.runstore import check_run_name
+
+    if args.name:
+        check_run_name(args.name, "--name")  # before any preflight output
     overrides = list(args.overrides)
     if args.name:
         overrides.append(f"run.name={args.name}")
     cfg = load_config(args.config, overrides)
+    check_run_name(str(cfg.run.name), "run.name")
     for note in preflight(cfg):
-        print(note)
+        echo(note)
     store = open_store(args.store, cfg)
     name = args.name or unique_run_name(store, cfg.run.name)
     store_file = Path(store.path).resolve()
@@ -53,9 +60,9 @@ def handle(args: argparse.Namespace) -> int:
 
     run = launch_run(cfg, store, name)
     sup = Supervisor(store)
-    print(f"run {name} started (store {store_file}); log: {run.log_path}")
+    echo(f"run {name} started (store {store_file}); log: {run.log_path}")
     if args.detach:
-        print(f"follow it with: ropd-tui --headless status {name}   |   stop: ropd-tui --headless stop {name}")
+        echo(f"follow it with: ropd-tui --headless status {name}   |   stop: ropd-tui --headless stop {name}")
         return 0
     return follow(store, sup, run)
 
@@ -63,7 +70,7 @@ def handle(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # following a run
 
-_SHOW_EVENTS = {"failed", "stopped", "stalled", "recovered", "template_changed", "template_rejected",
+_SHOW_EVENTS = {"failed", "stopped", "stalled", "recovered", "template_changed", "template_rejected", "monitor_lost",
                 "scoring_failed", "resumed", "no_signal"}
 
 
@@ -94,6 +101,25 @@ class _Follower:
         self.started = time.time()
         self.first_step_at: float | None = None
         self.printed_val_step = 0
+        from engine.progress import PROGRESS_FILE
+
+        from ._progress import ProgressReporter
+
+        self.progress_path = Path(run.run_dir) / PROGRESS_FILE
+        self.reporter = ProgressReporter()
+
+    def say(self, text: str, **kw) -> None:
+        """A line of output (the progress bar, if shown, is taken off first)."""
+        self.reporter.clear()
+        echo(text, **kw)
+
+    def poll_progress(self) -> None:
+        """The judge progress of the step being scored (the worker writes it to the run folder)."""
+        from engine.progress import read_snapshot
+
+        snap = read_snapshot(self.progress_path)
+        if snap is not None and not snap.finished and time.time() - snap.wall_time < 10:
+            self.reporter.update(snap)
 
     def step_metrics(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -113,7 +139,7 @@ class _Follower:
         for e in self.store.events(self.run.id, after_seq=self.event_seq):
             self.event_seq = e["seq"]
             if e["kind"] in _SHOW_EVENTS:
-                print(f"[{e['kind']}] {e['message']}")
+                self.say(f"[{e['kind']}] {e['message']}")
         steps = self.store.steps(self.run.id)
         for row in steps:
             step = row["step"]
@@ -126,16 +152,17 @@ class _Follower:
             n_groups, n_failed = row.get("n_groups") or 0, row.get("n_failed") or 0
             sps = _first(m, ("time/step", "timing_s/step"))
             total = f"/{self.total}" if self.total else ""
-            print(f"step {step}{total}  reward {_fmt(_first(m, self.reward_keys))}  "
+            self.say(f"step {step}{total}  reward {_fmt(_first(m, self.reward_keys))}  "
                   f"accuracy {_fmt(_first(m, self.acc_keys))}  judge failures {n_failed}/{n_groups}  "
                   f"{_fmt(sps, '.1f')} s/step", flush=True)
         self.poll_validation()
+        self.poll_progress()
 
     def poll_validation(self) -> None:
         """Held-out accuracy lands after its step's row (the evaluation runs after the step is stored)."""
         for step, value in self.store.metric_series(self.run.id, "val/accuracy", since_step=self.printed_val_step):
             self.printed_val_step = step
-            print(f"eval after step {step}: val accuracy {_fmt(value)}", flush=True)
+            self.say(f"eval after step {step}: val accuracy {_fmt(value)}", flush=True)
 
     def echo_startup_log(self) -> None:
         """Until the first step, show the worker's own start-up lines (model conversion, errors)."""
@@ -152,7 +179,7 @@ class _Follower:
         for line in chunk[:cut].decode("utf-8", "replace").splitlines():
             line = line.rstrip()
             if line and not line.startswith("step "):
-                print(f"  | {line}", flush=True)
+                self.say(f"  | {line}", flush=True)
 
 
 def follow(store, sup, run) -> int:
@@ -167,14 +194,15 @@ def follow(store, sup, run) -> int:
             f.echo_startup_log()
             f.poll()
             if cur.status in TERMINAL_STATUSES:
+                f.reporter.close()
                 return _outcome(cur, f, interrupted=stopping)
             time.sleep(POLL_S)
         except KeyboardInterrupt:
             if stopping:
-                print(f"no longer waiting; the run is still stopping. Check it with: ropd-tui --headless status {run.name}")
+                echo(f"no longer waiting; the run is still stopping. Check it with: ropd-tui --headless status {run.name}")
                 return 130
             stopping = True
-            print(f"\nstopping {run.name} (the current step is aborted cleanly; Ctrl-C again to stop waiting) ...",
+            echo(f"\nstopping {run.name} (the current step is aborted cleanly; Ctrl-C again to stop waiting) ...",
                   flush=True)
             sup.stop(run.id)
 
@@ -182,15 +210,15 @@ def follow(store, sup, run) -> int:
 def _outcome(cur, f: _Follower, *, interrupted: bool) -> int:
     took = time.time() - f.started
     if cur.status == "finished":
-        print(f"run {cur.name} finished: {cur.last_step or f.printed_step} steps in {took:.0f} s. "
+        echo(f"run {cur.name} finished: {cur.last_step or f.printed_step} steps in {took:.0f} s. "
               f"Inspect it with: ropd-tui (UI) or ropd-tui --headless metrics {cur.name}")
         return 0
     if cur.status == "stopped":
-        print(f"run {cur.name} stopped after step {cur.last_step or 0}. Resume it with: "
+        echo(f"run {cur.name} stopped after step {cur.last_step or 0}. Resume it with: "
               f"ropd-tui --headless resume {cur.name}")
         return 130 if interrupted else 1
     cause = f": {cur.cause}" if cur.cause else ""
-    print(f"run {cur.name} {cur.status}{cause}", file=sys.stderr)
-    print(f"log: {cur.log_path}   (ropd-tui --headless logs {cur.name})", file=sys.stderr)
+    echo(f"run {cur.name} {cur.status}{cause}", file=sys.stderr)
+    echo(f"log: {cur.log_path}   (ropd-tui --headless logs {cur.name})", file=sys.stderr)
     code = cur.exit_code if cur.exit_code in (2, 3, 4) else 1
     return code
