@@ -45,3 +45,7 @@ class ScoringFailureRateError(UserError):
 
 class StoreError(UserError):
     """The run store is missing, from a newer schema, or a run does not exist."""
+
+
+class SearchQueryError(UserError):
+    """A full-text search query is empty, too long, not valid FTS5 syntax, or too broad to finish."""

@@ -29,6 +29,8 @@ from engine.scoring.criterion_stats import VERDICT_ORDER, RunWide
 from engine.errors import StoreError
 from engine.types import GroupResult, to_jsonable
 from engine.store import queries as q
+from engine.store import search as search_q
+from engine.store.search import SearchPage
 from engine.store.db import Connection
 from engine.store.scrub import scrub, scrub_env, scrub_text
 from engine.store.step_writer import delete_group_rows, insert_calls, write_metric_rows, write_step_rows
@@ -510,6 +512,18 @@ class RunStore:
         """One row per (answer, criterion) of a step, with criterion text and the verdict."""
         with self._db.read() as c:
             return q.verdict_rows(c, int(run_id), self._attempt(c, run_id, attempt), int(step))
+
+    def search(self, run_id: int, query: str, *, kinds: Iterable[str] | str | None = None, limit: int = 50,
+               after: dict[str, int] | None = None, literal: bool = False, attempt: int | None = None
+               ) -> SearchPage:
+        """Full-text search of the run's criterion texts, student and teacher answers and raw judge replies
+        (``kinds``: some of criterion, student, teacher, reply; all by default). The first ``limit``
+        matches by step, prompt and kind, each with a snippet; the next page starts ``after`` the returned
+        ``cursor``. FTS5 syntax unless ``literal``; a bad query raises SearchQueryError (see
+        :mod:`engine.store.search`)."""
+        with self._db.read() as c:
+            return search_q.search(c, int(run_id), self._attempt(c, run_id, attempt), query, kinds, limit=limit,
+                                   after=after, literal=literal)
 
     def judge_calls(self, run_id: int, *, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._db.query("SELECT * FROM judge_calls WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",

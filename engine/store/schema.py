@@ -283,7 +283,66 @@ def _v3_criteria_rates_index(conn: sqlite3.Connection) -> None:
                  " teacher_pass_rate)")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index]
+def _v4_full_text_search(conn: sqlite3.Connection) -> None:
+    """Full-text search (FTS5) over criterion texts, answer texts (student and teacher) and raw judge
+    replies, set up through sqlite-utils so its tools and Datasette recognise it: ``criteria_fts``,
+    ``answers_fts`` and ``judge_calls_fts`` are external-content tables (the index only; the text stays
+    in the base table), kept current by sqlite-utils' ``<table>_ai/_ad/_au`` triggers, so a step is
+    indexed inside its own write transaction. Existing rows (an older store) are indexed here, once.
+
+    Needs sqlite-utils >= 4: older versions run scripts through ``executescript``, which COMMITs the
+    migration transaction half-way."""
+    import sqlite_utils
+
+    if int(_dist_version("sqlite-utils").split(".")[0]) < 4:
+        from engine.errors import StoreError
+
+        raise StoreError("this run store needs sqlite-utils 4 or newer to add its search index",
+                         hint="pip install -U 'sqlite-utils>=4'")
+    db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+    for table, column in (("criteria", "text"), ("answers", "text"), ("judge_calls", "raw_reply")):
+        db[table].enable_fts([column], tokenize="porter", create_triggers=True, replace=True)
+    if not conn.in_transaction:  # pragma: no cover - guards the atomicity of the migration
+        raise RuntimeError("sqlite-utils committed inside the schema migration")
+    # A run's first and last groups in write order: where its rows start and end in each FTS table.
+    conn.execute("CREATE INDEX idx_groups_run_seq ON groups(run_id, attempt, seq)")
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def _v5_sql_views(conn: sqlite3.Connection) -> None:
+    """Views for people who open the store with sqlite-utils, Datasette or the sqlite3 shell: one row per
+    answer, per verdict and per criterion, each with the run's name, attempt (``current``: 1 for the run's
+    current attempt), step and prompt (``prompt``: 1-based as the inspector shows it; ``group_index``: the
+    0-based index the exports use)."""
+    where = "FROM groups g JOIN runs r ON r.id = g.run_id"
+    head = ("r.name AS run, g.run_id AS run_id, g.attempt AS attempt, (g.attempt = r.attempt) AS current,"
+            " g.step AS step, g.group_index + 1 AS prompt, g.group_index AS group_index")
+    conn.execute(f"""CREATE VIEW v_answers AS SELECT {head},
+        p.question AS question, g.ground_truth AS ground_truth, g.status AS group_status,
+        a.id AS answer_id, a.kind AS kind, a.idx AS answer_index, a.pool_position AS pool_position,
+        a.reward AS reward, a.correct AS correct, a.truncated AS truncated, a.judge_score AS judge_score,
+        a.text AS text
+        {where} JOIN answers a ON a.group_id = g.seq LEFT JOIN prompts p ON p.hash = g.prompt_hash""")
+    conn.execute(f"""CREATE VIEW v_criteria AS SELECT {head},
+        cr.id AS criterion_id, cr.position AS position, cr.crit_key AS criterion_key, cr.text AS criterion,
+        cr.points AS points, cr.category AS category, cr.teacher_pass_rate AS teacher_pass_rate,
+        cr.student_pass_rate AS student_pass_rate
+        {where} JOIN criteria cr ON cr.group_id = g.seq""")
+    conn.execute(f"""CREATE VIEW v_verdicts AS SELECT {head},
+        a.id AS answer_id, a.kind AS kind, a.idx AS answer_index, a.reward AS reward,
+        cr.id AS criterion_id, cr.position AS position, cr.crit_key AS criterion_key, cr.text AS criterion,
+        cr.points AS points, cr.category AS category, v.passed AS passed
+        {where} JOIN verdicts v ON v.group_id = g.seq JOIN answers a ON a.id = v.answer_id
+        JOIN criteria cr ON cr.id = v.criterion_id""")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_full_text_search,
+                               _v5_sql_views]
 
 
 def schema_version() -> int:

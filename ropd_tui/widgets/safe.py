@@ -37,3 +37,20 @@ def one_line(text: object, limit: int = 80, style: str = "") -> Text:
     """A single-line preview of untrusted text."""
     s = " ".join(clean(text).split())
     return plain(s, style, limit=limit)
+
+
+def highlighted(parts, style: str = "bold reverse", *, limit: int | None = None) -> Text:
+    """Untrusted text given as ``[(text, matched)]`` parts (a search snippet), matched parts in ``style``;
+    every part literal (no markup), on one line, optionally cut to ``limit`` characters."""
+    out = Text(end="")
+    left = limit
+    for text, matched in parts:
+        s = clean(text).replace("\n", " ").replace("\t", " ")
+        if left is not None:
+            if left <= 0:
+                break
+            if len(s) > left:
+                s = s[: max(0, left - 1)] + "…"
+            left -= len(s)
+        out.append(s, style=style if matched else "")
+    return out
