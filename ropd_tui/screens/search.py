@@ -25,6 +25,7 @@ from ..widgets.safe import highlighted, one_line, plain
 
 PAGE = 50
 SNIPPET_CHARS = 160
+SNIPPET_LEAD = 24  # characters of context kept before the first matched word
 KIND_FILTERS: list[tuple[str, ...] | None] = [None, *((k,) for k in KINDS)]  # None: all kinds
 KIND_STYLES = {"criterion": "cyan", "student": "", "teacher": "bold", "reply": "magenta"}
 
@@ -77,6 +78,7 @@ class SearchScreen(Screen[SearchResult]):
             yield Input(self.state.query, id="search-input",
                         placeholder='search rubrics, answers, judge replies: words, "a phrase", prefix*, AND/OR/NOT')
         yield Static("", id="search-status", classes="statusline")
+        yield Static("", id="search-error", classes="-hidden")
         yield DataTable(id="search-table", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
@@ -86,7 +88,7 @@ class SearchScreen(Screen[SearchResult]):
         for key, label in (("step", "step"), ("prompt", "prompt"), ("kind", "kind"), ("item", "item"),
                            ("match", "match")):
             table.add_column(label, key=key)
-        self._render()
+        self._show()
         if self.state.hits:
             table.focus()
         else:
@@ -122,7 +124,7 @@ class SearchScreen(Screen[SearchResult]):
                 st.cursor = page.cursor
             finally:
                 self.searching = False
-            self._render(keep_cursor=more)
+            self._show(keep_cursor=more)
             if st.hits and not more:
                 self.query_one("#search-table", DataTable).focus()
 
@@ -132,11 +134,14 @@ class SearchScreen(Screen[SearchResult]):
     def _status(self, text: Text) -> None:
         self.query_one("#search-status", Static).update(text)
 
-    def _render(self, keep_cursor: bool = False) -> None:
+    def _show(self, keep_cursor: bool = False) -> None:
         st = self.state
         t = Text()
+        error = self.query_one("#search-error", Static)
+        error.set_class(not st.error, "-hidden")
+        error.update(plain(st.error or "", "red"))
         if st.error:
-            t.append_text(plain(st.error.replace("\n", " "), "bold red"))
+            t.append("the query was not searched (why below; the list shows the last results)", style="bold red")
         elif st.searched:
             n = len(st.hits)
             t.append(f"{n}{'+' if st.cursor else ''} match{'es' if n != 1 else ''}", style="bold")
@@ -154,7 +159,8 @@ class SearchScreen(Screen[SearchResult]):
         table.clear()
         for i, h in enumerate(st.hits):
             table.add_row(Text(str(h.step)), Text(str(h.prompt)), plain(h.kind, KIND_STYLES.get(h.kind, "")),
-                          one_line(h.item, 24), highlighted(h.parts, limit=SNIPPET_CHARS), key=str(i))
+                          one_line(h.item, 24), highlighted(h.parts, limit=SNIPPET_CHARS, lead=SNIPPET_LEAD),
+                          key=str(i))
         if keep_cursor and st.hits:
             table.move_cursor(row=min(row, len(st.hits) - 1))
 
@@ -182,7 +188,7 @@ class SearchScreen(Screen[SearchResult]):
         if self.state.query.strip():
             self._search(more=False)
         else:
-            self._render()
+            self._show()
 
     def action_more(self) -> None:
         if self.state.cursor is not None:

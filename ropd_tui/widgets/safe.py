@@ -39,13 +39,28 @@ def one_line(text: object, limit: int = 80, style: str = "") -> Text:
     return plain(s, style, limit=limit)
 
 
-def highlighted(parts, style: str = "bold reverse", *, limit: int | None = None) -> Text:
+def highlighted(parts, style: str = "bold reverse", *, limit: int | None = None, lead: int | None = None) -> Text:
     """Untrusted text given as ``[(text, matched)]`` parts (a search snippet), matched parts in ``style``;
-    every part literal (no markup), on one line, optionally cut to ``limit`` characters."""
+    every part literal (no markup), on one line, cut to ``limit`` characters and with at most ``lead``
+    characters before the first match (so a narrow column still shows it)."""
+    parts = [(clean(text).replace("\n", " ").replace("\t", " "), bool(matched)) for text, matched in parts]
+    if lead is not None:
+        before = 0
+        for i, (text, matched) in enumerate(parts):
+            if matched:
+                if before > lead:  # drop the start, keep the last ``lead`` characters before the match
+                    keep, kept = lead, []
+                    for t, m in reversed(parts[:i]):
+                        kept.insert(0, (t[-keep:], m) if len(t) > keep else (t, m))
+                        keep -= len(kept[0][0])
+                        if keep <= 0:
+                            break
+                    parts = [("…", False)] + kept + parts[i:]
+                break
+            before += len(text)
     out = Text(end="")
     left = limit
-    for text, matched in parts:
-        s = clean(text).replace("\n", " ").replace("\t", " ")
+    for s, matched in parts:
         if left is not None:
             if left <= 0:
                 break
