@@ -52,6 +52,7 @@ def planted(tmp_path):
 
 def brute_force(store: RunStore, run_id: int, query: str) -> list[tuple]:
     """Every match of ``query`` in the run, by a full scan (the reference the paged search must equal)."""
+    store.refresh_search_index()
     c = store.connection
     rows = []
     for fts, table, idc, rank in (("criteria_fts", "criteria", "id", "0"),
@@ -112,13 +113,29 @@ def test_pages_visit_every_match_once_in_step_order(tmp_path):
             assert len(want) > 7
 
 
+def test_steps_are_indexed_on_demand_not_while_the_trainer_writes(planted):
+    store, run_id, _ = planted
+    before = store.search_backlog()  # the fixture's steps: written, not searched yet
+    assert before > 0
+    store.write_step(run_id, 3, {}, planted_groups(3))
+    n_rows = 2 * (2 + 6) + sum(len(g.rubric.criteria) for g in planted_groups(3))  # calls, answers, criteria
+    assert store.search_backlog() == before + n_rows  # the step's write indexed nothing
+    assert [h.step for h in store.search(run_id, "kilograms").hits] == [0, 1, 2, 3]  # the search caught up
+    assert store.search_backlog() == 0
+    seen = []
+    assert store.refresh_search_index(progress=lambda done, total: seen.append((done, total))) == 0 and seen == []
+
+
 def test_index_follows_rewritten_steps_and_deleted_runs(planted):
     store, run_id, other_id = planted
+    store.refresh_search_index()
+    store.write_step(run_id, 3, {}, planted_groups(3))  # step 3 not indexed yet when step 1 is rewritten
     fresh = planted_groups(1)
     fresh[1].rubric.criteria[0].text = "Quotes the thermometer reading"
     store.write_step(run_id, 1, {"loss": 0.5}, fresh)  # a resumed run rewrites step 1
-    assert [h.step for h in store.search(run_id, "furlongs").hits] == [0, 2]
+    assert [h.step for h in store.search(run_id, "furlongs").hits] == [0, 2, 3]
     assert [h.step for h in store.search(run_id, "thermometer").hits] == [1]
+    store.write_step(other_id, 3, {}, planted_groups(3, marker="elsewhere"))  # deleted before it is indexed
     store.delete_run(other_id)
     assert store.search(run_id, "elsewhere").hits == []
     c = store.connection
@@ -178,8 +195,9 @@ def test_literal_queries_search_the_words_as_typed(planted, query):
     assert [h.kind for h in store.search(run_id, '"I cannot', literal=True).hits] == ["student"] * 3
 
 
-def test_unknown_kind_and_a_query_running_too_long(planted):
+def test_unknown_kind_and_a_query_running_too_long(planted, monkeypatch):
     store, run_id, _ = planted
+    monkeypatch.setattr(search_mod, "CHECK_EVERY", 1)  # look at the clock at once: the deadline has passed
     with pytest.raises(SearchQueryError, match="unknown search kind"):
         store.search(run_id, "furlongs", kinds=["rubric"])
     with store.read_snapshot() as c:
@@ -261,7 +279,7 @@ def test_views_give_the_run_step_prompt_kind_reward_criterion_and_points(tmp_pat
 
 @pytest.mark.skipif(not SQLITE_UTILS.exists(), reason="the sqlite-utils command is not installed next to python")
 def test_sqlite_utils_command_line_reads_the_views_and_the_search_index(planted):
-    store, _, _ = planted
+    store, run_id, _ = planted
     path = str(store.path)
     out = subprocess.run([str(SQLITE_UTILS), "query", path,
                           "select step, prompt, kind, criterion, points from v_verdicts"
@@ -269,9 +287,17 @@ def test_sqlite_utils_command_line_reads_the_views_and_the_search_index(planted)
                           " order by step limit 2"], capture_output=True, text=True, check=True).stdout
     rows = json.loads(out)
     assert [(r["step"], r["prompt"], r["kind"]) for r in rows] == [(0, 2, "teacher"), (1, 2, "teacher")]
-    out = subprocess.run([str(SQLITE_UTILS), "search", path, "answers", "kilograms", "-c", "text"],
-                         capture_output=True, text=True, check=True).stdout
-    assert [r["text"] for r in json.loads(out)] == ["The parcel weighs 3 kilograms."] * 6
+    def sqlite_utils_search() -> list[str]:
+        out = subprocess.run([str(SQLITE_UTILS), "search", path, "answers", "kilograms", "-c", "text"],
+                             capture_output=True, text=True, check=True).stdout
+        return [r["text"] for r in json.loads(out)]
+
+    store.refresh_search_index()  # what every ropd-tui search does first
+    assert sqlite_utils_search() == ["The parcel weighs 3 kilograms."] * 6
+    store.write_step(run_id, 3, {}, planted_groups(3))
+    assert len(sqlite_utils_search()) == 6  # indexed on demand: not yet
+    assert len(store.search(run_id, "kilograms").hits) == 4
+    assert len(sqlite_utils_search()) == 7
 
 
 READER = textwrap.dedent("""

@@ -287,8 +287,12 @@ def _v4_full_text_search(conn: sqlite3.Connection) -> None:
     """Full-text search (FTS5) over criterion texts, answer texts (student and teacher) and raw judge
     replies, set up through sqlite-utils so its tools and Datasette recognise it: ``criteria_fts``,
     ``answers_fts`` and ``judge_calls_fts`` are external-content tables (the index only; the text stays
-    in the base table), kept current by sqlite-utils' ``<table>_ai/_ad/_au`` triggers, so a step is
-    indexed inside its own write transaction. Existing rows (an older store) are indexed here, once.
+    in the base table), Porter-stemmed. The rows already in the store are indexed here, once.
+
+    Rows written later are indexed on demand, not in the step's transaction (indexing there cost a step
+    write +25-220%; bench/search.py): ``search_index_state`` says up to which id each table is indexed,
+    ``engine.store.search.refresh_index`` indexes the rows above it in bulk before a search, and the
+    ``<table>_ad`` / ``<table>_au`` triggers keep indexed rows right when they are deleted or edited.
 
     Needs sqlite-utils >= 4: older versions run scripts through ``executescript``, which COMMITs the
     migration transaction half-way."""
@@ -300,8 +304,21 @@ def _v4_full_text_search(conn: sqlite3.Connection) -> None:
         raise StoreError("this run store needs sqlite-utils 4 or newer to add its search index",
                          hint="pip install -U 'sqlite-utils>=4'")
     db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-    for table, column in (("criteria", "text"), ("answers", "text"), ("judge_calls", "raw_reply")):
-        db[table].enable_fts([column], tokenize="porter", create_triggers=True, replace=True)
+    conn.execute("CREATE TABLE search_index_state (source TEXT PRIMARY KEY, indexed_upto INTEGER NOT NULL)"
+                 " WITHOUT ROWID")
+    for table, column, key in (("criteria", "text", "id"), ("answers", "text", "id"),
+                               ("judge_calls", "raw_reply", "seq")):
+        db[table].enable_fts([column], tokenize="porter", create_triggers=False, replace=True)  # + existing rows
+        conn.execute("INSERT INTO search_index_state(source, indexed_upto) VALUES (?, (SELECT coalesce(max(rowid), 0)"
+                     f" FROM {table}))", (table,))
+        indexed = f"old.{key} <= (SELECT indexed_upto FROM search_index_state WHERE source = '{table}')"
+        conn.execute(f"""CREATE TRIGGER {table}_ad AFTER DELETE ON {table} WHEN {indexed} BEGIN
+            INSERT INTO "{table}_fts" ("{table}_fts", rowid, "{column}") VALUES ('delete', old.{key}, old."{column}");
+        END""")
+        conn.execute(f"""CREATE TRIGGER {table}_au AFTER UPDATE OF "{column}" ON {table} WHEN {indexed} BEGIN
+            INSERT INTO "{table}_fts" ("{table}_fts", rowid, "{column}") VALUES ('delete', old.{key}, old."{column}");
+            INSERT INTO "{table}_fts" (rowid, "{column}") VALUES (new.{key}, new."{column}");
+        END""")
     if not conn.in_transaction:  # pragma: no cover - guards the atomicity of the migration
         raise RuntimeError("sqlite-utils committed inside the schema migration")
     # A run's first and last groups in write order: where its rows start and end in each FTS table.

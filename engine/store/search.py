@@ -1,11 +1,15 @@
 """Full-text search over one run: criterion texts, student and teacher answers, raw judge replies.
 
 The index is SQLite FTS5, one external-content table per source (``criteria_fts``, ``answers_fts``,
-``judge_calls_fts``), created by schema migration 4 through sqlite-utils and kept current by its
-triggers, so every step is indexed inside the step's own write transaction (and old stores were indexed
-once, by the migration). Queries use the FTS5 syntax (words, ``"phrases"``, ``prefix*``, ``AND`` / ``OR`` /
-``NOT``, ``NEAR(a b, 5)``) with Porter stemming (``units`` finds ``unit``); a query that is not valid
-syntax raises :class:`~engine.errors.SearchQueryError` (``literal=True`` searches the words as typed).
+``judge_calls_fts``), created by schema migration 4 through sqlite-utils (which indexed the rows an
+older store already had). New rows are indexed on demand, not while the trainer writes a step (that cost
+a step write +25% to +220%, see bench/search.py): :func:`refresh_index` indexes, in bulk and in short
+write transactions, every row above ``search_index_state.indexed_upto``, and :meth:`RunStore.search`
+calls it before searching. Delete/update triggers keep already indexed rows right.
+
+Queries use the FTS5 syntax (words, ``"phrases"``, ``prefix*``, ``AND`` / ``OR`` / ``NOT``,
+``NEAR(a b, 5)``) with Porter stemming (``units`` finds ``unit``); a query that is not valid syntax
+raises :class:`~engine.errors.SearchQueryError` (``literal=True`` searches the words as typed).
 
 Order and paging: each source is read in rowid order, which is write order and so step order within a
 run (a resumed run rewrites every step from the resume point, so it stays ordered). That lets a page
@@ -20,15 +24,18 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from engine.errors import SearchQueryError
 
 KINDS = ("criterion", "student", "teacher", "reply")
+INDEXED = (("criteria", "text", "id"), ("answers", "text", "id"), ("judge_calls", "raw_reply", "seq"))
+REFRESH_CHUNK = 2000  # rows per write transaction while indexing (tens of ms: a trainer never waits long)
 OPEN, CLOSE, ELLIPSIS = "\ue000", "\ue001", "…"  # private-use marks around matched terms in snippets
 SNIPPET_TOKENS = 24
 MAX_QUERY_CHARS = 1000
 TIMEOUT_S = 10.0  # a query still running after this (e.g. "a*" on a huge store) is stopped with a message
+CHECK_EVERY = 10_000  # SQLite VM instructions between two looks at the clock
 
 SYNTAX_HELP = ('words, "exact phrases", prefix*, AND / OR / NOT between terms, NEAR(a b, 5); '
                'put text in double quotes to search it as written')
@@ -99,6 +106,44 @@ class SearchPage:
     kinds: tuple[str, ...]
     hits: list[SearchHit]
     cursor: dict[str, int] | None  # pass as ``after`` for the next page; None: no more matches
+
+
+def pending(c: sqlite3.Connection) -> int:
+    """Rows written since the index was last brought up to date."""
+    n = 0
+    for table, _, key in INDEXED:
+        n += c.execute(f"SELECT count(*) FROM {table} WHERE {key} > (SELECT indexed_upto FROM search_index_state"
+                       " WHERE source = ?)", (table,)).fetchone()[0]
+    return n
+
+
+def refresh_index(db: Any, *, chunk: int = REFRESH_CHUNK, progress: Callable[[int, int], None] | None = None) -> int:
+    """Index every row written since the last refresh; returns how many. ``db`` is the store's
+    :class:`engine.store.db.Connection`; each chunk of ``chunk`` rows is one write transaction (inside a
+    caller's transaction it joins it). ``progress(done, total)`` after each chunk."""
+    with db.read() as c:
+        total = pending(c)
+    done = 0
+    if not total:
+        return 0
+    for table, column, key in INDEXED:
+        while True:
+            with db.write() as c:  # read the state inside the lock: another process may have indexed meanwhile
+                n, hi = c.execute(f"SELECT count(*), max({key}) FROM (SELECT {key} FROM {table} WHERE {key} >"
+                                  " (SELECT indexed_upto FROM search_index_state WHERE source = ?)"
+                                  f" ORDER BY {key} LIMIT ?)", (table, chunk)).fetchone()
+                if not n:
+                    break
+                c.execute(f'INSERT INTO "{table}_fts" (rowid, "{column}") SELECT {key}, "{column}" FROM {table}'
+                          f" WHERE {key} > (SELECT indexed_upto FROM search_index_state WHERE source = ?)"
+                          f" AND {key} <= ?", (table, hi))
+                c.execute("UPDATE search_index_state SET indexed_upto = ? WHERE source = ?", (hi, table))
+            done += n
+            if progress:
+                progress(min(done, total), max(total, done))
+            if n < chunk:
+                break
+    return done
 
 
 def normalize_kinds(kinds: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -201,7 +246,7 @@ def search(c: sqlite3.Connection, run_id: int, attempt: int, query: str, kinds: 
         timed_out = time.monotonic() > deadline
         return 1 if timed_out else 0
 
-    c.set_progress_handler(stop, 10_000)
+    c.set_progress_handler(stop, CHECK_EVERY)
     try:
         rows: list[tuple] = []  # (step, gi, rank, id, label, index, source)
         fetched: dict[str, int] = {}

@@ -49,8 +49,15 @@ def handler(args: argparse.Namespace) -> int:
         return 2
     with open_store(args) as store:
         rec = store.get_run(args.run)
+        told = []
+
+        def indexing(done: int, total: int) -> None:
+            if total >= 5000 and not told:
+                told.append(True)
+                print(f"indexing {total:,} texts written since the last search…", file=sys.stderr, flush=True)
+
         page = store.search(rec.id, args.query, kinds=args.kind, limit=args.limit, literal=args.literal,
-                            attempt=args.attempt)
+                            attempt=args.attempt, progress=indexing)
         attempt = args.attempt if args.attempt is not None else rec.attempt
     if args.json:
         print_json({"run": rec.name, "run_id": rec.id, "attempt": attempt, "query": args.query,

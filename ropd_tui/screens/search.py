@@ -26,6 +26,7 @@ from ..widgets.safe import highlighted, one_line, plain
 PAGE = 50
 SNIPPET_CHARS = 160
 SNIPPET_LEAD = 24  # characters of context kept before the first matched word
+INDEXING_NOTICE = 5000  # texts to index before a search that are worth a progress line
 KIND_FILTERS: list[tuple[str, ...] | None] = [None, *((k,) for k in KINDS)]  # None: all kinds
 KIND_STYLES = {"criterion": "cyan", "student": "", "teacher": "bold", "reply": "magenta"}
 
@@ -106,13 +107,19 @@ class SearchScreen(Screen[SearchResult]):
         self.searching = True
         st = self.state
         query, kinds, literal, after = st.query, st.kinds, st.literal, (st.cursor if more else None)
-        self._status(Text("searching…", style="dim"))
+        self._set_status(Text("searching…", style="dim"))
+
+        def indexing(done: int, total: int) -> None:  # on the reader thread, while new texts are indexed
+            if total >= INDEXING_NOTICE:
+                self.app.call_from_thread(
+                    self._set_status, Text(f"indexing texts written since the last search: {done:,} of {total:,}…",
+                                           style="dim"))
 
         async def run() -> None:
             try:
                 page = await self.app.gateway.call(
                     lambda store: store.search(self.run_id, query, kinds=kinds, limit=PAGE, after=after,
-                                               literal=literal))
+                                               literal=literal, progress=indexing))
             except UserError as err:  # a bad query: say why, keep what was shown
                 st.error = str(err)
             except Exception as err:  # noqa: BLE001 - a failed read is shown, never crashes the UI
@@ -131,7 +138,7 @@ class SearchScreen(Screen[SearchResult]):
         self.run_worker(run(), group="search", exclusive=True, exit_on_error=False)
 
     # -- rendering ---------------------------------------------------------------------------------------
-    def _status(self, text: Text) -> None:
+    def _set_status(self, text: Text) -> None:
         self.query_one("#search-status", Static).update(text)
 
     def _show(self, keep_cursor: bool = False) -> None:
@@ -153,7 +160,7 @@ class SearchScreen(Screen[SearchResult]):
             t.append("type a query and press enter", style="dim")
         t.append(f" · kinds: {', '.join(st.kinds) if st.kinds else 'all'} (ctrl+f)", style="dim")
         t.append(f" · {'literal words' if st.literal else 'FTS5 syntax'} (ctrl+l)", style="dim")
-        self._status(t)
+        self._set_status(t)
         table = self.query_one("#search-table", DataTable)
         row = table.cursor_row
         table.clear()
