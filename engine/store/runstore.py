@@ -521,7 +521,8 @@ class RunStore:
         matches by step, prompt and kind, each with a snippet; the next page starts ``after`` the returned
         ``cursor``. FTS5 syntax unless ``literal``; a bad query raises SearchQueryError. Indexes what was
         written since the last search first (``progress(done, total)``; see :mod:`engine.store.search`)."""
-        search_q.prepare_query(query, literal)  # a bad query fails before any indexing
+        search_q.prepare_query(query, literal)  # a bad query or kind fails before any indexing
+        kinds = search_q.normalize_kinds(kinds)
         self.refresh_search_index(progress=progress)
         with self._db.read() as c:
             return search_q.search(c, int(run_id), self._attempt(c, run_id, attempt), query, kinds, limit=limit,
