@@ -289,8 +289,8 @@ def _v4_full_text_search(conn: sqlite3.Connection) -> None:
     ``answers_fts`` and ``judge_calls_fts`` are external-content tables (the index only; the text stays
     in the base table), Porter-stemmed. The rows already in the store are indexed here, once.
 
-    Rows written later are indexed on demand, not in the step's transaction (indexing there cost a step
-    write +25-220%; bench/search.py): ``search_index_state`` says up to which id each table is indexed,
+    Rows written later are indexed on demand, not in the step's transaction (indexing there cost a full-size
+    step write +61% in bulk, +308% with per-row triggers; bench/search.py): ``search_index_state`` says up to which id each table is indexed,
     ``engine.store.search.refresh_index`` indexes the rows above it in bulk before a search, and the
     ``<table>_ad`` / ``<table>_au`` triggers keep indexed rows right when they are deleted or edited.
 

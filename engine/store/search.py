@@ -3,7 +3,7 @@
 The index is SQLite FTS5, one external-content table per source (``criteria_fts``, ``answers_fts``,
 ``judge_calls_fts``), created by schema migration 4 through sqlite-utils (which indexed the rows an
 older store already had). New rows are indexed on demand, not while the trainer writes a step (that cost
-a step write +25% to +220%, see bench/search.py): :func:`refresh_index` indexes, in bulk and in short
+a full-size step write +61% in bulk, +308% with per-row triggers; bench/search.py): :func:`refresh_index` indexes, in bulk and in short
 write transactions, every row above ``search_index_state.indexed_upto``, and :meth:`RunStore.search`
 calls it before searching. Delete/update triggers keep already indexed rows right.
 
