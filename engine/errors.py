@@ -57,3 +57,7 @@ class StoreError(UserError):
 
 class DependencyError(UserError):
     """An installed package is missing or does not provide what the code relies on (unsupported version)."""
+
+
+class SearchQueryError(UserError):
+    """A full-text search query is empty, too long, not valid FTS5 syntax, or too broad to finish."""

@@ -96,6 +96,8 @@ class RunsProvider(Provider):
             out.append((f"Inspect rubrics of {run.name}",
                         partial(self.app.open_screen, "inspector", run_id=run.id, name=run.name),
                         "rubric inspector: teacher vs student answers, verdict matrix"))
+            out.append((f"Search run {run.name}", partial(self.app.open_search, run.id, run.name),
+                        "full text: criteria, student and teacher answers, judge replies"))
         return out
 
     async def discover(self) -> Hits:
@@ -180,6 +182,12 @@ class RopdApp(App[int]):
             self.notify(str(err), severity="error", timeout=8)
             return
         self.push_screen(screen)
+
+    def open_search(self, run_id: int, name: str | None = None) -> None:
+        """Full-text search over a run; enter on a match opens that prompt in the rubric inspector."""
+        from .screens.search import open_search
+
+        open_search(self, run_id, name)
 
     def action_help(self) -> None:
         from .screens.help import HelpScreen

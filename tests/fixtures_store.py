@@ -13,6 +13,7 @@ Model output in the fixtures deliberately contains Rich/Textual markup (``[bold]
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ DEFAULT_RUNS: tuple[FixtureRun, ...] = (
 
 def make_group(step: int, group_index: int, *, seed: int = 0, n_students: int = 4, n_teachers: int = 2,
                n_criteria: int | None = None, failed: bool = False, inject: bool = True,
-               text_chars: int = 0) -> GroupResult:
-    """One judged group, deterministic in (seed, step, group_index)."""
+               text_chars: int = 0, raw_replies: bool = False) -> GroupResult:
+    """One judged group, deterministic in (seed, step, group_index). ``raw_replies``: the judge calls carry
+    the JSON an LLM judge replies (the rubric; the verdicts of every answer), as a real run stores them."""
     rng = random.Random(f"{seed}:{step}:{group_index}")
     a, b = rng.randint(2, 40), rng.randint(2, 40)
     truth = str(a * b)
@@ -112,6 +114,13 @@ def make_group(step: int, group_index: int, *, seed: int = 0, n_students: int = 
                        prompt_tokens=900, completion_tokens=300, endpoint="offline"),
              JudgeCall(role="verifier", model="offline", status="ok", latency_s=0.8, prompt_tokens=1500,
                        completion_tokens=200, endpoint="offline")]
+    if raw_replies:
+        calls[0].raw_reply = json.dumps({"schema_version": "ropd.rubric.v1", "maximum_score": total, "rubrics": [
+            {"criterion": c.text, "points": c.points, "category": c.category} for c in criteria]})
+        by_pool = sorted(answers, key=lambda x: x.pool_position or 0)
+        calls[1].raw_reply = json.dumps({"schema_version": "ropd.batch_verifier.v2", "answers": [
+            {"answer_index": i + 1, "judgement": x.verdicts,
+             "final_score": sum(c.points for c, v in zip(criteria, x.verdicts) if v)} for i, x in enumerate(by_pool)]})
     g = GroupResult(group_index=group_index, prompt=question, question=question, rollouts_raw=rollouts,
                     status="ok", ground_truth=truth, uid=f"u{step}-{group_index}", rubric=rubric, answers=answers,
                     calls=calls, template_versions={"rubricator": "a" * 64, "verifier": "b" * 64},
@@ -145,9 +154,11 @@ def step_metrics(step: int, groups: Sequence[GroupResult], seed: int = 0) -> dic
 
 def write_fixture_step(store: RunStore, run_id: int, step: int, *, seed: int = 0, groups: int = 3,
                        n_students: int = 4, n_teachers: int = 2, n_criteria: int | None = None,
-                       inject: bool = True, wall_time: float | None = None, text_chars: int = 0) -> None:
+                       inject: bool = True, wall_time: float | None = None, text_chars: int = 0,
+                       raw_replies: bool = False) -> None:
     gs = [make_group(step, gi, seed=seed, n_students=n_students, n_teachers=n_teachers, n_criteria=n_criteria,
-                     failed=(gi == groups - 1 and step % 5 == 4), inject=inject, text_chars=text_chars)
+                     failed=(gi == groups - 1 and step % 5 == 4), inject=inject, text_chars=text_chars,
+                     raw_replies=raw_replies)
           for gi in range(groups)]
     store.write_step(run_id, step, step_metrics(step, gs, seed), gs,
                      wall_time=BASE_TIME + step * STEP_SECONDS if wall_time is None else wall_time)
@@ -201,17 +212,20 @@ def _event(store: RunStore, run_id: int, kind: str, step: int, message: str) -> 
 
 
 def build_big_store(path: str | Path, *, steps: int = 500, groups: int = 16, n_students: int = 8,
-                    n_teachers: int = 4, n_criteria: int = 11, text_chars: int = 400, progress=None) -> int:
+                    n_teachers: int = 4, n_criteria: int = 11, text_chars: int = 400, progress=None,
+                    raw_replies: bool = False) -> int:
     """A single-run store for the benchmark: steps x groups x (students + teachers) x criteria verdicts
-    (defaults: 500 x 16 x 12 x 11 = 1,056,000). Returns the run id."""
+    (defaults: 500 x 16 x 12 x 11 = 1,056,000). ``progress(step)`` after each step may return True to
+    stop early. Returns the run id."""
     store = RunStore(path)
     try:
         rec = store.create_run("bench", "embedded", {"run": {"name": "bench"}})
         for step in range(steps):
             write_fixture_step(store, rec.id, step, groups=groups, n_students=n_students, n_teachers=n_teachers,
-                               n_criteria=n_criteria, inject=(step % 50 == 0), text_chars=text_chars)
-            if progress:
-                progress(step)
+                               n_criteria=n_criteria, inject=(step % 50 == 0), text_chars=text_chars,
+                               raw_replies=raw_replies)
+            if progress and progress(step):
+                break
         store.update_run(rec.id, status="finished", started_at=BASE_TIME, ended_at=BASE_TIME + steps * STEP_SECONDS,
                          exit_code=0)
         return rec.id

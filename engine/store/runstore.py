@@ -29,6 +29,8 @@ from engine.scoring.criterion_stats import VERDICT_ORDER, RunWide
 from engine.errors import StoreError
 from engine.types import GroupResult, to_jsonable
 from engine.store import queries as q
+from engine.store import search as search_q
+from engine.store.search import SearchPage
 from engine.store.db import Connection
 from engine.store.scrub import scrub, scrub_env, scrub_text
 from engine.store.step_writer import delete_group_rows, insert_calls, write_metric_rows, write_step_rows
@@ -516,6 +518,31 @@ class RunStore:
         """One row per (answer, criterion) of a step, with criterion text and the verdict."""
         with self._db.read() as c:
             return q.verdict_rows(c, int(run_id), self._attempt(c, run_id, attempt), int(step))
+
+    def search(self, run_id: int, query: str, *, kinds: Iterable[str] | str | None = None, limit: int = 50,
+               after: dict[str, int] | None = None, literal: bool = False, attempt: int | None = None,
+               progress=None) -> SearchPage:
+        """Full-text search of the run's criterion texts, student and teacher answers and raw judge replies
+        (``kinds``: some of criterion, student, teacher, reply; all by default). The first ``limit``
+        matches by step, prompt and kind, each with a snippet; the next page starts ``after`` the returned
+        ``cursor``. FTS5 syntax unless ``literal``; a bad query raises SearchQueryError. Indexes what was
+        written since the last search first (``progress(done, total)``; see :mod:`engine.store.search`)."""
+        search_q.prepare_query(query, literal)  # a bad query or kind fails before any indexing
+        kinds = search_q.normalize_kinds(kinds)
+        self.refresh_search_index(progress=progress)
+        with self._db.read() as c:
+            return search_q.search(c, int(run_id), self._attempt(c, run_id, attempt), query, kinds, limit=limit,
+                                   after=after, literal=literal)
+
+    def refresh_search_index(self, progress=None) -> int:
+        """Bring the full-text index up to date (rows written since the last search); returns how many rows
+        it indexed. Short write transactions: a training run writing meanwhile waits tens of ms at most."""
+        return search_q.refresh_index(self._db, progress=progress)
+
+    def search_backlog(self) -> int:
+        """How many texts the next search will index first."""
+        with self._db.read() as c:
+            return search_q.pending(c)
 
     def judge_calls(self, run_id: int, *, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._db.query("SELECT * FROM judge_calls WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",

@@ -291,7 +291,83 @@ def _v4_judge_call_finish_reason(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN response_format TEXT")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_judge_call_finish_reason]
+def _v5_full_text_search(conn: sqlite3.Connection) -> None:
+    """Full-text search (FTS5) over criterion texts, answer texts (student and teacher) and raw judge
+    replies, set up through sqlite-utils so its tools and Datasette recognise it: ``criteria_fts``,
+    ``answers_fts`` and ``judge_calls_fts`` are external-content tables (the index only; the text stays
+    in the base table), Porter-stemmed. The rows already in the store are indexed here, once.
+
+    Rows written later are indexed on demand, not in the step's transaction (indexing there cost a full-size
+    step write +61% in bulk, +308% with per-row triggers; bench/search.py): ``search_index_state`` says up to which id each table is indexed,
+    ``engine.store.search.refresh_index`` indexes the rows above it in bulk before a search, and the
+    ``<table>_ad`` / ``<table>_au`` triggers keep indexed rows right when they are deleted or edited.
+
+    Needs sqlite-utils >= 4: older versions run scripts through ``executescript``, which COMMITs the
+    migration transaction half-way."""
+    import sqlite_utils
+
+    if int(_dist_version("sqlite-utils").split(".")[0]) < 4:
+        from engine.errors import StoreError
+
+        raise StoreError("this run store needs sqlite-utils 4 or newer to add its search index",
+                         hint="pip install -U 'sqlite-utils>=4'")
+    db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+    conn.execute("CREATE TABLE search_index_state (source TEXT PRIMARY KEY, indexed_upto INTEGER NOT NULL)"
+                 " WITHOUT ROWID")
+    for table, column, key in (("criteria", "text", "id"), ("answers", "text", "id"),
+                               ("judge_calls", "raw_reply", "seq")):
+        db[table].enable_fts([column], tokenize="porter", create_triggers=False, replace=True)  # + existing rows
+        conn.execute("INSERT INTO search_index_state(source, indexed_upto) VALUES (?, (SELECT coalesce(max(rowid), 0)"
+                     f" FROM {table}))", (table,))
+        indexed = f"old.{key} <= (SELECT indexed_upto FROM search_index_state WHERE source = '{table}')"
+        conn.execute(f"""CREATE TRIGGER {table}_ad AFTER DELETE ON {table} WHEN {indexed} BEGIN
+            INSERT INTO "{table}_fts" ("{table}_fts", rowid, "{column}") VALUES ('delete', old.{key}, old."{column}");
+        END""")
+        conn.execute(f"""CREATE TRIGGER {table}_au AFTER UPDATE OF "{column}" ON {table} WHEN {indexed} BEGIN
+            INSERT INTO "{table}_fts" ("{table}_fts", rowid, "{column}") VALUES ('delete', old.{key}, old."{column}");
+            INSERT INTO "{table}_fts" (rowid, "{column}") VALUES (new.{key}, new."{column}");
+        END""")
+    if not conn.in_transaction:  # pragma: no cover - guards the atomicity of the migration
+        raise RuntimeError("sqlite-utils committed inside the schema migration")
+    # A run's first and last groups in write order: where its rows start and end in each FTS table.
+    conn.execute("CREATE INDEX idx_groups_run_seq ON groups(run_id, attempt, seq)")
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def _v6_sql_views(conn: sqlite3.Connection) -> None:
+    """Views for people who open the store with sqlite-utils, Datasette or the sqlite3 shell: one row per
+    answer, per verdict and per criterion, each with the run's name, attempt (``current``: 1 for the run's
+    current attempt), step and prompt (``prompt``: 1-based as the inspector shows it; ``group_index``: the
+    0-based index the exports use)."""
+    where = "FROM groups g JOIN runs r ON r.id = g.run_id"
+    head = ("r.name AS run, g.run_id AS run_id, g.attempt AS attempt, (g.attempt = r.attempt) AS current,"
+            " g.step AS step, g.group_index + 1 AS prompt, g.group_index AS group_index")
+    conn.execute(f"""CREATE VIEW v_answers AS SELECT {head},
+        p.question AS question, g.ground_truth AS ground_truth, g.status AS group_status,
+        a.id AS answer_id, a.kind AS kind, a.idx AS answer_index, a.pool_position AS pool_position,
+        a.reward AS reward, a.correct AS correct, a.truncated AS truncated, a.judge_score AS judge_score,
+        a.text AS text
+        {where} JOIN answers a ON a.group_id = g.seq LEFT JOIN prompts p ON p.hash = g.prompt_hash""")
+    conn.execute(f"""CREATE VIEW v_criteria AS SELECT {head},
+        cr.id AS criterion_id, cr.position AS position, cr.crit_key AS criterion_key, cr.text AS criterion,
+        cr.points AS points, cr.category AS category, cr.teacher_pass_rate AS teacher_pass_rate,
+        cr.student_pass_rate AS student_pass_rate
+        {where} JOIN criteria cr ON cr.group_id = g.seq""")
+    conn.execute(f"""CREATE VIEW v_verdicts AS SELECT {head},
+        a.id AS answer_id, a.kind AS kind, a.idx AS answer_index, a.reward AS reward,
+        cr.id AS criterion_id, cr.position AS position, cr.crit_key AS criterion_key, cr.text AS criterion,
+        cr.points AS points, cr.category AS category, v.passed AS passed
+        {where} JOIN verdicts v ON v.group_id = g.seq JOIN answers a ON a.id = v.answer_id
+        JOIN criteria cr ON cr.id = v.criterion_id""")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_judge_call_finish_reason,
+                               _v5_full_text_search, _v6_sql_views]
 
 
 def schema_version() -> int:

@@ -26,7 +26,11 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
                           ("o", "sort rollouts: pool / reward ↓ / reward ↑"), ("F", "show answers failing criterion k (cycle)"),
                           ("w", "run-wide per-criterion pass rates (enter jumps to the prompt)"),
                           ("v", "run-wide: show one verdict (discriminates, never passes, ...)"),
-                          ("+", "run-wide: load the next page")]),
+                          ("+", "run-wide: load the next page"),
+                          ("/", "search the run's rubrics, answers and judge replies")]),
+    ("Search", [("enter", "search (in the query) / open the match in the inspector (in the list)"),
+                ("ctrl+f", "kinds: all / criterion / student / teacher / reply"),
+                ("ctrl+l", "FTS5 syntax / literal words"), ("+", "more matches"), ("/", "edit the query")]),
     ("Compare", [("m", "smoothing"), ("x", "x axis"), ("d", "curves / config diff")]),
     ("New run", [("tab", "next field"), ("ctrl+r", "check the config (validate + preflight)"), ("ctrl+l", "launch"), ("esc", "cancel")]),
 ]

@@ -62,15 +62,20 @@ class InspectorScreen(LiveScreen):
         Binding("w", "run_wide", "Run-wide"),
         Binding("v", "rw_filter", "Verdict filter", show=False),
         Binding("plus", "rw_more", "More", show=False),
+        Binding("slash", "search", "Search", show=False),
     ]
 
-    def __init__(self, run_id: int, name: str | None = None, step: int | None = None) -> None:
+    def __init__(self, run_id: int, name: str | None = None, step: int | None = None,
+                 group_index: int | None = None, select: str | None = None) -> None:
         super().__init__()
         self.run_id = run_id
         self.run_name = name or str(run_id)
         self.step: int | None = step  # None: the latest step
         self.follow_latest = step is None
         self.group_pos = 0
+        self._want_group: int | None = group_index  # show this prompt (group_index) once the step is loaded
+        self._want_answer: str | None = select  # then select this answer ("student:2")
+        self.search_state: Any = None  # the last search (query, kinds, results), shown again on /
         self.sort = "pool"
         self.failed_criterion: int | None = None
         self.data: StepData | None = None
@@ -147,6 +152,11 @@ class InspectorScreen(LiveScreen):
         changed = self.data is None or self.data.step != data.step or self._group_sig(self.data) != self._group_sig(data)
         self.data = data
         self.step = data.step
+        if self._want_group is not None:
+            positions = [i for i, g in enumerate(data.groups) if g.group_index == self._want_group]
+            self.group_pos = positions[0] if positions else self.group_pos
+            self._want_group = None
+            changed = True
         if self.group_pos >= len(data.groups):
             self.group_pos = max(0, len(data.groups) - 1)
         if changed:
@@ -218,7 +228,12 @@ class InspectorScreen(LiveScreen):
         self._quiet_until = time.monotonic() + 0.5
         matrix.show(g.criteria, shown)
         await panes.show(shown, len(g.criteria))
-        if shown:
+        want, self._want_answer = self._want_answer, None
+        keys = [a.key for a in shown]
+        if want in keys:
+            matrix.move_cursor(row=keys.index(want))
+            panes.select(want, scroll=True)
+        elif shown:
             panes.select(shown[min(matrix.cursor_row, len(shown) - 1)].key, scroll=False)
 
     def _render_run_wide(self, keep_cursor: bool = False) -> None:
@@ -233,6 +248,7 @@ class InspectorScreen(LiveScreen):
         t.append(f"\n  showing {len(rw.top)} of {rw.n_matching} · {rw.verdict or 'all verdicts'} (v: filter)", style="bold")
         if rw.cursor is not None:
             t.append(" · + for more", style="bold")
+        t.append(" · / searches every rubric, answer and judge reply of the run", style="dim")
         for cat in rw.categories:
             t.append("\n  ")
             t.append_text(one_line(cat.get("category") or "(no category)", 30))
@@ -262,10 +278,28 @@ class InspectorScreen(LiveScreen):
         if event.data_table.id == "runwide-table" and self.run_wide:
             s = self.run_wide.top[event.cursor_row]
             if s.step is not None:
-                self.step, self.follow_latest = int(s.step), False
-                self.group_pos = int(s.group_index or 0)
-                self.query_one(TabbedContent).active = "prompt"
-                self.reload()
+                self.jump_to(int(s.step), int(s.group_index or 0))
+
+    def jump_to(self, step: int, group_index: int, answer: str | None = None) -> None:
+        """Show one prompt of one step (and select ``answer``, e.g. "student:2"), on the Prompt tab."""
+        self.step, self.follow_latest = int(step), False
+        self._want_group, self._want_answer = int(group_index), answer
+        self.failed_criterion = None  # the answer to select must not be filtered out
+        self.query_one(TabbedContent).active = "prompt"
+        self.reload()
+
+    def action_search(self) -> None:
+        """Full-text search over the run (criteria, answers, judge replies); enter on a match comes back here."""
+        from .search import SearchScreen
+
+        def done(result: Any) -> None:
+            if result is None:
+                return
+            self.search_state = result.state
+            if result.hit is not None:
+                self.jump_to(result.hit.step, result.hit.group_index, result.answer_key)
+
+        self.app.push_screen(SearchScreen(self.run_id, self.run_name, state=self.search_state), done)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "runwide" and not self._want_run_wide:
@@ -361,6 +395,8 @@ class InspectorScreen(LiveScreen):
         yield SystemCommand("Sort rollouts", "pool order / reward descending / ascending", self.action_sort)
         yield SystemCommand("Filter by failed criterion", "Cycle through criteria", self.action_filter_failed)
         yield SystemCommand("Run-wide criterion pass rates", "Teacher vs students over the run", self.action_run_wide)
+        yield SystemCommand("Search this run…", "Full text: criteria, student and teacher answers, judge replies",
+                            self.action_search)
 
 
 def rubric_table(g: GroupView, teachers: list[AnswerView], students: list[AnswerView]) -> Table:

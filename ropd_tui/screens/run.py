@@ -343,6 +343,8 @@ class RunScreen(LiveScreen):
                             self.action_smoothing)
         yield SystemCommand("X axis: step / wall time", "Toggle the x axis of the curves", self.action_x_axis)
         yield SystemCommand("Inspect rubrics", "Open the rubric inspector for this run", self.action_inspect)
+        yield SystemCommand("Search this run…", "Full text: criteria, student and teacher answers, judge replies",
+                            lambda: self.app.open_search(self.run_id, self.run_name))
         yield SystemCommand("Log: search", "Search the run's log", self.action_search)
         yield SystemCommand("Log: follow / pause", "Toggle following the end of the log", self.action_follow)
         yield SystemCommand("Stop this run", "SIGTERM, then SIGKILL", self.action_stop)

@@ -37,3 +37,35 @@ def one_line(text: object, limit: int = 80, style: str = "") -> Text:
     """A single-line preview of untrusted text."""
     s = " ".join(clean(text).split())
     return plain(s, style, limit=limit)
+
+
+def highlighted(parts, style: str = "bold reverse", *, limit: int | None = None, lead: int | None = None) -> Text:
+    """Untrusted text given as ``[(text, matched)]`` parts (a search snippet), matched parts in ``style``;
+    every part literal (no markup), on one line, cut to ``limit`` characters and with at most ``lead``
+    characters before the first match (so a narrow column still shows it)."""
+    parts = [(clean(text).replace("\n", " ").replace("\t", " "), bool(matched)) for text, matched in parts]
+    if lead is not None:
+        before = 0
+        for i, (text, matched) in enumerate(parts):
+            if matched:
+                if before > lead:  # drop the start, keep the last ``lead`` characters before the match
+                    keep, kept = lead, []
+                    for t, m in reversed(parts[:i]):
+                        kept.insert(0, (t[-keep:], m) if len(t) > keep else (t, m))
+                        keep -= len(kept[0][0])
+                        if keep <= 0:
+                            break
+                    parts = [("…", False)] + kept + parts[i:]
+                break
+            before += len(text)
+    out = Text(end="")
+    left = limit
+    for s, matched in parts:
+        if left is not None:
+            if left <= 0:
+                break
+            if len(s) > left:
+                s = s[: max(0, left - 1)] + "…"
+            left -= len(s)
+        out.append(s, style=style if matched else "")
+    return out
