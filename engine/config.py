@@ -89,12 +89,19 @@ class TeacherConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "demo_math"  # demo_math | jsonl
-    train_file: str | None = None  # jsonl: {"prompt": str|messages, "ground_truth": str?, "data_source": str?}
+    name: str = "demo_math"  # demo_math | file (jsonl: the older name of file)
+    # file: JSONL, Parquet or CSV (by extension); rows {"prompt": str|messages, "ground_truth"?, "data_source"?},
+    # or verl-format parquet (data_source, prompt, reward_model.ground_truth, extra_info) as it is
+    train_file: str | None = None
     val_file: str | None = None
+    prompt_key: str = "prompt"  # column of the prompt (a string or chat messages); dots reach into nested columns
+    answer_key: str | None = None  # column of the ground truth; None: ground_truth, else reward_model.ground_truth
+    data_source_key: str | None = None  # None: data_source when the file has it, else the file name
     num_prompts: int = 64  # demo_math only
     seed: int = 0
     system_prompt: str | None = None
+    checker: str = "math_verify"  # math_verify | rule | exact | python:module:function
+    checker_timeout_s: float = 5.0  # per answer; a slower check counts as wrong and never stalls a step
 
 
 @dataclass
@@ -356,6 +363,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"trainer.eval_every must be >= 0 (0 = no validation), got {t.eval_every}")
     if t.eval_prompts < 1:
         raise ConfigError(f"trainer.eval_prompts must be >= 1, got {t.eval_prompts}")
+    from engine.tasks.checkers import validate_checker_spec
+
+    validate_checker_spec(cfg.task.checker)
+    if not cfg.task.checker_timeout_s > 0:
+        raise ConfigError(f"task.checker_timeout_s must be > 0, got {cfg.task.checker_timeout_s:g}")
 
 
 def store_path(cfg: Config | None = None, env: typing.Mapping[str, str] | None = None) -> Path:

@@ -283,7 +283,12 @@ def _v3_criteria_rates_index(conn: sqlite3.Connection) -> None:
                  " teacher_pass_rate)")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index]
+def _v4_answer_checker(conn: sqlite3.Connection) -> None:
+    """Which checker decided each answer's correctness (math_verify, rule, exact, python:..., +:timeout)."""
+    conn.execute("ALTER TABLE answers ADD COLUMN checker TEXT")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_answer_checker]
 
 
 def schema_version() -> int:
