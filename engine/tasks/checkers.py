@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
@@ -159,6 +161,9 @@ def validate_checker_spec(spec: str) -> str:
 
 def _python_checker(spec: str) -> CheckFn:
     module_name, _, func_name = spec[len("python:"):].rpartition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path and os.path.abspath(cwd) not in {os.path.abspath(p or os.curdir) for p in sys.path}:
+        sys.path.append(cwd)  # as in our subprocesses (engine.runs.entrypoint): last, so it shadows nothing
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any import failure is the user's module

@@ -96,6 +96,8 @@ def _read_with_datasets(path: Path, fmt: str, what: str) -> list[tuple[str, dict
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     kwargs: dict[str, Any] = {}
+    if fmt == "parquet" and _parquet_rows(path) == 0:
+        return []  # datasets' parquet reader fails on a file without rows
     if fmt == "csv":
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
         header = _csv_header(path, sep)
@@ -106,10 +108,22 @@ def _read_with_datasets(path: Path, fmt: str, what: str) -> list[tuple[str, dict
     try:
         ds = datasets.load_dataset(fmt, data_files=str(path.resolve()), split="train", **kwargs)
     except Exception as err:  # noqa: BLE001 - arrow/pandas errors: name the file and the cause
+        if "corresponds to no data" in str(err):  # datasets' word for a split without rows
+            return []
         cause = " ".join(str(err).split())[:300]
         raise ConfigError(f"{what} {path}: cannot read it as {fmt} ({type(err).__name__}: {cause})",
                           hint=f"check that it is a valid .{path.suffix.lstrip('.').lower()} file") from None
     return [(f"{path} row {i}", dict(row)) for i, row in enumerate(ds, 1)]
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """Rows in a Parquet file by its footer (None when there is no readable footer: datasets says why)."""
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # noqa: BLE001 - not parquet: the datasets reader below names the problem
+        return None
 
 
 def _csv_header(path: Path, sep: str) -> list[str]:
