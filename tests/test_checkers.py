@@ -213,3 +213,33 @@ def test_rule_and_exact_run_in_process():
 def test_timeout_must_be_positive():
     with pytest.raises(ValueError):
         CheckerPool("rule", timeout_s=0)
+
+
+def _numeric_pairs(n: int = 150):
+    import random
+
+    rng = random.Random(7)
+    forms = [lambda p, q: str(p), lambda p, q: f"{p:03d}" if 0 <= p < 1000 else str(p),
+             lambda p, q: f"{p:,}", lambda p, q: f"{p}{{,}}000" if 0 < p < 1000 else str(p),
+             lambda p, q: f"\\frac{{{p}}}{{{q}}}", lambda p, q: f"{p}/{q}", lambda p, q: f"{p / q:g}",
+             lambda p, q: f"{p / q:.3f}", lambda p, q: f"\\dfrac{{{p}}}{{{q}}}"]
+    pairs = []
+    for _ in range(n):
+        p, q = rng.randint(-50, 5000), rng.choice([1, 2, 3, 4, 8, 10, 16])
+        gold = rng.choice(forms)(p, q)
+        p2 = p if rng.random() < 0.5 else p + rng.choice([-1, 1, 10])
+        boxed = rng.choice(forms)(p2, q if rng.random() < 0.8 else q + 1)
+        pairs.append((gold, rng.choice([f"So the answer is $\\boxed{{{boxed}}}$.", f"\\boxed{{ {boxed} }}",
+                                        f"Adding up: 3 + 4 = 7, then \\boxed{{{boxed}}}"])))
+    return pairs
+
+
+def test_the_numeric_shortcut_agrees_with_the_full_math_verify_path():
+    from engine.tasks.checkers import _numeric_shortcut
+
+    pairs = _numeric_pairs()
+    decided = [(gt, a) for gt, a in pairs if _numeric_shortcut(a, gt) is not None]
+    assert len(decided) > len(pairs) // 2  # most boxed numbers skip the LaTeX parser
+    disagree = [(gt, a) for gt, a in decided
+                if check_math_verify(a, gt) != check_math_verify(a, gt, shortcut=False)]
+    assert disagree == []

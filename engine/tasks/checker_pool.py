@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -43,6 +44,8 @@ log = logging.getLogger("ropd.checker")
 
 IN_PROCESS = ("rule", "exact")
 GRACE_S = 2.0  # past the per-answer limit before a silent worker is killed
+MAX_IN_FLIGHT = 64  # requests written ahead to one worker
+PIPE_BUDGET = 32768  # bytes in flight per worker: under the pipe buffer, so writes never block
 STARTUP_TIMEOUT_S = 180.0  # importing SymPy on a loaded machine
 
 
@@ -52,7 +55,7 @@ def default_workers() -> int:
 
 
 class _Lane(threading.Thread):
-    """One worker process and the thread that feeds it, one answer at a time."""
+    """One worker process and the thread that feeds it."""
 
     def __init__(self, pool: "CheckerPool", number: int):
         super().__init__(name=f"ropd-checker-{number}", daemon=True)
@@ -60,6 +63,7 @@ class _Lane(threading.Thread):
         self.proc: subprocess.Popen | None = None
         self._buf = b""
         self._seq = 0
+        self._head_since = 0.0  # when the worker could start on the oldest request in flight
 
     # -- the worker process ------------------------------------------------------------------------
     def _start(self) -> bool:
@@ -116,59 +120,109 @@ class _Lane(threading.Thread):
         line, _, self._buf = self._buf.partition(b"\n")
         return line
 
-    # -- one answer --------------------------------------------------------------------------------
-    def check(self, answer: str, ground_truth: str) -> Checked:
-        pool = self.pool
-        if pool.broken is not None or (self.proc is None and not self._start()):
-            return Checked(None, f"{pool.spec}:error")
-        self._seq += 1
-        req = json.dumps({"id": self._seq, "answer": answer, "ground_truth": ground_truth}) + "\n"
-        try:
-            self.proc.stdin.write(req.encode("ascii"))
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            self._stop()
-            return Checked(None, f"{pool.spec}:error")
-        line = self._read_line(time.monotonic() + pool.timeout_s + GRACE_S)
-        if line is None:  # stuck where SIGALRM cannot reach: kill it, the next answer gets a fresh worker
-            log.warning("checker %s: an answer took longer than %.3g s; its worker was replaced", pool.spec,
-                        pool.timeout_s)
-            self._stop()
-            return Checked(False, f"{pool.spec}:timeout")
-        if line == b"":
-            log.warning("checker %s: the worker died on an answer (exit code %s); starting another", pool.spec,
-                        self.proc.poll() if self.proc is not None else "?")
-            self._stop()
-            return Checked(None, f"{pool.spec}:error")
-        reply = _loads(line)
-        if reply.get("id") != self._seq:
-            self._stop()
-            return Checked(None, f"{pool.spec}:error")
-        if reply.get("error"):
-            pool.note_error(reply["error"])
-        correct = reply.get("correct")
-        return Checked(None if correct is None else bool(correct), str(reply.get("checker") or pool.spec))
-
+    # -- answers, pipelined -------------------------------------------------------------------------
     def run(self) -> None:
+        """Feed the worker: keep a few requests in flight (the worker never waits for this thread), read
+        the replies in order, and time each answer from the moment the worker could start on it."""
         pool = self.pool
+        unsent: collections.deque = collections.deque()  # (answer, gt, key, fut), taken from the queue
+        inflight: collections.deque = collections.deque()  # (seq, size, item)
+        stopping = False
         try:
             while True:
-                item = pool._queue.get()
-                if item is None:
-                    return
-                answer, ground_truth, key, fut = item
-                if not fut.set_running_or_notify_cancel():
+                if not unsent and not inflight:
+                    if stopping:
+                        return
+                    item = pool._queue.get()
+                    if item is None:
+                        return
+                    unsent.append(item)
+                while not stopping and len(unsent) + len(inflight) < MAX_IN_FLIGHT:
+                    try:
+                        item = pool._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    unsent.append(item)
+                if pool.broken is not None or (self.proc is None and not self._start()):
+                    for item in list(unsent) + [entry[2] for entry in inflight]:
+                        self._finish(item, Checked(None, f"{pool.spec}:error"))
+                    unsent.clear()
+                    inflight.clear()
                     continue
-                try:
-                    res = self.check(answer, ground_truth)
-                except BaseException as err:  # noqa: BLE001 - never leave a caller waiting
-                    log.exception("checker %s failed", pool.spec)
-                    fut.set_exception(err)
-                    continue
-                pool._remember(key, res)
-                fut.set_result(res)
+                self._send(unsent, inflight)
+                self._receive(unsent, inflight)
         finally:
+            for item in list(unsent) + [entry[2] for entry in inflight]:
+                item[3].cancel()
             self._stop()
+
+    def _finish(self, item, res: Checked) -> None:
+        answer, ground_truth, key, fut = item
+        self.pool._remember(key, res)
+        if not fut.done():
+            fut.set_result(res)
+
+    def _send(self, unsent: collections.deque, inflight: collections.deque) -> None:
+        """Write requests while the bytes in flight stay under the pipe's buffer (so a write never blocks
+        on a worker that is busy with an answer), or one request when nothing is in flight."""
+        while unsent:
+            answer, ground_truth, key, fut = unsent[0]
+            if fut.cancelled():
+                unsent.popleft()
+                continue
+            self._seq += 1
+            data = (json.dumps({"id": self._seq, "answer": answer, "ground_truth": ground_truth}) + "\n").encode("ascii")
+            if inflight and sum(e[1] for e in inflight) + len(data) > PIPE_BUDGET:
+                self._seq -= 1
+                return
+            try:
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                self._seq -= 1
+                return  # the worker is gone: _receive sees it and starts over
+            unsent.popleft()
+            if not inflight:
+                self._head_since = time.monotonic()
+            inflight.append((self._seq, len(data), (answer, ground_truth, key, fut)))
+
+    def _receive(self, unsent: collections.deque, inflight: collections.deque) -> None:
+        """One reply (or a verdict on the answer at the head when the worker fails it)."""
+        pool = self.pool
+        if not inflight:
+            if unsent:  # nothing could be sent: the worker is gone; the next round starts another
+                self._stop()
+            return
+        seq, _, head = inflight[0]
+        line = self._read_line(self._head_since + pool.timeout_s + GRACE_S)
+        if line is not None and line != b"":
+            reply = _loads(line)
+            if reply.get("id") == seq:
+                inflight.popleft()
+                self._head_since = time.monotonic()
+                if reply.get("error"):
+                    pool.note_error(reply["error"])
+                correct = reply.get("correct")
+                self._finish(head, Checked(None if correct is None else bool(correct),
+                                           str(reply.get("checker") or pool.spec)))
+                return
+            line = b""  # out of step: treat it as a dead worker
+        if line is None:  # stuck where SIGALRM cannot reach: kill it, the rest go to a fresh worker
+            log.warning("checker %s: an answer took longer than %.3g s; its worker was replaced", pool.spec,
+                        pool.timeout_s)
+            verdict = Checked(False, f"{pool.spec}:timeout")
+        else:
+            log.warning("checker %s: the worker died on an answer (exit code %s); starting another", pool.spec,
+                        self.proc.poll() if self.proc is not None else "?")
+            verdict = Checked(None, f"{pool.spec}:error")
+        self._stop()
+        inflight.popleft()
+        self._finish(head, verdict)
+        unsent.extendleft(reversed([entry[2] for entry in inflight]))  # resent to the next worker, in order
+        inflight.clear()
 
 
 def _loads(line: bytes | None) -> dict[str, Any]:

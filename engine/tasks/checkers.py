@@ -30,6 +30,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -127,16 +128,82 @@ def _parsed_gold(ground_truth: str) -> tuple:
                           parsing_timeout=None))
 
 
-def check_math_verify(answer: str, ground_truth: str) -> Checked:
-    """math-verify for a math ground truth, the rule-based check for plain text (see the module doc)."""
+# A number as written in a ground truth or a \boxed{} answer: 42, -7, 073, 1,000, 1{,}000, 0.25, 3/4, \frac{3}{4}
+_PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+|-?\d+/\d+|-?\\[dt]?frac\{\d+\}\{\d+\}")
+_FRAC = re.compile(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}")
+
+
+def _plain_number(text: str) -> Fraction | None:
+    s = text.strip().replace("{,}", ",").replace("\\!", "").replace(" ", "")
+    if not _PLAIN_NUMBER.fullmatch(s):
+        return None
+    m = _FRAC.fullmatch(s)
+    try:
+        if m:
+            return Fraction(int(m.group(2)), int(m.group(3))) * (-1 if m.group(1) else 1)
+        return Fraction(s.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _only_boxed(text: str) -> str | None:
+    """The content of the answer's only ``\\boxed{}`` (braces balanced); None for none, several, or unclosed."""
+    start = text.find("\\boxed{")
+    if start < 0 or text.find("\\boxed", start + 1) >= 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def _numeric_shortcut(answer: str, ground_truth: str) -> bool | None:
+    """math-verify's verdict, without its LaTeX parser, where it is certain; None elsewhere.
+
+    Only for an answer with exactly one ``\\boxed{}`` and no "final answer" phrase (then math-verify reads
+    the boxed content, nothing else) against a ground truth without delimiters: the same text is right; two
+    plain numbers are compared exactly, and only equality or two different integers decide (math-verify
+    compares decimals with rounding). ANTLR's LaTeX parse costs 1-60 ms per answer; this, microseconds.
+    tests/test_checkers.py checks that it agrees with the full path.
+    """
+    if "$" in ground_truth or "\\boxed" in ground_truth or "final answer" in answer.lower():
+        return None
+    boxed = _only_boxed(answer)
+    if boxed is None:
+        return None
+    if "".join(boxed.split()) == "".join(ground_truth.split()):
+        return True
+    got, want = _plain_number(boxed), _plain_number(ground_truth)
+    if got is None or want is None:
+        return None
+    if got == want:
+        return True
+    if got.denominator == 1 and want.denominator == 1:
+        return False
+    return None
+
+
+def check_math_verify(answer: str, ground_truth: str, *, shortcut: bool = True) -> Checked:
+    """math-verify for a math ground truth, the rule-based check for plain text (see the module doc).
+    ``shortcut``: decide a boxed plain number without the LaTeX parser where math-verify's verdict is certain."""
     gt = str(ground_truth)
     if not is_math_ground_truth(gt):
         return Checked(check_rule(answer, _unwrap_text(gt)).correct, "rule")
+    text = strip_reasoning(answer)
+    # a plain-number ground truth is one math-verify reads: no need to parse it before the shortcut
+    fast = _numeric_shortcut(text, gt) if shortcut and _plain_number(gt) is not None else None
+    if fast is not None:
+        return Checked(fast, "math_verify")
     gold = _parsed_gold(gt)
     if not gold:  # math-verify cannot read this ground truth
         return check_rule(answer, gt)
+    fast = _numeric_shortcut(text, gt) if shortcut else None
+    if fast is not None:
+        return Checked(fast, "math_verify")
     mv = _mv()
-    pred = mv.parse(strip_reasoning(answer), extraction_config=[mv.LatexExtractionConfig(), mv.ExprExtractionConfig()],
+    pred = mv.parse(text, extraction_config=[mv.LatexExtractionConfig(), mv.ExprExtractionConfig()],
                     parsing_timeout=None)
     return Checked(bool(pred) and bool(mv.verify(list(gold), pred, timeout_seconds=None)), "math_verify")
 
