@@ -1,8 +1,11 @@
 """Benchmark: the answer checker's time per answer, and what it adds to a step's reward stage.
 
-4,096 mixed answers (GSM8K-style numbers, MATH-style LaTeX: fractions, radicals, sets, intervals,
-polynomials, pi, units; AIME-style integers; plain text), about half right, every (ground truth, answer)
-pair distinct so nothing is answered from the checker's memory. Prints:
+4,096 mixed answers in groups of 12 sharing a ground truth (8 rollouts + 4 teacher answers of one
+prompt), weighted roughly like MATH / GSM8K / AIME training sets: integers (most in ``\\boxed{}``, some in
+GSM8K's ``#### N``), AIME keys with leading zeros, thousands separators, and LaTeX: fractions, decimals
+against fractions, radicals, polynomials, pi, sets, intervals, units; a few plain-text answers. About
+half are right; every (ground truth, answer) pair is distinct, so nothing comes from the checker's
+memory. Prints:
 
 1. time per answer, checked in this process one after another (``math_verify`` and ``rule``), by kind;
 2. time per answer through the checker pool (worker processes, the path training uses), 1 and 2 workers;
@@ -34,7 +37,18 @@ from engine.tasks.checker_pool import CheckerPool  # noqa: E402
 from engine.tasks.checkers import check_math_verify, check_rule  # noqa: E402
 
 
-def _gsm8k(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
+def _boxed(rng: random.Random, i: int, value: str, lead: str) -> str:
+    """A model's answer ending in ``\\boxed{value}`` (what "put your final answer in \\boxed{}" prompts get)."""
+    return f"Attempt {i}. {lead} Therefore the answer is $\\boxed{{{value}}}$."
+
+
+def _integer(rng: random.Random, i: int, right: bool) -> tuple[str, str]:  # MATH / GSM8K integer answers
+    n = rng.randint(-20, 5000)
+    got = n if right else n + rng.choice([-10, -1, 1, 2])
+    return str(n), _boxed(rng, i, str(got), f"Combining the {rng.randint(2, 9)} cases gives {got}.")
+
+
+def _gsm8k(rng: random.Random, i: int, right: bool) -> tuple[str, str]:  # GSM8K's own "#### N" format
     a, b, c = rng.randint(10, 99), rng.randint(2, 9), rng.randint(1, 50)
     gt = a * b + c
     got = gt if right else gt + rng.choice([-10, -1, 1, 2, 10])
@@ -45,82 +59,85 @@ def _gsm8k(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
 def _money(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
     n = rng.randint(1, 40) * 1000
     got = n if right else n + 1000
-    return f"{n:,}", f"Case {i}. In total they spend ${got:,} on the trip. The answer is {got}"
+    return f"{n:,}", _boxed(rng, i, f"{got:,}", f"In total they spend ${got:,} on the trip.")
+
+
+def _aime(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
+    n = rng.randint(0, 999)
+    return f"{n:03d}", _boxed(rng, i, str(n if right else (n + 7) % 1000), "Taking the residue mod 1000,")
 
 
 def _fraction(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
     p, q = rng.randint(1, 9), rng.randint(11, 19)
-    wrong = f"\\frac{{{p + 1}}}{{{q}}}"
-    return f"\\frac{{{p}}}{{{q}}}", (f"Problem {i}. Dividing both sides by {q} we get "
-                                     f"$x = \\boxed{{{f'{p}/{q}' if right else wrong}}}$.")
+    return f"\\frac{{{p}}}{{{q}}}", _boxed(rng, i, f"\\frac{{{p if right else p + 1}}}{{{q}}}",
+                                          f"Dividing both sides by {q},")
 
 
 def _decimal(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
     q = rng.choice([2, 4, 5, 8])
     p = rng.randint(1, q - 1)
     value = p / q if right else p / q + 0.1
-    return f"\\frac{{{p}}}{{{q}}}", f"Attempt {i}: the probability is $\\boxed{{{value:g}}}$"
+    return f"\\frac{{{p}}}{{{q}}}", _boxed(rng, i, f"{value:g}", "As a decimal the probability is")
 
 
 def _radical(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
-    n = rng.choice([2, 3, 5, 6, 7])
-    d = rng.randint(2, 9)
-    return (f"\\frac{{\\sqrt{{{n}}}}}{{{d}}}", f"Line {i}. Rationalising, the length is "
-            f"$\\sqrt{{{n}}}/{d if right else d + 1}$.")
+    n, d = rng.choice([2, 3, 5, 6, 7]), rng.randint(2, 9)
+    return (f"\\frac{{\\sqrt{{{n}}}}}{{{d}}}",
+            f"Line {i}. Rationalising, the length is $\\sqrt{{{n}}}/{d if right else d + 1}$.")
+
+
+def _poly(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
+    a, b = rng.randint(2, 9), rng.randint(1, 9)
+    return f"{a}x^2+{b}", _boxed(rng, i, f"{b if right else b + 1} + {a}x^2", "Expanding,")
+
+
+def _pi(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
+    d = rng.choice([2, 3, 4, 6])
+    return f"\\pi/{d}", _boxed(rng, i, f"\\frac{{\\pi}}{{{d if right else d + 1}}}", "The angle is")
 
 
 def _set(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
     xs = rng.sample(range(-9, 10), 3)
     shown = list(reversed(xs)) if right else [xs[0], xs[1], xs[2] + 20]
-    return (f"\\{{{','.join(map(str, xs))}\\}}", f"Root {i}: the solutions are "
-            f"$\\{{{', '.join(map(str, shown))}\\}}$.")
+    return (f"\\{{{','.join(map(str, xs))}\\}}",
+            f"Root {i}: the solutions are $\\{{{', '.join(map(str, shown))}\\}}$.")
 
 
 def _interval(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
-    a = rng.randint(-9, 0)
-    b = rng.randint(1, 9)
-    return f"({a},{b}]", f"Region {i}: so $x \\in \\boxed{{{'(' if right else '['}{a}, {b}]}}$"
-
-
-def _poly(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
-    a, b = rng.randint(2, 9), rng.randint(1, 9)
-    return f"{a}x^2+{b}", f"Expanding case {i} gives $\\boxed{{{b if right else b + 1} + {a}x^2}}$"
-
-
-def _pi(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
-    d = rng.choice([2, 3, 4, 6])
-    return f"\\pi/{d}", f"Angle {i}: $\\theta = \\frac{{\\pi}}{{{d if right else d + 1}}}$"
+    a, b = rng.randint(-9, 0), rng.randint(1, 9)
+    return f"({a},{b}]", _boxed(rng, i, f"{'(' if right else '['}{a}, {b}]", "So x lies in")
 
 
 def _units(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
     n = rng.randint(2, 99)
-    return str(n), f"Side {i}: the length is $\\boxed{{{n if right else n + 3} \\text{{ cm}}}}$."
-
-
-def _aime(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
-    n = rng.randint(0, 999)
-    return f"{n:03d}", f"Trial {i}. Therefore the answer is $\\boxed{{{n if right else (n + 7) % 1000}}}$."
+    return str(n), _boxed(rng, i, f"{n if right else n + 3} \\text{{ cm}}", "The side is")
 
 
 def _text(rng: random.Random, i: int, right: bool) -> tuple[str, str]:
     city = rng.choice(["Paris", "Lima", "Oslo", "Cairo", "Quito"])
-    other = "Berlin"
-    return city, f"Question {i}: the capital is {city if right else other}."
+    return city, f"Question {i}: the capital is {city if right else 'Berlin'}."
 
 
-KINDS = {"gsm8k": _gsm8k, "money": _money, "fraction": _fraction, "decimal": _decimal, "radical": _radical,
-         "set": _set, "interval": _interval, "polynomial": _poly, "pi": _pi, "units": _units, "aime": _aime,
-         "text": _text}
-WEIGHTS = {"gsm8k": 4, "money": 1, "fraction": 1, "decimal": 1, "radical": 1, "set": 1, "interval": 1,
-           "polynomial": 1, "pi": 1, "units": 1, "aime": 2, "text": 1}
+KINDS = {"integer": _integer, "gsm8k": _gsm8k, "money": _money, "aime": _aime, "fraction": _fraction,
+         "decimal": _decimal, "radical": _radical, "polynomial": _poly, "pi": _pi, "set": _set,
+         "interval": _interval, "units": _units, "text": _text}
+# roughly the answer types of MATH / GSM8K / AIME training sets: mostly integers, some LaTeX
+WEIGHTS = {"integer": 40, "gsm8k": 10, "money": 3, "aime": 12, "fraction": 8, "decimal": 3, "radical": 6,
+           "polynomial": 5, "pi": 3, "set": 2, "interval": 2, "units": 3, "text": 3}
+GROUP = 12  # answers per prompt (8 rollouts + 4 teacher answers) share a ground truth
 
 
 def mixed_answers(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
-    """``n`` distinct (kind, ground truth, answer) triples."""
+    """``n`` distinct (kind, ground truth, answer) triples, in groups of GROUP sharing a ground truth."""
     rng = random.Random(seed)
     kinds = [k for k, w in WEIGHTS.items() for _ in range(w)]
-    return [(kind, *KINDS[kind](rng, i, rng.random() < 0.5)) for i, kind in enumerate(rng.choice(kinds)
-                                                                                      for _ in range(n))]
+    out: list[tuple[str, str, str]] = []
+    for g in range((n + GROUP - 1) // GROUP):
+        kind = rng.choice(kinds)
+        for j in range(GROUP):
+            # the same draws for every answer of the group (the same ground truth); i and right differ
+            out.append((kind, *KINDS[kind](random.Random(f"{seed}:{g}"), g * GROUP + j, rng.random() < 0.5)))
+    return out[:n]
 
 
 def in_process(items: list[tuple[str, str, str]]) -> None:
@@ -185,17 +202,18 @@ def reward_stage(latency: float, n_groups: int, rollouts: int, repeats: int) -> 
     from engine.types import GroupInput
     from judge_pipeline import start_server
 
-    items = mixed_answers(n_groups * (rollouts + 4), seed=1)
+    assert rollouts + 4 == GROUP, "the generator makes groups of 8 rollouts + 4 teacher answers"
+    items = mixed_answers(n_groups * GROUP, seed=1)
     proc, base_url = start_server(latency)
     try:
         results: dict[str, list[float]] = defaultdict(list)
         for r in range(repeats):
             for checker in ("rule", "math_verify"):
-                rng = iter(mixed_answers(n_groups * (rollouts + 4), seed=100 + r))  # fresh answers each time
+                answers = mixed_answers(n_groups * GROUP, seed=100 + r)  # fresh answers: nothing remembered
                 groups = []
                 for g in range(n_groups):
-                    chunk = [next(rng) for _ in range(rollouts + 4)]
-                    groups.append(GroupInput(prompt=f"Problem {r}.{g}: {chunk[0][1]}?", ground_truth=chunk[0][1],
+                    chunk = answers[g * GROUP:(g + 1) * GROUP]
+                    groups.append(GroupInput(prompt=f"Problem {r}.{g} ({chunk[0][0]})", ground_truth=chunk[0][1],
                                              rollouts=[a for _, _, a in chunk[:rollouts]],
                                              teacher_answers=[a for _, _, a in chunk[rollouts:]], uid=f"{r}.{g}"))
                 results[checker].append(asyncio.run(stage(base_url, groups, checker)))
@@ -219,8 +237,10 @@ def main() -> None:
     ap.add_argument("--skip-stage", action="store_true")
     args = ap.parse_args()
     items = mixed_answers(args.answers)
-    print(f"checker benchmark: {len(items)} mixed answers, "
-          f"{sum(1 for k, _, _ in items if k == 'text')} plain-text, the rest math")
+    kinds = defaultdict(int)
+    for k, _, _ in items:
+        kinds[k] += 1
+    print(f"checker benchmark: {len(items)} mixed answers ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})")
     print("1. in this process, one after another:")
     in_process(items)
     print("2. through the checker pool (worker processes, as in training):")
