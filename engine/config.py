@@ -89,12 +89,19 @@ class TeacherConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "demo_math"  # demo_math | jsonl
-    train_file: str | None = None  # jsonl: {"prompt": str|messages, "ground_truth": str?, "data_source": str?}
+    name: str = "demo_math"  # demo_math | file (jsonl: the older name of file)
+    # file: JSONL, Parquet or CSV (by extension); rows {"prompt": str|messages, "ground_truth"?, "data_source"?},
+    # or verl-format parquet (data_source, prompt, reward_model.ground_truth, extra_info) as it is
+    train_file: str | None = None
     val_file: str | None = None
+    prompt_key: str = "prompt"  # column of the prompt (a string or chat messages); dots reach into nested columns
+    answer_key: str | None = None  # column of the ground truth; None: ground_truth, else reward_model.ground_truth
+    data_source_key: str | None = None  # None: data_source when the file has it, else the file name
     num_prompts: int = 64  # demo_math only
     seed: int = 0
     system_prompt: str | None = None
+    checker: str = "math_verify"  # math_verify | rule | exact | python:module:function
+    checker_timeout_s: float = 5.0  # per answer; a slower check counts as wrong and never stalls a step
 
 
 @dataclass
@@ -444,6 +451,7 @@ RANGES: dict[str, Range] = {
     "scorer.eps": Range(0, 1, low_open=True, high_open=True),
     "task.num_prompts": _AT_LEAST_1,
     "task.seed": _SEED,
+    "task.checker_timeout_s": _POSITIVE,
     "trainer.steps": _AT_LEAST_1,
     "trainer.prompts_per_step": _AT_LEAST_1,
     "trainer.rollouts": Range(2, note="GRPO needs a group of rollouts per prompt"),
@@ -503,6 +511,9 @@ def validate(cfg: Config) -> None:
     if j.retry_initial_delay_s > j.retry_max_delay_s > 0:
         raise ConfigError(f"judge.retry_initial_delay_s ({j.retry_initial_delay_s:g}) must be <= "
                           f"judge.retry_max_delay_s ({j.retry_max_delay_s:g})")
+    from engine.tasks.checkers import validate_checker_spec
+
+    validate_checker_spec(cfg.task.checker)
 
 
 def store_path(cfg: Config | None = None, env: typing.Mapping[str, str] | None = None) -> Path:

@@ -109,7 +109,8 @@ class AnswerResult:
     verdicts: list[bool] | None = None  # one per criterion, in rubric order
     reward: float | None = None  # recomputed weighted pass rate in [0, 1]
     judge_score: float | None = None  # the judge's self-reported score; recorded, never used
-    correct: bool | None = None  # rule-based correctness against ground truth, when known
+    correct: bool | None = None  # correctness against the ground truth, when known
+    checker: str | None = None  # which checker decided ``correct`` (math_verify, rule, exact, python:..., +:timeout)
 
 
 @dataclass

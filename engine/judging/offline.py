@@ -21,7 +21,8 @@ How it imitates the method:
        line or sentence; the answer does not stop mid-sentence
 
 * **Verify**: each criterion's text is canonical, so the check is recovered from the text itself (a
-  rubric read back from the run store verifies the same way). A criterion the offline judge did not
+  rubric read back from the run store verifies the same way). "The final answer is V" is decided by
+  the task's checker (``task.checker``, math-verify by default), off the event loop. A criterion the offline judge did not
   write is judged by a plain heuristic: every number it mentions appears in the answer, or, without
   numbers, most of its content words do.
 * **Scalar score** (T-Judge baseline): 6 for the right final value, 2 for the answer format, 1 for
@@ -40,7 +41,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from engine.judging.parsing import RUBRIC_SCHEMA, SCALAR_SCHEMA, VERIFIER_SCHEMA
 from engine.tasks import final_answer, final_number, numbers_in, parse_number, strip_reasoning
@@ -151,6 +152,18 @@ def _final_check(value: str) -> Callable[[str], bool]:
     return lambda a: check_answer(a, value)
 
 
+_FINAL_RE = re.compile(r"^The final answer is (.+)\.$", re.S)
+
+# (value, cleaned answer) -> whether the task's checker finds the answer's final result equal to value
+Finals = Mapping[tuple[str, str], bool]
+
+
+def final_value(criterion_text: str) -> str | None:
+    """V of the canonical "The final answer is V." criterion, else None."""
+    m = _FINAL_RE.match(criterion_text.strip())
+    return m.group(1) if m else None
+
+
 def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], Callable[[str], bool]]]]:
     num = r"(-?[\d,]*\.?\d+(?:/\d+)?)"
 
@@ -158,7 +171,7 @@ def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], Callable[[str], bool
         return _num_set(listing)
 
     return [
-        (re.compile(r"^The final answer is (.+)\.$", re.S), lambda m: _final_check(m.group(1))),
+        (_FINAL_RE, lambda m: _final_check(m.group(1))),
         (re.compile(rf"^The answer gives no result other than {num}: its final number and every value after '=' or "
                     rf"'answer is' equal {num}\.$"),
          lambda m: (lambda v: (lambda a: _consistent(a, v)))(parse_number(m.group(1)))),
@@ -195,8 +208,13 @@ def _heuristic_check(text: str) -> Callable[[str], bool]:
     return lambda a: len(words & set(re.findall(r"[a-z]{3,}", strip_reasoning(a).lower()))) * 2 >= len(words)
 
 
-def criterion_check(text: str) -> Callable[[str], bool]:
-    """The rule that decides a criterion (canonical offline-judge text, else the heuristic)."""
+def criterion_check(text: str, finals: Finals | None = None) -> Callable[[str], bool]:
+    """The rule that decides a criterion (canonical offline-judge text, else the heuristic). ``finals``:
+    verdicts of the task's checker for the final-answer criterion (the rule-based check without them)."""
+    value = final_value(text)
+    if value is not None and finals is not None:
+        fallback = _final_check(value)
+        return lambda a: finals[(value, a)] if (value, a) in finals else fallback(a)
     for pattern, make in _RULES:
         m = pattern.match(text.strip())
         if m:
@@ -234,18 +252,40 @@ class OfflineJudge:
 
     kind = "offline"
 
-    def __init__(self, cfg: Any = None):
+    def __init__(self, cfg: Any = None, *, checker: Any = None):
         scorer = getattr(cfg, "scorer", None)
         self.min_criteria = getattr(scorer, "min_criteria", 4)
         self.max_criteria = getattr(scorer, "max_criteria", 12)
+        self._task = getattr(cfg, "task", None)
+        self._checker = checker
+
+    @property
+    def checker(self) -> Any:
+        """The task's answer checker (decides "The final answer is V."); None without a task config (then
+        the rule-based check decides, in this thread)."""
+        if self._checker is None and self._task is not None:
+            from engine.tasks.checker_pool import checker_for
+
+            self._checker = checker_for(self._task)
+        return self._checker
+
+    async def final_verdicts(self, values: Sequence[str], answers: Sequence[str]) -> Finals | None:
+        """The checker's verdicts on ``answers`` (cleaned) for each final value, off the event loop."""
+        checker = self.checker
+        pairs = [(v, a) for v in dict.fromkeys(values) for a in dict.fromkeys(answers)]
+        if checker is None or not pairs:
+            return None
+        verdicts = await checker.acheck_many([(a, v) for v, a in pairs])
+        return {pair: bool(res.correct) for pair, res in zip(pairs, verdicts)}
 
     # -- rubric ----------------------------------------------------------------------------------
-    def candidates(self, question: str, teacher_answers: Sequence[str], value: str) -> list[_Candidate]:
+    def candidates(self, question: str, teacher_answers: Sequence[str], value: str,
+                   finals: Finals | None = None) -> list[_Candidate]:
         num = parse_number(value)
         cands: list[_Candidate] = []
 
         def add(kind: str, text: str, points: int, category: str) -> None:
-            cands.append(_Candidate(kind, text, points, category, criterion_check(text)))
+            cands.append(_Candidate(kind, text, points, category, criterion_check(text, finals)))
 
         add("final", f"The final answer is {value}.", 5, CAT_TASK)
         q_nums = _num_set(question)
@@ -273,14 +313,14 @@ class OfflineJudge:
         return cands
 
     def build_rubric(self, question: str, teacher_answers: Sequence[str], student_answers: Sequence[str],
-                     ground_truth: str | None = None) -> Rubric:
+                     ground_truth: str | None = None, finals: Finals | None = None) -> Rubric:
         teacher_answers = [_clean(t) for t in teacher_answers]
         student_answers = [_clean(a) for a in student_answers]
         value = _reference_value(teacher_answers, ground_truth)
         if value is None:
             raise ValueError("the offline judge needs a ground truth or teacher answers with a final answer "
                              "(it only handles tasks with a checkable final answer); configure an LLM judge")
-        cands = self.candidates(question, teacher_answers, value)
+        cands = self.candidates(question, teacher_answers, value, finals)
         teachers = list(teacher_answers)
         students = list(student_answers)
         # keep what all teachers share (the final answer is always kept: it is the task)
@@ -307,7 +347,10 @@ class OfflineJudge:
                         ground_truth: str | None = None) -> tuple[Rubric, list[JudgeCall]]:
         t0 = time.perf_counter()
         try:
-            rubric = self.build_rubric(question, teacher_answers, student_answers, ground_truth)
+            cleaned = [_clean(t) for t in list(teacher_answers) + list(student_answers)]
+            value = _reference_value(cleaned[:len(teacher_answers)], ground_truth)
+            finals = await self.final_verdicts([value], cleaned) if value is not None else None
+            rubric = self.build_rubric(question, teacher_answers, student_answers, ground_truth, finals)
         except ValueError as e:
             raise _stage_error("rubricator", e, [JudgeCall(role="rubricator", model="offline", status="error",
                                                            latency_s=time.perf_counter() - t0, error_class="ValueError",
@@ -318,14 +361,16 @@ class OfflineJudge:
         return rubric, [_call("rubricator", t0, raw)]
 
     # -- verification ----------------------------------------------------------------------------
-    def judge_matrix(self, rubric: Rubric, answers: Sequence[str]) -> list[list[bool]]:
-        checks = [criterion_check(c.text) for c in rubric.criteria]
+    def judge_matrix(self, rubric: Rubric, answers: Sequence[str], finals: Finals | None = None) -> list[list[bool]]:
+        checks = [criterion_check(c.text, finals) for c in rubric.criteria]
         return [[bool(chk(a)) for chk in checks] for a in map(_clean, answers)]
 
     async def verify(self, question: str, rubric: Rubric, answers: Sequence[str]
                      ) -> tuple[list[list[bool]], list[float | None], list[JudgeCall]]:
         t0 = time.perf_counter()
-        matrix = self.judge_matrix(rubric, answers)
+        values = [v for v in (final_value(c.text) for c in rubric.criteria) if v is not None]
+        finals = await self.final_verdicts(values, [_clean(a) for a in answers]) if values else None
+        matrix = self.judge_matrix(rubric, answers, finals)
         points = [c.points for c in rubric.criteria]
         scores: list[float | None] = [float(sum(p for p, v in zip(points, row) if v)) for row in matrix]
         raw = {"schema_version": VERIFIER_SCHEMA,

@@ -93,18 +93,6 @@ def chunked(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _check_answer(text: str, ground_truth: str) -> bool | None:
-    try:
-        from engine.tasks import check_answer
-    except ImportError:  # pragma: no cover - tasks package missing
-        return None
-    try:
-        return bool(check_answer(text, ground_truth))
-    except Exception:  # noqa: BLE001 - correctness is advisory; never fail a group over it
-        log.exception("check_answer failed")
-        return None
-
-
 def run_sync(make_coro):
     """Run ``make_coro()`` to completion from synchronous code and close the judge's HTTP clients.
 
@@ -141,18 +129,49 @@ class _StageFailure(Exception):
 class Scorer:
     """Scores batches of groups with a Judge (offline or LLM; see :func:`engine.judging.protocol.make_judge`)."""
 
-    def __init__(self, cfg: Config, *, judge=None, teacher_index=None, templates=None):
+    def __init__(self, cfg: Config, *, judge=None, teacher_index=None, templates=None, checker=None):
         self.cfg = cfg
         self.templates = templates
         self.judge = judge if judge is not None else make_judge(cfg, templates)
         self._teacher_index = teacher_index
         self._index_error: UserError | None = None
+        self._checker = checker
         kind = getattr(self.judge, "kind", None) or getattr(getattr(self.judge, "judge", None), "kind", None)
         self.judge_kind = "llm" if kind == "llm" else "offline"
         try:
             self._scalar_takes_gt = "ground_truth" in inspect.signature(self.judge.scalar_score).parameters
         except (TypeError, ValueError, AttributeError):
             self._scalar_takes_gt = False
+
+    # -- correctness -----------------------------------------------------------------------------
+
+    @property
+    def checker(self):
+        """The task's answer checker (:func:`engine.tasks.checker_pool.checker_for`), shared process-wide."""
+        if self._checker is None:
+            from engine.tasks.checker_pool import checker_for
+
+            self._checker = checker_for(self.cfg.task)
+        return self._checker
+
+    def _start_checks(self, ground_truth: str | None, prepared: list[tuple[AnswerResult, str]],
+                      checks: list[tuple[list[AnswerResult], "asyncio.Future"]]) -> None:
+        """Start checking ``prepared`` answers (off the event loop); collected by :meth:`_collect_checks`."""
+        if ground_truth is None or not prepared:
+            return
+        task = asyncio.ensure_future(self.checker.acheck_many([(text, ground_truth) for _, text in prepared]))
+        checks.append(([a for a, _ in prepared], task))
+
+    @staticmethod
+    async def _collect_checks(checks: list[tuple[list[AnswerResult], "asyncio.Future"]]) -> None:
+        for answers, task in checks:
+            try:
+                verdicts = await task
+            except Exception:  # noqa: BLE001 - correctness is advisory; never fail a group over it
+                log.exception("checking answers failed")
+                continue
+            for answer, verdict in zip(answers, verdicts):
+                answer.correct, answer.checker = verdict.correct, verdict.checker
 
     # -- teacher answers -------------------------------------------------------------------------
 
@@ -229,8 +248,9 @@ class Scorer:
                           reward_mode=s.reward_mode, meta=dict(group.meta or {}))
         stage = ["teacher"]
         full: list[tuple[AnswerResult, str]] = []  # each answer with its untruncated text
+        checks: list[tuple[list[AnswerResult], asyncio.Future]] = []  # correctness, checked while judging
         try:
-            await self._score_into(res, group, index, stage, full)
+            await self._score_into(res, group, index, stage, full, checks)
         except (JudgeStageError, _StageFailure) as e:
             self._fail(res, getattr(e, "stage", stage[0]) or stage[0], str(e.cause), list(e.calls))
         except UserError as e:
@@ -241,9 +261,7 @@ class Scorer:
         else:
             if any(c.attempts > 1 or c.status == "error" for c in res.calls):
                 res.status = "recovered"
-        if group.ground_truth is not None:  # after judging: rule-based correctness is off the critical path
-            for answer, text in full:
-                answer.correct = _check_answer(text, group.ground_truth)
+        await self._collect_checks(checks)
         res.template_versions = {c.role: c.template_sha for c in res.calls if c.template_sha}
         res.wall_s = time.perf_counter() - t0
         prog = progress.current()
@@ -268,15 +286,21 @@ class Scorer:
         return answer
 
     async def _score_into(self, res: GroupResult, group: GroupInput, index: int, stage: list[str],
-                          full: list[tuple[AnswerResult, str]]) -> None:
+                          full: list[tuple[AnswerResult, str]],
+                          checks: list[tuple[list[AnswerResult], asyncio.Future]]) -> None:
         s = self.cfg.scorer
+        # the rollouts first: their correctness is checked (in other processes) while the judge works,
+        # and is known even when the teacher lookup fails
+        students = [self._prepare(t, "student", i, full) for i, t in enumerate(group.rollouts)]
+        res.answers = list(students)
+        self._start_checks(group.ground_truth, full[:len(students)], checks)
         teachers_raw, source = self.teacher_answers_for(group)
         res.meta["teacher_source"] = source
         stage[0] = "scorer"
         if s.k > 0 and len(teachers_raw) < s.k:
             res.meta["teacher_answers_short"] = f"{len(teachers_raw)} of k={s.k}"
-        students = [self._prepare(t, "student", i, full) for i, t in enumerate(group.rollouts)]
         teachers = [self._prepare(t, "teacher", k, full) for k, t in enumerate(teachers_raw)]
+        self._start_checks(group.ground_truth, full[len(students):], checks)
         res.answers = students + teachers
         if not students:
             raise _StageFailure("scorer", "the group has no rollouts to score", [])

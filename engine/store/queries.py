@@ -82,11 +82,12 @@ def load_groups(c: sqlite3.Connection, group_rows: list[sqlite3.Row], *, include
             "template_sha": r[7], "student_pass_rate": r[8], "teacher_pass_rate": r[9]})
     answers: dict[int, list[dict]] = {}
     for r in c.execute(f"SELECT id, group_id, kind, idx, pool_position, text, raw_text, truncated, reward,"
-                       f" judge_score, correct FROM answers WHERE group_id IN ({marks}) ORDER BY group_id, id", ids):
+                       f" judge_score, correct, checker FROM answers WHERE group_id IN ({marks}) ORDER BY group_id, id",
+                       ids):
         answers.setdefault(r[1], []).append({
             "id": r[0], "kind": r[2], "index": r[3], "pool_position": r[4], "text": r[5],
             "raw_text": r[6] if include_raw else None, "truncated": bool(r[7]), "reward": r[8],
-            "judge_score": r[9], "correct": None if r[10] is None else bool(r[10])})
+            "judge_score": r[9], "correct": None if r[10] is None else bool(r[10]), "checker": r[11]})
     verdicts: dict[int, dict[tuple[int, int], bool]] = {}
     for gid, aid, cid, passed in c.execute(
             f"SELECT group_id, answer_id, criterion_id, passed FROM verdicts WHERE group_id IN ({marks})", ids):
@@ -206,7 +207,8 @@ def criterion_page(c: sqlite3.Connection, run_id: int, attempt: int, limit: int,
 def answer_rows(c: sqlite3.Connection, run_id: int, attempt: int, steps: list[int] | None, kind: str | None,
                 include_verdicts: bool) -> list[dict[str, Any]]:
     sql = ("SELECT g.step, g.group_index, g.seq, g.uid, p.question, g.ground_truth, g.status, a.id, a.kind, a.idx,"
-           " a.pool_position, a.text, a.raw_text, a.truncated, a.reward, a.judge_score, a.correct, p.prompt_json"
+           " a.pool_position, a.text, a.raw_text, a.truncated, a.reward, a.judge_score, a.correct, p.prompt_json,"
+           " a.checker"
            " FROM groups g JOIN answers a ON a.group_id = g.seq JOIN prompts p ON p.hash = g.prompt_hash"
            " WHERE g.run_id=? AND g.attempt=?")
     params: list[Any] = [run_id, attempt]
@@ -223,7 +225,8 @@ def answer_rows(c: sqlite3.Connection, run_id: int, attempt: int, steps: list[in
     out = [{"step": r[0], "group_index": r[1], "group_id": r[2], "uid": r[3], "question": r[4],
             "ground_truth": r[5], "group_status": r[6], "answer_id": r[7], "kind": r[8], "index": r[9],
             "pool_position": r[10], "text": r[11], "raw_text": r[12], "truncated": bool(r[13]), "reward": r[14],
-            "judge_score": r[15], "correct": None if r[16] is None else bool(r[16]), "prompt": _loads(r[17])}
+            "judge_score": r[15], "correct": None if r[16] is None else bool(r[16]), "checker": r[18],
+            "prompt": _loads(r[17])}
            for r in rows]
     if include_verdicts and out:
         gids = sorted({a["group_id"] for a in out})

@@ -366,8 +366,14 @@ def _v6_sql_views(conn: sqlite3.Connection) -> None:
         JOIN criteria cr ON cr.id = v.criterion_id""")
 
 
+
+def _v7_answer_checker(conn: sqlite3.Connection) -> None:
+    """Which checker decided each answer's correctness (math_verify, rule, exact, python:..., +:timeout)."""
+    conn.execute("ALTER TABLE answers ADD COLUMN checker TEXT")
+
+
 MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_judge_call_finish_reason,
-                               _v5_full_text_search, _v6_sql_views]
+                               _v5_full_text_search, _v6_sql_views, _v7_answer_checker]
 
 
 def schema_version() -> int:

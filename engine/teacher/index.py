@@ -119,6 +119,10 @@ class TeacherIndex:
         rows = self.rows.values() if keys is None else [self.rows[k] for k in keys if k in self.rows]
         return [r for r in rows if len(r["answers"]) >= 2 and len({a.strip() for a in r["answers"]}) == 1]
 
+    def row_for(self, prompt: Prompt) -> dict[str, Any] | None:
+        """The stored row of ``prompt`` (``key``, ``prompt`` as stored, ``answers``, ``settings``), or None."""
+        return self._row(prompt)
+
     def _row(self, prompt: Prompt) -> dict[str, Any] | None:
         row = self.rows.get(prompt_hash(prompt))
         if row is None:
@@ -309,9 +313,14 @@ def append_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 # ---------------------------------------------------------------------------------------------
 # building with a teacher model
 
-def read_prompts(path: str | Path) -> list[Prompt]:
-    """Prompts from a JSONL file: each line an object with "prompt" (or "messages"), or a JSON string."""
+def read_prompts(path: str | Path, prompt_key: str | None = None) -> list[Prompt]:
+    """Prompts from a JSONL file (each line an object with "prompt" (or "messages"), or a JSON string), or
+    from the prompt column (``prompt_key``) of a Parquet or CSV file (or a JSONL file, given ``prompt_key``)."""
+    from engine.tasks.files import file_format
+
     p = Path(path)
+    if prompt_key or (p.exists() and file_format(p) != "jsonl"):
+        return _prompts_from_table(p, prompt_key)
     if not p.exists():
         raise TeacherIndexError(f"prompts file not found: {p}",
                                 hint='give a JSONL file with one {"prompt": "..."} (or chat messages) per line')
@@ -330,6 +339,24 @@ def read_prompts(path: str | Path) -> list[Prompt]:
                 raise TeacherIndexError(f"{p}: line {lineno} has no prompt",
                                         hint='each line must be {"prompt": "..."} or {"prompt": [chat messages]}')
             prompts.append(prompt)
+    return prompts
+
+
+def _prompts_from_table(path: Path, prompt_key: str | None) -> list[Prompt]:
+    from engine.tasks.files import MISSING, get_field, missing_column_error, normalise_prompt, read_rows
+
+    located = read_rows(path, what="--prompts")
+    rows = [r for _, r in located]
+    key = prompt_key or next((k for k in ("prompt", "messages") if any(k in r for r in rows)), "prompt")
+    if not any(get_field(r, key) is not MISSING for r in rows):
+        raise missing_column_error(str(path), rows, key, "--prompt-key", "--prompts")
+    prompts = []
+    for where, row in located:
+        prompt = normalise_prompt(get_field(row, key))
+        if prompt is None:
+            raise TeacherIndexError(f"{where}: no prompt in {key!r} (a non-empty string or chat messages)",
+                                    hint="fix the row, or pass --prompt-key with the prompt column")
+        prompts.append(prompt)
     return prompts
 
 
@@ -487,8 +514,10 @@ def build_index(
     progress: bool = True,
     preflight: bool = True,
     stream=None,
+    prompt_key: str | None = None,
 ) -> BuildSummary:
-    """Build (or resume) a teacher index from a prompts JSONL file with an OpenAI-compatible teacher.
+    """Build (or resume) a teacher index from a prompts file (see :func:`read_prompts`) with an
+    OpenAI-compatible teacher.
 
     ``teacher_endpoint`` is an :class:`engine.config.EndpointConfig` (model, base URL, temperature...);
     ``judge_cfg`` a :class:`engine.config.JudgeConfig` (concurrency, retries). A dead or misconfigured
@@ -500,7 +529,7 @@ def build_index(
     if not teacher_endpoint.model:
         raise TeacherIndexError("no teacher model given",
                                 hint="pass --teacher-model MODEL (or set ROPD_TEACHER_MODEL / judge.teacher.model)")
-    prompts = read_prompts(prompts_file)
+    prompts = read_prompts(prompts_file, prompt_key)
     judge_cfg = judge_cfg or JudgeConfig()
     client = JudgeClient(teacher_endpoint, judge_cfg, "teacher")
 

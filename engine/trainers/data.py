@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from engine.config import Config
 from engine.errors import ConfigError, TeacherIndexError
+from engine.tasks.files import task_file_problems
 from engine.types import Prompt, prompt_hash
 # the demo's held-out problems use the verl backend's demo validation seed offset (a constant; the
 # module imports nothing heavy)
 from engine.verl_backend.data import DEMO_VAL_SEED_OFFSET
+
+
+TASK_FILE_NAMES = ("file", "jsonl")  # jsonl: the older name of file (any format, by extension)
 
 
 def load_problems(cfg: Config) -> list[dict[str, Any]]:
@@ -21,61 +24,32 @@ def load_problems(cfg: Config) -> list[dict[str, Any]]:
         from engine.tasks import demo_math
 
         return [dict(p) for p in demo_math.make_problems(task.num_prompts, task.seed)]
-    if task.name == "jsonl":
+    if task.name in TASK_FILE_NAMES:
         if not task.train_file:
-            raise ConfigError("task.name is 'jsonl' but task.train_file is not set",
-                              hint="set task.train_file to a JSONL file with one {\"prompt\": ...} per line")
-        return read_jsonl_problems(Path(task.train_file))
-    raise ConfigError(f"task.name: unknown task '{task.name}'", hint="use demo_math or jsonl")
-
-
-def read_jsonl_problems(path: Path, *, what: str = "task.train_file",
-                        require_ground_truth: bool = False) -> list[dict[str, Any]]:
-    """The rows of a task JSONL file; ConfigError naming the file and line for a bad row."""
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}", hint="check the path (relative to where you run)")
-    rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not _valid_prompt(row.get("prompt")):
-                raise ConfigError(f"{path}:{lineno}: each line needs a \"prompt\" (a string or a list of "
-                                  "chat messages with role and content)")
-            gt = row.get("ground_truth")
-            if require_ground_truth and (gt is None or not str(gt).strip()):
-                raise ConfigError(f"{path}:{lineno}: this {what} row has no \"ground_truth\"; validation "
-                                  "accuracy checks each answer against it",
-                                  hint="add a ground_truth to every row, or set trainer.eval_every=0")
-            rows.append({"prompt": row["prompt"], "ground_truth": None if gt is None else str(gt),
-                         "data_source": str(row.get("data_source") or path.stem)})
-    if not rows:
-        raise ConfigError(f"{what} {path}: no prompts in the file")
-    return rows
+            raise ConfigError(f"task.name is '{task.name}' but task.train_file is not set",
+                              hint="set task.train_file to a JSONL, Parquet or CSV file with a prompt column")
+        return task_file_problems(task, Path(task.train_file), what="task.train_file")
+    raise ConfigError(f"task.name: unknown task '{task.name}'", hint="use demo_math or file")
 
 
 def load_validation_problems(cfg: Config, train_problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The held-out prompts (with ground truth) evaluated every ``trainer.eval_every`` steps, at most
     ``trainer.eval_prompts``; ``[]`` when evaluation is off.
 
-    ``task.val_file`` when set (JSONL, rows as in the train file, ``ground_truth`` required); else, for
+    ``task.val_file`` when set (rows as in the train file, a ground truth required); else, for
     ``demo_math``, problems from another seed that are not training prompts.
     """
     t, task = cfg.trainer, cfg.task
     if t.eval_every <= 0:
         return []
     if task.val_file:
-        rows = read_jsonl_problems(Path(task.val_file), what="task.val_file", require_ground_truth=True)
+        rows = task_file_problems(task, Path(task.val_file), what="task.val_file", validation=True)
     elif task.name == "demo_math":
         rows = demo_heldout_problems(train_problems, t.eval_prompts, task.seed)
     else:
         raise ConfigError(f"trainer.eval_every is {t.eval_every} but task '{task.name}' has no validation set",
-                          hint="set task.val_file to a JSONL file of held-out {\"prompt\", \"ground_truth\"} rows, "
-                               "or trainer.eval_every=0")
+                          hint="set task.val_file to a file of held-out rows with a prompt and a ground truth "
+                               "(JSONL, Parquet or CSV), or trainer.eval_every=0")
     return rows[:t.eval_prompts]
 
 
@@ -87,12 +61,6 @@ def demo_heldout_problems(train_problems: list[dict[str, Any]], n: int, seed: in
     # at most len(train) candidates can be training prompts, so n + len(train) distinct ones suffice
     candidates = demo_math.make_problems(n + len(train), seed + DEMO_VAL_SEED_OFFSET)
     return [dict(p) for p in candidates if prompt_hash(p["prompt"]) not in train][:n]
-
-
-def _valid_prompt(p: Any) -> bool:
-    if isinstance(p, str):
-        return bool(p.strip())
-    return isinstance(p, list) and bool(p) and all(isinstance(m, dict) and "role" in m and "content" in m for m in p)
 
 
 def chat_messages(prompt: Prompt, system_prompt: str | None) -> list[dict[str, Any]]:

@@ -268,6 +268,16 @@ def step_metrics(rec: StepRecord, trl_logs: dict[str, Any] | None = None, *, bet
     return m
 
 
+def rollout_correctness(batch: BatchResult, rollouts: int) -> list[bool | None]:
+    """Per rollout, in batch order, the correctness the scorer's checker recorded (None: no ground truth,
+    or unknown)."""
+    out: list[bool | None] = []
+    for g in batch.groups:
+        by_index = {a.index: a.correct for a in g.student_answers}
+        out.extend(by_index.get(j) for j in range(rollouts))
+    return out
+
+
 def _memory_metrics() -> dict[str, float]:
     """Peak resident memory of the trainer process so far (and of the GPU when there is one)."""
     out: dict[str, float] = {}
@@ -494,6 +504,15 @@ class EmbeddedRun:
         self.templates = self._build_templates()
         return Scorer(self.cfg, teacher_index=index, templates=self.templates)
 
+    def _checker(self):
+        """The scorer's answer checker (the task's, ``task.checker``), for validation accuracy."""
+        checker = getattr(self.scorer, "checker", None)
+        if checker is None:
+            from engine.tasks.checker_pool import checker_for
+
+            checker = checker_for(self.cfg.task)
+        return checker
+
     def _build_templates(self):
         try:
             from engine.templates.watched import TemplateSet
@@ -578,8 +597,6 @@ class EmbeddedRun:
                 self._progress_writer.watch(prog)
 
     def _score(self, completions: list[Any], uids: list[str] | None) -> list[float | None]:
-        from engine.tasks import check_answer
-
         self.stop.set_phase("score")
         n = self.cfg.trainer.rollouts
         texts = [_completion_text(c) for c in completions]
@@ -606,10 +623,7 @@ class EmbeddedRun:
         self.record.rewards = rewards
         self.record.failed_rows = [r is None for r in rewards]
         self.record.skipped = all(r is None for r in rewards)
-        self.record.correct = [
-            check_answer(text, g.ground_truth) if g.ground_truth not in (None, "") else None
-            for g in groups for text in g.rollouts
-        ]
+        self.record.correct = rollout_correctness(batch, n)
         try:
             self.scorer.check_failure_rate(batch)
             self._check_unscored_rows(batch, rewards)
@@ -724,7 +738,7 @@ class EmbeddedRun:
         result = evaluate(tr.accelerator.unwrap_model(tr.model), tr.processing_class, self.val_problems,
                           system_prompt=self.cfg.task.system_prompt, max_new_tokens=t.max_new_tokens,
                           batch_size=t.prompts_per_step * t.rollouts,
-                          eos_token_ids=getattr(tr, "eos_token_ids", None))
+                          eos_token_ids=getattr(tr, "eos_token_ids", None), checker=self._checker())
         self.stop.set_phase("log")
         metrics = result.metrics()
         self.store.write_metrics(self.run.id, step, metrics)

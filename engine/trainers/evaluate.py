@@ -1,8 +1,8 @@
-"""Held-out validation for the embedded trainer: greedy answers, rule-based accuracy.
+"""Held-out validation for the embedded trainer: greedy answers, accuracy by the task's checker.
 
 One answer per validation prompt, generated greedily (deterministic, so successive evaluations
 differ only because the policy changed), batched, at most ``trainer.max_new_tokens`` tokens as in
-training, and checked with :func:`engine.tasks.check_answer` against the prompt's ground truth. No
+training, and checked with the task's checker (``task.checker``) against the prompt's ground truth. No
 judge calls: validation accuracy costs generation time only.
 """
 
@@ -67,13 +67,19 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, system
 
 
 def evaluate(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], *, system_prompt: str | None,
-             max_new_tokens: int, batch_size: int, eos_token_ids: Sequence[int] | None = None) -> EvalResult:
-    """Greedy accuracy of the policy on ``problems`` (each with ``prompt`` and ``ground_truth``)."""
-    from engine.tasks import check_answer
+             max_new_tokens: int, batch_size: int, eos_token_ids: Sequence[int] | None = None,
+             checker: Any = None) -> EvalResult:
+    """Greedy accuracy of the policy on ``problems`` (each with ``prompt`` and ``ground_truth``), checked by
+    ``checker`` (a :class:`~engine.tasks.checker_pool.CheckerPool`; default: the rule-based check). An
+    answer whose check times out or fails counts as wrong."""
+    if checker is None:
+        from engine.tasks.checker_pool import get_pool
 
+        checker = get_pool("rule")
     t0 = time.perf_counter()
     texts, lengths = greedy_answers(model, tokenizer, [p["prompt"] for p in problems], system_prompt=system_prompt,
                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
                                     eos_token_ids=eos_token_ids)
-    correct = [check_answer(text, p["ground_truth"]) for text, p in zip(texts, problems)]
+    verdicts = checker.check_many([(text, p["ground_truth"]) for text, p in zip(texts, problems)])
+    correct = [bool(v.correct) for v in verdicts]
     return EvalResult(texts=texts, lengths=lengths, correct=correct, seconds=time.perf_counter() - t0)

@@ -38,6 +38,7 @@ def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool =
     if live and cfg.judge_is_llm(env):
         notes.append(_check_judge_live(cfg))
     notes += check_templates(cfg)
+    notes.append(_check_checker(cfg))
     if cfg.run.backend == "embedded":
         notes += _check_task_and_index(cfg)
     return notes
@@ -125,6 +126,14 @@ def check_templates(cfg: Config) -> list[str]:
     return []
 
 
+def _check_checker(cfg: Config) -> str:
+    """The answer checker loads here (math-verify installed, a python: checker's module importable)."""
+    from engine.tasks.checkers import resolve_checker
+
+    resolve_checker(cfg.task.checker)  # ConfigError naming the checker and what to do
+    return f"answer checker: {cfg.task.checker} ({cfg.task.checker_timeout_s:g} s per answer)"
+
+
 def _check_task_and_index(cfg: Config) -> list[str]:
     from engine.trainers import data as task_data
 
@@ -133,7 +142,9 @@ def _check_task_and_index(cfg: Config) -> list[str]:
     if len(distinct) < cfg.trainer.prompts_per_step:
         raise ConfigError(f"the task has {len(distinct)} distinct prompts but trainer.prompts_per_step is "
                           f"{cfg.trainer.prompts_per_step}", hint="lower trainer.prompts_per_step or add prompts")
-    notes = [f"task: {cfg.task.name}, {len(problems)} prompts"]
+    with_truth = sum(p.get("ground_truth") is not None for p in problems)
+    notes = [f"task: {cfg.task.name}, {len(problems)} prompts, {with_truth} with a ground truth"
+             + ("" if with_truth else " (accuracy is not measured)")]
     val = task_data.load_validation_problems(cfg, problems)  # a bad task.val_file fails here, naming the line
     if val:
         source = cfg.task.val_file or "held-out demo problems, disjoint from training"

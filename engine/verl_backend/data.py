@@ -24,27 +24,6 @@ from engine.errors import ConfigError
 DEMO_VAL_SEED_OFFSET = 1000
 
 
-def _read_jsonl(path: str, what: str) -> list[dict[str, Any]]:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{what} not found: {p}", hint="fix the path in the run config")
-    rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise ConfigError(f"{p}:{i}: not valid JSON ({e})") from None
-        if not isinstance(row, dict) or "prompt" not in row:
-            raise ConfigError(f"{p}:{i}: each line must be an object with a 'prompt' (and optional "
-                              "'ground_truth', 'data_source')")
-        rows.append(row)
-    if not rows:
-        raise ConfigError(f"{what} {p} has no rows")
-    return rows
-
-
 def task_problems(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, val) problems of the configured task: dicts with prompt, ground_truth, data_source."""
     t = cfg.task
@@ -54,13 +33,15 @@ def task_problems(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any
         train = make_problems(t.num_prompts, t.seed)
         val = make_problems(max(8, t.num_prompts // 4), t.seed + DEMO_VAL_SEED_OFFSET)
         return train, val
-    if t.name == "jsonl":
+    if t.name in ("file", "jsonl"):  # the user's JSONL, Parquet or CSV (verl-format parquet as it is)
+        from engine.tasks.files import task_file_problems
+
         if not t.train_file:
-            raise ConfigError("task.name is jsonl but task.train_file is not set")
-        train = _read_jsonl(t.train_file, "task.train_file")
-        val = _read_jsonl(t.val_file, "task.val_file") if t.val_file else []
+            raise ConfigError(f"task.name is {t.name} but task.train_file is not set")
+        train = task_file_problems(t, t.train_file, what="task.train_file")
+        val = task_file_problems(t, t.val_file, what="task.val_file") if t.val_file else []
         return train, val
-    raise ConfigError(f"task.name '{t.name}' is not known to the verl backend", hint="use demo_math or jsonl")
+    raise ConfigError(f"task.name '{t.name}' is not known to the verl backend", hint="use demo_math or file")
 
 
 def to_row(problem: dict[str, Any], index: int, split: str, system_prompt: str | None) -> dict[str, Any]:
@@ -75,7 +56,8 @@ def to_row(problem: dict[str, Any], index: int, split: str, system_prompt: str |
         "prompt": messages,
         "ability": "ropd",
         "reward_model": {"style": "rule", "ground_truth": None if gt is None else str(gt)},
-        "extra_info": {"index": index, "split": split, "ropd_prompt": json.dumps(prompt, ensure_ascii=False)},
+        "extra_info": {**(problem.get("extra_info") or {}), "index": index, "split": split,
+                       "ropd_prompt": json.dumps(prompt, ensure_ascii=False)},
     }
 
 

@@ -65,6 +65,7 @@ class _Pending:
 
 
 def _is_correct(text: str, ground_truth: str | None) -> bool | None:
+    """Rule-based correctness for samples the scorer never saw (a group that timed out, a late rollout)."""
     if ground_truth is None:
         return None
     from engine.tasks import check_answer
@@ -198,10 +199,11 @@ class GroupCollector:
         return float(sum(scores) / len(scores)) if scores else 0.0
 
     def _outcome(self, group: GroupResult, index: int, text: str) -> SampleOutcome:
-        if group.status == "failed":
-            correct = _is_correct(text, group.ground_truth)
-            return SampleOutcome(0.0, True, float(correct) if correct is not None else 0.0, 0.0, 0.0, "failed")
         answer = next((a for a in group.student_answers if a.index == index), None)
+        if group.status == "failed":  # the task's checker still ruled on it, unless the group never reached the scorer
+            correct = answer.correct if answer is not None and answer.correct is not None else \
+                _is_correct(text, group.ground_truth)
+            return SampleOutcome(0.0, True, float(correct) if correct is not None else 0.0, 0.0, 0.0, "failed")
         reward = float(answer.reward) if answer is not None and answer.reward is not None else 0.0
         correct = answer.correct if answer is not None else None
         if correct is None:

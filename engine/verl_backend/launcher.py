@@ -178,6 +178,8 @@ def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_file
         "ropd.gatherer_name": gatherer,
         "ropd.gatherer_namespace": GATHERER_NAMESPACE,
         "ropd.group_timeout_s": cfg.verl.group_timeout_s,
+        "ropd.checker": cfg.task.checker,
+        "ropd.checker_timeout_s": cfg.task.checker_timeout_s,
         "hydra.run.dir": paths.hydra_dir,
         # the file logger lives in verl's TaskRunner actor, which may run on another node of an existing
         # cluster: the job's runtime env carries the path to it

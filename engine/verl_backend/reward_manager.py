@@ -15,8 +15,9 @@ rollouts of that ``uid`` is scored.
 
 Validation rollouts are recognised by ``extra_info.split`` (one of ``ropd.val_splits``: our data writer
 sets ``split: val`` on every validation row; verl does not tell a reward manager it is validating). With a
-ground truth they get rule-based correctness (``engine.tasks.check_answer``) as their reward, without
-one they are rubric-scored like training groups (group size ``rollout.val_kwargs.n``).
+ground truth they get their correctness as their reward, decided by the task's checker (``ropd.checker``,
+set from ``task.checker``; off the event loop, ``ropd.checker_timeout_s`` per answer), without one they
+are rubric-scored like training groups (group size ``rollout.val_kwargs.n``).
 
 ``reward_extra_info`` has the same scalar keys for every sample:
 ``acc`` (correctness when a ground truth exists, else the reward; validation accuracy appears as
@@ -81,6 +82,8 @@ class ROPDRewardManager(RewardManagerBase):
         self.val_splits = {str(s) for s in _cfg_get(config, "ropd.val_splits", DEFAULT_VAL_SPLITS)}
         self.n_train = int(_cfg_get(config, "actor_rollout_ref.rollout.n", 1))
         self.n_val = int(_cfg_get(config, "actor_rollout_ref.rollout.val_kwargs.n", 1))
+        self.checker_spec = str(_cfg_get(config, "ropd.checker", "math_verify"))
+        self.checker_timeout_s = float(_cfg_get(config, "ropd.checker_timeout_s", 5.0))
         self._gatherer = None
 
     # -- gatherer handle ---------------------------------------------------------------------------
@@ -125,9 +128,10 @@ class ROPDRewardManager(RewardManagerBase):
         validating = str(info.get("split", "")) in self.val_splits
 
         if validating and ground_truth is not None:
-            from engine.tasks import check_answer
+            from engine.tasks.checker_pool import get_pool
 
-            ok = float(bool(check_answer(text, ground_truth)))
+            (verdict,) = await get_pool(self.checker_spec, self.checker_timeout_s).acheck_many([(text, ground_truth)])
+            ok = float(bool(verdict.correct))
             return {"reward_score": ok, "reward_extra_info": extra_info(ok, 0.0, False, 0.0)}
 
         uid = nt.get("uid")

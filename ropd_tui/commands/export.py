@@ -15,7 +15,8 @@ from typing import Any, Iterator
 
 METRIC_FIELDS = ["step", "key", "value", "wall_time"]
 ANSWER_FIELDS = ["step", "group_index", "uid", "group_status", "answer_id", "kind", "index", "pool_position",
-                 "reward", "correct", "truncated", "judge_score", "verdicts", "question", "ground_truth", "text"]
+                 "reward", "correct", "checker", "truncated", "judge_score", "verdicts", "question", "ground_truth",
+                 "text"]
 VERDICT_FIELDS = ["step", "group_index", "answer_id", "kind", "index", "pool_position", "criterion_position",
                   "points", "category", "passed", "criterion"]
 

@@ -1,4 +1,5 @@
-"""``ropd-tui --headless index build|show``: build (or resume) and inspect the offline teacher index."""
+"""``ropd-tui --headless index build|import|show``: build (or resume) from a teacher model, import teacher
+answers you already have, and inspect the offline teacher index."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def _teacher_default(name: str):
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("index", help="build or inspect the offline teacher index",
+    p = subparsers.add_parser("index", help="build, import or inspect the offline teacher index",
                               description="The teacher index holds K teacher answers per prompt (JSONL keyed by "
                               "a canonical prompt hash), built once before training.")
     sub = p.add_subparsers(dest="index_command", metavar="ACTION")
@@ -22,7 +23,10 @@ def register(subparsers) -> None:
                        description="Ask an OpenAI-compatible teacher model for N answers per prompt and append them "
                        "to the index. Prompts already answered are skipped, so an interrupted build can simply be "
                        "run again. The API key is read from $OPENAI_API_KEY (or --api-key-env).")
-    b.add_argument("--prompts", required=True, help='JSONL file, one {"prompt": str | chat messages} per line')
+    b.add_argument("--prompts", required=True, help='JSONL file, one {"prompt": str | chat messages} per line '
+                   "(or a Parquet/CSV file with a prompt column, e.g. the task's verl parquet)")
+    b.add_argument("--prompt-key", help="column of the prompt in a Parquet/CSV/JSONL file (default: prompt, else "
+                   "messages; dots reach into nested columns)")
     b.add_argument("--out", required=True, help="index file to create or extend (JSONL)")
     b.add_argument("--teacher-model", help="teacher model name (default: $ROPD_TEACHER_MODEL or judge.teacher.model)")
     b.add_argument("--answers", type=int, default=4, help="answers per prompt (K, default 4)")
@@ -36,8 +40,27 @@ def register(subparsers) -> None:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. judge.teacher.timeout_s=60")
     b.set_defaults(func=build_handler)
+    i = sub.add_parser("import", help="build or top up an index from teacher answers you already have",
+                       description="Read teacher outputs (an SFT set, an earlier API run, verl's generation output) "
+                       "from a JSONL, Parquet or CSV file: a prompt and one or more responses per row, several rows "
+                       "per prompt allowed. Rows are grouped by the canonical prompt hash (the index key). An existing "
+                       "index is topped up; answers it already has are skipped, so an interrupted import is simply "
+                       "run again.")
+    i.add_argument("--from", dest="source", required=True, metavar="FILE",
+                   help="teacher outputs: JSONL, Parquet or CSV")
+    i.add_argument("--out", required=True, help="index file to create or extend (JSONL)")
+    i.add_argument("--prompt-key", help="column of the prompt, a string or chat messages (default: prompt, else "
+                   "messages; dots reach into nested columns)")
+    i.add_argument("--response-key", help="column of the response(s): a string, a list of strings or assistant "
+                   "messages (default: response, responses or completion; without one, chat messages ending with "
+                   "an assistant turn are split into prompt and answer)")
+    i.add_argument("--teacher-model", help="the model that wrote the answers (recorded in each row's settings)")
+    i.add_argument("--k", type=int, default=4, help="report prompts with fewer than K answers (scorer.k, default 4)")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(func=import_handler)
     s = sub.add_parser("show", help="summarise an index file")
     s.add_argument("path", help="index file (JSONL)")
+    s.add_argument("--k", type=int, default=4, help="report prompts with fewer than K answers (scorer.k, default 4)")
     s.set_defaults(func=show_handler)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -65,22 +88,42 @@ def build_handler(args: argparse.Namespace) -> int:
     warn(f"building teacher index {args.out} from {args.prompts}: {args.answers} answers per prompt from "
          f"{ep.model or '?'}")
     summary = build_index(args.prompts, args.out, ep, args.answers, judge_cfg=cfg.judge,
-                          concurrency=args.concurrency, progress=not args.quiet)
+                          concurrency=args.concurrency, progress=not args.quiet, prompt_key=args.prompt_key)
     for line in summary.lines():
         echo(line)
     return 1 if summary.failed else 0
 
 
+def import_handler(args: argparse.Namespace) -> int:
+    from engine.errors import ConfigError
+    from engine.teacher.importer import import_index
+
+    if args.k < 1:
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
+    warn(f"importing teacher answers from {args.source} into {args.out}")
+    summary = import_index(args.source, args.out, prompt_key=args.prompt_key, response_key=args.response_key,
+                           teacher_model=args.teacher_model, k=args.k, progress=not args.quiet)
+    for line in summary.lines():
+        echo(line)
+    return 0
+
+
 def show_handler(args: argparse.Namespace) -> int:
     from collections import Counter
 
+    from engine.errors import ConfigError
+    from engine.teacher.importer import short_answer_lines, short_prompts
     from engine.teacher.index import TeacherIndex, identical_answers_warning
 
+    if args.k < 1:
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
     idx = TeacherIndex.load(args.path)
     counts = Counter(len(r["answers"]) for r in idx.rows.values())
     echo(f"{args.path}: {len(idx)} prompts")
     echo("  answers per prompt: " + ", ".join(f"{k}: {v} prompts" for k, v in sorted(counts.items())))
     echo(f"  settings: {idx.settings}")
+    for line in short_answer_lines(sorted(short_prompts(idx, args.k), key=lambda item: item[1]), args.k, of=len(idx)):
+        echo(line)
     identical = identical_answers_warning(idx.identical_answer_rows(), len(idx), args.path)
     for w in idx.warnings + ([identical] if identical else []):
         echo(f"  warning: {w}")

@@ -160,6 +160,7 @@ def group_record(res: Any, *, full: bool = False) -> dict[str, Any]:
         "teacher_scores": res.teacher_scores if res.status != "failed" else [None] * len(teachers),
         "correct": [a.correct for a in students],
         "teacher_correct": [a.correct for a in teachers],
+        "checker": [a.checker for a in students],  # which checker decided each "correct" (None: no ground truth)
         "judge_scores": {"rollouts": [a.judge_score for a in students], "teachers": [a.judge_score for a in teachers]},
         "truncated": [a.truncated for a in students],
         "calls": [{"role": c.role, "model": c.model, "status": c.status, "latency_s": round(c.latency_s, 4),
