@@ -93,6 +93,7 @@ class JudgeCall:
     request_sha: str | None = None  # sha256 of the canonical request, for replay caching
     cached: bool = False
     endpoint: str | None = None  # base URL without credentials, or "offline"
+    cached_prompt_tokens: int | None = None  # of prompt_tokens, those the server's prompt cache served
 
 
 @dataclass

@@ -77,6 +77,7 @@ class Completion:
     finish_reason: str | None = None
     endpoint: str | None = None  # base URL without credentials
     request_sha: str | None = None  # sha256 of the canonical request (model, messages, settings)
+    cached_prompt_tokens: int | None = None  # prompt tokens the server served from its prompt cache
 
 
 class JudgeCallError(JudgeError):
@@ -173,6 +174,19 @@ def _chat_reply(data: Any) -> tuple[str, int | None, int | None, str | None]:
     usage = usage if isinstance(usage, dict) else {}
     return (content if isinstance(content, str) else "", _int_or_none(usage.get("prompt_tokens")),
             _int_or_none(usage.get("completion_tokens")), choice.get("finish_reason"))
+
+
+def cached_prompt_tokens(usage: Any) -> int | None:
+    """Prompt tokens served from the server's prompt cache, where its usage reports them: chat
+    ``usage.prompt_tokens_details.cached_tokens``, Responses ``usage.input_tokens_details.cached_tokens``
+    (a dict or an SDK object); None when the server does not say."""
+    for name in ("prompt_tokens_details", "input_tokens_details"):
+        details = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+        if details is None:
+            continue
+        cached = details.get("cached_tokens") if isinstance(details, dict) else getattr(details, "cached_tokens", None)
+        return _int_or_none(cached)
+    return None
 
 
 def _refused(exc: BaseException) -> bool:
@@ -484,7 +498,8 @@ class JudgeClient:
                 return "json_schema" if fmt == "json_schema" else "response_format"
         return None
 
-    async def _request(self, client: _SDKClient, params: dict[str, Any]) -> tuple[str, int | None, int | None, str | None]:
+    async def _request(self, client: _SDKClient, params: dict[str, Any]
+                       ) -> tuple[str, int | None, int | None, str | None, int | None]:
         # client.post is the SDK's documented route for raw bodies: same retries, auth and error types
         # as client.chat.completions.create, without re-validating our already well-formed params
         # (that per-call transform is the largest client-side cost when 64 requests are in flight).
@@ -493,9 +508,10 @@ class JudgeClient:
             text = getattr(resp, "output_text", None) or ""
             usage = getattr(resp, "usage", None)
             return (text, getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None),
-                    getattr(resp, "status", None))
+                    getattr(resp, "status", None), cached_prompt_tokens(usage))
         data = await client.post("/chat/completions", body=params, cast_to=dict)
-        return _chat_reply(data)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        return (*_chat_reply(data), cached_prompt_tokens(usage) if isinstance(usage, dict) else None)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -525,7 +541,7 @@ class JudgeClient:
                     if first_params is None:
                         first_params = params
                     try:
-                        text, ptok, ctok, finish = await self._request(client, params)
+                        text, ptok, ctok, finish, cached = await self._request(client, params)
                         break
                     except openai.BadRequestError as e:
                         dropped = self._rejected_param(e, params, fmt)
@@ -554,7 +570,8 @@ class JudgeClient:
         return Completion(text=text, prompt_tokens=ptok, completion_tokens=ctok,
                           latency_s=time.perf_counter() - t0, attempts=max(1, counter[0]), model=model,
                           finish_reason=finish, endpoint=self.url,
-                          request_sha=request_sha({"api": self.judge.api, **(first_params or {})}))
+                          request_sha=request_sha({"api": self.judge.api, **(first_params or {})}),
+                          cached_prompt_tokens=cached)
 
     async def preflight(self) -> dict[str, Any]:
         """Check the endpoint answers, accepts the key and serves the model; fail fast otherwise.

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from engine.judging.cost import pricing_from_config
 from engine.scoring.criterion_stats import VERDICT_ORDER, RunWide
 from engine.errors import StoreError
 from engine.types import GroupResult, to_jsonable
@@ -337,19 +338,23 @@ class RunStore:
         verdicts, judge calls and template versions. Either all of it is visible or none of it.
 
         Derived ``score/*`` metrics (student/teacher reward means, accuracy, failure rate) are added
-        from the groups unless ``metrics`` has them. ``append=True`` adds groups to a step instead of
+        from the groups unless ``metrics`` has them; so are the ``cost/*`` metrics (step, running total,
+        per 1,000 rollouts) when the run's config prices the judge (:mod:`engine.judging.cost`). ``append=True`` adds groups to a step instead of
         replacing the step's groups (for backends that score a step's groups in several batches).
         """
         wall_time = time.time() if wall_time is None else float(wall_time)
         metrics = dict(metrics or {})
         groups = list(groups)
         with self._db.write() as c:
-            row = c.execute("SELECT attempt, status, last_step FROM runs WHERE id=?", (int(run_id),)).fetchone()
+            row = c.execute("SELECT attempt, status, last_step, config_json FROM runs WHERE id=?",
+                            (int(run_id),)).fetchone()
             if row is None:
                 raise StoreError(f"no run with id {run_id} in {self.path}",
                                  hint="the run was deleted while it was training; stop the trainer")
             attempt = row[0]
-            write_step_rows(c, int(run_id), attempt, int(step), metrics, groups, wall_time, append=append)
+            pricing = pricing_from_config(q._loads(row[3], {})) if groups else None
+            write_step_rows(c, int(run_id), attempt, int(step), metrics, groups, wall_time, append=append,
+                            pricing=pricing)
             self._after_step(c, int(run_id), int(step), row)
 
     def write_metrics(self, run_id: int, step: int, metrics: Mapping[str, float], wall_time: float | None = None) -> None:

@@ -283,7 +283,13 @@ def _v3_criteria_rates_index(conn: sqlite3.Connection) -> None:
                  " teacher_pass_rate)")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index]
+def _v4_cached_prompt_tokens(conn: sqlite3.Connection) -> None:
+    """Prompt tokens the judge server served from its prompt cache (OpenAI's
+    ``usage.prompt_tokens_details.cached_tokens``), billed at the cached-input price."""
+    conn.execute("ALTER TABLE judge_calls ADD COLUMN cached_prompt_tokens INTEGER")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_cached_prompt_tokens]
 
 
 def schema_version() -> int:
