@@ -142,3 +142,68 @@ def test_cost_settings_are_checked():
         check_cost_settings(load_config(None, PRICED + ["judge.budget_usd=0"]))
     check_cost_settings(load_config(None, PRICED + ["judge.budget_usd=2.5"]))
     assert isinstance(pricing_from_config({}), Pricing)
+
+
+# ---------------------------------------------------------------------------------------------
+# the preflight's first-step estimate
+
+def _estimate_setup(tmp_path, *extra):
+    import json
+
+    from engine.teacher.index import append_rows, make_row
+
+    (tmp_path / "rub.txt").write_text("Q:{question}\nT:{teacher_response}\nS:{student_response}", encoding="utf-8")
+    (tmp_path / "ver.txt").write_text("Q:{question}\nR:{rubrics}\nA:{answers}", encoding="utf-8")
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": p, "ground_truth": g}) + "\n"
+                                                  for p, g in (("1+1?", "2"), ("2+5?", "7"))), encoding="utf-8")
+    append_rows(tmp_path / "teacher.jsonl", [make_row("1+1?", ["It is 2.", "2"]), make_row("2+5?", ["7", "Seven: 7"])])
+    return load_config(None, [
+        "task.name=jsonl", f"task.train_file={tmp_path / 'train.jsonl'}", f"teacher.index={tmp_path / 'teacher.jsonl'}",
+        f"templates.rubricator={tmp_path / 'rub.txt'}", f"templates.verifier={tmp_path / 'ver.txt'}",
+        "trainer.prompts_per_step=2", "trainer.rollouts=2", "trainer.max_new_tokens=5", "trainer.steps=10",
+        "scorer.k=2", "scorer.max_criteria=4", "scorer.min_criteria=4", "scorer.verifier_chunk_size=3",
+        "judge.mode=llm", "judge.rubricator.model=r", "judge.verifier.model=v",
+        "judge.rubricator.base_url=http://127.0.0.1:9/v1", "judge.verifier.base_url=http://127.0.0.1:9/v1",
+        "judge.rubricator.price_in_per_mtok=2", "judge.rubricator.price_out_per_mtok=8",
+        "judge.verifier.price_in_per_mtok=1", "judge.verifier.price_out_per_mtok=4", *extra])
+
+
+def test_first_step_estimate_renders_the_prompts_and_prices_them_by_hand(tmp_path):
+    from engine.judging.cost_estimate import estimate_first_step
+
+    cfg = _estimate_setup(tmp_path)
+    est = estimate_first_step(cfg)
+    rub, ver = est.roles["rubricator"], est.roles["verifier"]
+    # one rubricator call per prompt; the pool of 2 rollouts + 2 teacher answers in chunks of 3: 2 calls per prompt
+    assert (rub.calls, ver.calls) == (2, 4)
+    # the first rubricator prompt, rendered by hand: student answers are max_new_tokens * 4 = 20 characters
+    s = "x" * 20
+    prompt1 = ("Q:1+1?\nT:" + '<teacher_answer id="1">\nIt is 2.\n</teacher_answer>\n\n<teacher_answer id="2">\n2\n'
+               "</teacher_answer>\nS:" + f'<student_answer id="1">\n{s}\n</student_answer>\n\n'
+               f'<student_answer id="2">\n{s}\n</student_answer>')
+    prompt2 = prompt1.replace("1+1?", "2+5?").replace("It is 2.", "7").replace("\n2\n</teacher", "\nSeven: 7\n</teacher")
+    assert rub.prompt_tokens == (len(prompt1) // 4 + 4) + (len(prompt2) // 4 + 4)
+    # prices: rubricator $2 in / $8 out, verifier $1 in / $4 out per million tokens
+    by_hand = (rub.prompt_tokens * 2 + rub.completion_tokens * 8 + ver.prompt_tokens * 1 + ver.completion_tokens * 4) / 1e6
+    assert est.usd == pytest.approx(by_hand)
+    assert 0 < est.usd < 0.01
+    text = est.describe(10)
+    assert "first step (estimate)" in text and "characters / 4" in text and "10 steps" in text
+
+
+def test_preflight_prints_the_estimate_and_refuses_a_budget_below_the_first_step(tmp_path):
+    from engine.judging.cost_estimate import estimate_first_step
+    from engine.trainers.preflight import _check_cost
+
+    cfg = _estimate_setup(tmp_path, "judge.budget_usd=1")
+    notes = _check_cost(cfg, {})
+    assert notes[0].startswith("judge cost, first step (estimate): $")
+    assert "judge budget: $1.00" in notes[1] and "exit code 5" in notes[1]
+    step = estimate_first_step(cfg).usd
+    with pytest.raises(ConfigError, match="more than judge.budget_usd") as e:
+        _check_cost(_estimate_setup(tmp_path, f"judge.budget_usd={step / 2}"), {})
+    assert "raise judge.budget_usd" in e.value.hint
+    # an unpriced LLM judge says how to price it; an offline judge says nothing (it is free)
+    unpriced = load_config(None, ["judge.mode=llm", "judge.rubricator.model=r", "judge.verifier.model=v"])
+    assert "not priced" in _check_cost(unpriced, {})[0]
+    assert _check_cost(load_config(None, ["judge.mode=offline"]), {}) == []

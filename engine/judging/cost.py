@@ -24,6 +24,9 @@ from typing import Any, Iterable, Mapping
 
 from engine.errors import ConfigError
 
+#: Exit code of a training worker (and of ``ropd-tui --headless train``) whose run stopped at its budget.
+EXIT_BUDGET = 5
+
 PRICED_ROLES = ("rubricator", "verifier", "teacher")
 PRICE_KEYS = ("price_in_per_mtok", "price_out_per_mtok", "price_cached_in_per_mtok")
 
@@ -175,6 +178,14 @@ def budget_stop_reason(total_usd: float | None, last_step_usd: float | None, bud
         return (f"judge budget reached after step {step}: {format_usd(total_usd)} spent of judge.budget_usd "
                 f"{format_usd(budget_usd)}, and the next step would cost about {format_usd(nxt)}")
     return None
+
+
+def run_budget_reason(store: Any, run_id: int, budget_usd: float | None, step: int) -> str | None:
+    """:func:`budget_stop_reason` from the run's latest ``cost/*`` metrics in the store."""
+    if budget_usd is None:
+        return None
+    latest = store.latest_metrics([run_id]).get(run_id, {})
+    return budget_stop_reason(latest.get(TOTAL_USD), latest.get(STEP_USD), budget_usd, step)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -304,7 +304,7 @@ class RunStore:
             rep = [r[0] for r in c.execute("SELECT id FROM replays WHERE run_id=?", (rid,)).fetchall()]
             for replay_id in rep:
                 self._delete_replay_rows(c, replay_id)
-            for table in ("judge_calls", "metrics", "latest_metrics", "steps", "events", "run_templates"):
+            for table in ("judge_calls", "metrics", "latest_metrics", "steps", "events", "run_templates", "tracker_state"):
                 c.execute(f"DELETE FROM {table} WHERE run_id=?", (rid,))
             c.execute("DELETE FROM runs WHERE id=?", (rid,))
         if rec.run_dir.exists() and rec.run_dir.resolve().parent == self.root.resolve():
@@ -532,6 +532,31 @@ class RunStore:
             params.append(int(run_id))
         rows = [dict(r) for r in self._db.query(sql + " ORDER BY seq LIMIT ?", (*params, int(limit)))]
         return rows, (rows[-1]["seq"] if rows else int(cursor))
+
+    def metric_rows_after(self, run_id: int, attempt: int, cursor: int, *, limit: int = 10_000
+                          ) -> tuple[list[dict[str, Any]], int]:
+        """Metric rows of one attempt with ``seq > cursor`` in write order ({seq, step, key, value,
+        wall_time}), and the new cursor. A value rewritten in place keeps its seq (not returned again)."""
+        rows = [dict(r) for r in self._db.query(
+            "SELECT seq, step, key, value, wall_time FROM metrics WHERE run_id=? AND attempt=? AND seq>?"
+            " ORDER BY seq LIMIT ?", (int(run_id), int(attempt), int(cursor), int(limit)))]
+        return rows, (rows[-1]["seq"] if rows else int(cursor))
+
+    # -- experiment trackers (engine.tracking: what was mirrored where) ---------------------------------
+    def tracker_state(self, run_id: int, attempt: int, backend: str) -> dict[str, Any] | None:
+        rows = self._db.query("SELECT external_id, cursor FROM tracker_state WHERE run_id=? AND attempt=? AND backend=?",
+                              (int(run_id), int(attempt), backend))
+        return dict(rows[0]) if rows else None
+
+    def save_tracker_state(self, run_id: int, attempt: int, backend: str, *, external_id: str | None = None,
+                           cursor: int | None = None) -> None:
+        with self._db.write() as c:
+            c.execute("INSERT INTO tracker_state(run_id, attempt, backend, external_id, cursor, updated_at)"
+                      " VALUES (?,?,?,?,?,?) ON CONFLICT(run_id, attempt, backend) DO UPDATE SET"
+                      " external_id=coalesce(excluded.external_id, tracker_state.external_id),"
+                      " cursor=CASE WHEN ? IS NULL THEN tracker_state.cursor ELSE excluded.cursor END,"
+                      " updated_at=excluded.updated_at",
+                      (int(run_id), int(attempt), backend, external_id, int(cursor or 0), time.time(), cursor))
 
     # -- replays (results of re-judging stored answers with other settings) -----------------------------
     def create_replay(self, run_id: int, settings: Mapping[str, Any], *, name: str | None = None,

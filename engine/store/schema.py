@@ -289,7 +289,22 @@ def _v4_cached_prompt_tokens(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE judge_calls ADD COLUMN cached_prompt_tokens INTEGER")
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_cached_prompt_tokens]
+def _v5_tracker_state(conn: sqlite3.Connection) -> None:
+    """Per run attempt and tracker backend (engine.tracking): the tracker's own run id and the metrics
+    cursor (``metrics.seq``) mirrored so far."""
+    conn.execute("""CREATE TABLE tracker_state (
+        run_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        backend TEXT NOT NULL,
+        external_id TEXT,
+        cursor INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (run_id, attempt, backend)
+    ) WITHOUT ROWID""")
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_cached_prompt_tokens,
+                               _v5_tracker_state]
 
 
 def schema_version() -> int:
