@@ -71,12 +71,12 @@ class TrackerMirror:
                 if not rows:
                     break
                 try:
-                    for step, items in groupby(rows, key=lambda r: r["step"]):
-                        items = list(items)
+                    # one store write (a step's metrics, its validation numbers, ...) per call
+                    for (step, wall), items in groupby(rows, key=lambda r: (r["step"], r["wall_time"])):
                         metrics = {r["key"]: float(r["value"]) for r in items
                                    if r["value"] is not None and math.isfinite(r["value"])}
                         if metrics:
-                            backend.log(int(step), metrics, max(r["wall_time"] for r in items))
+                            backend.log(int(step), metrics, wall)
                 except Exception as err:  # noqa: BLE001
                     self._drop(name, "failed", err)
                     break
