@@ -168,3 +168,47 @@ def test_embedded_run_mirrors_every_step_to_tensorboard(tmp_path, tiny_model, st
         assert [v for _, v, _ in scalars[key]] == pytest.approx([v for _, v in stored], rel=1e-6), key  # float32
     assert [s for s, _, _ in scalars["val/accuracy"]] == [2]  # evaluated after the last step
     assert [s for s, _, _ in scalars["time/checkpoint"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_verl_launcher_mirrors_ingested_steps_and_stops_at_the_judge_budget(tmp_path, monkeypatch):
+    """The verl launcher with a stand-in main_ppo (see tests/test_verl_launcher.py): an LLM judge over HTTP
+    priced per role, TensorBoard mirroring of the ingested steps, and a budget that the first step uses
+    up: the launcher stops verl before its second step and returns exit code 5."""
+    pytest.importorskip("ray")
+    pytest.importorskip("tensorboard")
+    from engine.judging.cost import EXIT_BUDGET
+    from engine.verl_backend import launcher
+    from loopback_server import LoopbackJudgeServer
+    from test_verl_launcher import FAKE_MAIN
+
+    script = tmp_path / "fake_main_ppo.py"
+    # three steps, each a few seconds long (as real ones are), so the launcher sees step 1 before step 2 ends
+    main = FAKE_MAIN.replace("for step in (start + 1, start + 2):", "for step in range(start + 1, start + 4):")
+    main = main.replace('    if os.environ.get("FAKE_PIDFILE"):',
+                        '    __import__("time").sleep(6)\n    if os.environ.get("FAKE_PIDFILE"):')
+    assert main.count("sleep(6)") == 1
+    script.write_text(main)
+    monkeypatch.setenv(launcher.MAIN_CMD_ENV, f"{sys.executable} {script}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    model = tmp_path / "student-model"
+    model.mkdir()
+    with LoopbackJudgeServer() as srv:
+        judge = [f"judge.{r}.{k}" for r in ("rubricator", "verifier") for k in (f"base_url={srv.base_url}", "model=j")]
+        cfg = load_config(None, ["run.backend=verl", "run.name=verl-capped", "judge.mode=llm", *judge,
+                                 "judge.rubricator.price_in_per_mtok=1", "judge.verifier.price_in_per_mtok=1",
+                                 "judge.budget_usd=0.000001", "task.num_prompts=4", "scorer.k=2",
+                                 f"teacher.index={tmp_path / 'teacher_index.jsonl'}", f"verl.model_path={model}",
+                                 "verl.group_timeout_s=60", "tracking.backends=[tensorboard]"])
+        store = RunStore(tmp_path / "runs" / "ropd.db")
+        run = store.create_run("verl-capped", "verl", cfg.to_dict())
+        assert launcher.run(cfg, store, run, resume=False) == EXIT_BUDGET
+    steps = [s["step"] for s in store.steps(run.id)]
+    assert steps == [1]  # verl was stopped during its second step
+    total = dict(store.metric_series(run.id, "cost/total_usd"))
+    assert total[1] > 0
+    assert any(e["kind"] == "budget_reached" for e in store.events(run.id))
+    scalars = tensorboard_scalars(run.run_dir / "tensorboard" / "attempt-1")
+    assert [s for s, _, _ in scalars["critic/score/mean"]][:1] == [1]
+    assert scalars["cost/total_usd"][0][1] == pytest.approx(total[1], rel=1e-6)
+    store.close()
