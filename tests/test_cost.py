@@ -207,3 +207,73 @@ def test_preflight_prints_the_estimate_and_refuses_a_budget_below_the_first_step
     unpriced = load_config(None, ["judge.mode=llm", "judge.rubricator.model=r", "judge.verifier.model=v"])
     assert "not priced" in _check_cost(unpriced, {})[0]
     assert _check_cost(load_config(None, ["judge.mode=offline"]), {}) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# where costs are shown: status, runs, export, the Runs and Run screens
+
+def _priced_store(tmp_path):
+    store = RunStore(tmp_path / "runs" / "ropd.db")
+    cfg = load_config(None, PRICED + ["judge.budget_usd=1"])
+    priced = store.create_run("priced", "embedded", cfg.to_dict())
+    for step in (1, 2):
+        store.write_step(priced.id, step, {"loss": 1.0}, make_step(step, 2, students=4, teachers=1, criteria=2))
+    store.create_run("unpriced", "embedded", load_config(None, []).to_dict())
+    store.create_run("offline", "embedded", load_config(None, ["judge.mode=offline"]).to_dict())
+    return store, priced
+
+
+ONE_GROUP = (900 * 3 + 300 * 15 + 3000 * 0.5 + 500 * 1.5) / 1e6  # 0.00945 USD: rubricator + verifier call
+
+
+def test_status_runs_and_export_show_the_cost(tmp_path, capsys):
+    import csv
+    import io
+    import json
+
+    from ropd_tui.cli import main
+
+    store, priced = _priced_store(tmp_path)
+    store.close()
+    db = str(tmp_path / "runs" / "ropd.db")
+    assert main(["--headless", "--store", db, "status", "priced"]) == 0
+    out = capsys.readouterr().out
+    # 2 steps x 2 groups: total 4 x 0.00945 = 0.0378; last step 0.0189; per 1,000 of 16 rollouts: 2.3625
+    assert "judge cost  $0.0378 total · $0.0189 last step · $2.36 per 1,000 rollouts · budget $1.00 (4% used)" in out
+    assert main(["--headless", "--store", db, "status", "priced", "--json"]) == 0
+    cost = json.loads(capsys.readouterr().out)["cost"]
+    assert cost["total_usd"] == pytest.approx(4 * ONE_GROUP) and cost["pricing"] == "priced"
+    assert main(["--headless", "--store", db, "status", "unpriced"]) == 0
+    assert "judge cost  - (not priced" in capsys.readouterr().out
+    assert main(["--headless", "--store", db, "runs"]) == 0
+    table = capsys.readouterr().out
+    assert "JUDGE COST" in table and "$0.0378" in table and "free (offline judge)" in table
+    assert "0.00" not in table.split("JUDGE COST")[1].replace("$0.0378", "")  # nothing unpriced shown as $0.00
+
+    assert main(["--headless", "--store", db, "export", "priced", "--what", "cost", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["step"], r["role"], r["calls"]) for r in rows] == [("1", "rubricator", "2"), ("1", "verifier", "2"),
+                                                                  ("2", "rubricator", "2"), ("2", "verifier", "2")]
+    assert float(rows[0]["usd"]) == pytest.approx(2 * (900 * 3 + 300 * 15) / 1e6)
+    assert sum(float(r["usd"]) for r in rows) == pytest.approx(4 * ONE_GROUP)
+    assert main(["--headless", "--store", db, "export", "unpriced", "--what", "cost"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["--headless", "--store", db, "export", "priced", "--what", "metrics"]) == 0
+    keys = {json.loads(line)["key"] for line in capsys.readouterr().out.splitlines()}
+    assert {"cost/step_usd", "cost/total_usd", "cost/per_1k_rollouts_usd"} <= keys
+
+
+def test_runs_screen_rows_and_the_run_screen_cost_curve(tmp_path):
+    from ropd_tui.screens.views import PANELS, panel_lines, run_row
+
+    store, priced = _priced_store(tmp_path)
+    try:
+        rows = {r.name: r for r in (run_row(d) for d in store.list_runs())}
+        assert rows["priced"].cost == "$0.0378" and rows["unpriced"].cost == "-" and rows["offline"].cost == "free"
+        panel = next(p for p in PANELS if p.keys == ("cost/total_usd",))
+        total, per_step = panel_lines(store, priced.id, store.metric_keys(priced.id), panel, "priced")
+        assert total.label == "total" and total.steps == [1.0, 2.0]
+        assert total.values == pytest.approx([2 * ONE_GROUP, 4 * ONE_GROUP])
+        assert per_step.label == "per step" and per_step.values == pytest.approx([2 * ONE_GROUP, 2 * ONE_GROUP])
+    finally:
+        store.close()

@@ -191,6 +191,18 @@ def run_budget_reason(store: Any, run_id: int, budget_usd: float | None, step: i
 # ---------------------------------------------------------------------------------------------
 # showing costs
 
+def cost_summary(config: Any, latest: Mapping[str, float] | None) -> dict[str, Any]:
+    """A run's judge cost from its config and latest metrics (the current attempt): pricing state, total,
+    last step, per 1,000 rollouts, budget and the share of it used, and ``text`` (as :func:`describe_cost`)."""
+    pricing = pricing_from_config(config)
+    latest = latest or {}
+    total, budget = latest.get(TOTAL_USD), budget_of(config)
+    return {"pricing": pricing.state, "unpriced_roles": pricing.unpriced_roles, "total_usd": total,
+            "last_step_usd": latest.get(STEP_USD), "per_1k_rollouts_usd": latest.get(PER_1K_ROLLOUTS_USD),
+            "budget_usd": budget, "budget_used": (total / budget) if total is not None and budget else None,
+            "text": describe_cost(total, pricing.state)}
+
+
 def format_usd(value: float | None) -> str:
     """``$12.34``, ``$0.90``, ``$0.0123`` (three significant digits below 10 cents), ``-`` for None."""
     if value is None or not math.isfinite(value):
@@ -218,3 +230,24 @@ def describe_cost(value: float | None, state: str) -> str:
     if state == "unpriced" or value is None:
         return "-"
     return format_usd(value) + ("+" if state == "partial" else "")
+
+
+def describe_run_cost(cost: dict) -> str:
+    """One line: total, last step, per 1,000 rollouts and the budget; "free" / "-" when nothing is priced."""
+    state = cost["pricing"]
+    if cost["total_usd"] is None:
+        if state == "priced" or state == "partial":
+            return "- (no priced judge usage recorded yet)"
+        if state == "unpriced":
+            return "- (not priced: set judge.<role>.price_in_per_mtok and price_out_per_mtok)"
+        return cost["text"]
+    parts = [f"{cost['text']} total"]
+    if cost["last_step_usd"] is not None:
+        parts.append(f"{format_usd(cost['last_step_usd'])} last step")
+    if cost["per_1k_rollouts_usd"] is not None:
+        parts.append(f"{format_usd(cost['per_1k_rollouts_usd'])} per 1,000 rollouts")
+    if cost["budget_usd"]:
+        parts.append(f"budget {format_usd(cost['budget_usd'])} ({cost['budget_used']:.0%} used)")
+    if cost["unpriced_roles"]:
+        parts.append(f"not counted: {', '.join(cost['unpriced_roles'])} (no price)")
+    return " · ".join(parts)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from engine.judging.cost import pricing_from_config
+from engine.judging.cost import cost_summary, pricing_from_config
 from engine.scoring.criterion_stats import VERDICT_ORDER, RunWide
 from engine.errors import StoreError
 from engine.types import GroupResult, to_jsonable
@@ -225,18 +225,21 @@ class RunStore:
         return [self._record(r) for r in self._db.query("SELECT * FROM runs ORDER BY id")]
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """Every run with status, latest step and headline numbers (reward, accuracy) and all latest metrics."""
+        """Every run with status, latest step, headline numbers (reward, accuracy), its judge ``cost``
+        (:func:`engine.judging.cost.cost_summary`) and all latest metrics."""
         with self._db.read() as c:
             rows = c.execute("SELECT id, name, backend, status, cause, attempt, host, pid, exit_code, exit_signal,"
-                             " last_step, last_step_at, created_at, started_at, ended_at FROM runs ORDER BY id"
-                             ).fetchall()
+                             " last_step, last_step_at, created_at, started_at, ended_at, config_json FROM runs"
+                             " ORDER BY id").fetchall()
             latest = q.latest_metrics(c, None)
         out = []
         for r in rows:
             d = dict(r)
+            config = q._loads(d.pop("config_json"), {})
             lm = latest.get(r["id"], {})
             d["reward"] = q.headline(lm, q.REWARD_KEYS)
             d["accuracy"] = q.headline(lm, q.ACCURACY_KEYS)
+            d["cost"] = cost_summary(config, lm)
             d["metrics"] = lm
             out.append(d)
         return out
@@ -515,6 +518,22 @@ class RunStore:
         """One row per (answer, criterion) of a step, with criterion text and the verdict."""
         with self._db.read() as c:
             return q.verdict_rows(c, int(run_id), self._attempt(c, run_id, attempt), int(step))
+
+    def judge_usage(self, run_id: int, *, attempt: int | None = None) -> list[dict[str, Any]]:
+        """Judge token usage per step, role and model, with its cost in ``usd`` by the run's prices
+        (None where the run is not priced); replay-cache hits are counted but cost nothing."""
+        from engine.judging.cost import pricing_from_config
+
+        with self._db.read() as c:
+            a = self._attempt(c, run_id, attempt)
+            rows = q.judge_usage(c, int(run_id), a)
+            config = q._loads(c.execute("SELECT config_json FROM runs WHERE id=?", (int(run_id),)).fetchone()[0], {})
+        pricing = pricing_from_config(config)
+        for r in rows:
+            price = pricing.for_call(r["role"])
+            r["usd"] = (price.usd(r["prompt_tokens"], r["completion_tokens"], r["cached_prompt_tokens"])
+                        if price.known and r["reported_usage"] else None)
+        return rows
 
     def judge_calls(self, run_id: int, *, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._db.query("SELECT * FROM judge_calls WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
