@@ -36,6 +36,10 @@ class EndpointConfig:
     timeout_s: float = 120.0
     reasoning_effort: str | None = None  # minimal | low | medium | high (reasoning models only)
     response_format: Literal["json_object", "json_schema", "none"] = "json_object"
+    # prices in USD per million tokens (None: unknown; 0: free, e.g. a local server); see engine.judging.cost
+    price_in_per_mtok: float | None = None
+    price_out_per_mtok: float | None = None
+    price_cached_in_per_mtok: float | None = None  # prompt tokens served from the prompt cache; None: price_in
 
 
 @dataclass
@@ -50,6 +54,7 @@ class JudgeConfig:
     retry_max_delay_s: float = 8.0  # cap of one backoff sleep
     http_backend: Literal["auto", "httpx", "aiohttp"] = "auto"  # SDK transport; auto: aiohttp when installed
     reask_attempts: int = 2  # re-asks with the validation error after an unparseable reply
+    budget_usd: float | None = None  # stop the run cleanly (exit code 5) before its judge cost would pass this
     rubricator: EndpointConfig = field(default_factory=EndpointConfig)
     verifier: EndpointConfig = field(default_factory=EndpointConfig)
     teacher: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.7))
@@ -150,6 +155,19 @@ class SupervisorConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Mirror the store's metrics to experiment trackers (engine.tracking); the store stays the source."""
+
+    backends: list[Literal["wandb", "tensorboard", "mlflow"]] = field(default_factory=list)  # off by default
+    project: str = "ropd"  # W&B project / MLflow experiment
+    wandb_entity: str | None = None
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None  # None: W&B's own ($WANDB_MODE)
+    wandb_dir: str | None = None  # None: the run folder
+    tensorboard_dir: str | None = None  # None: <run folder>/tensorboard
+    mlflow_tracking_uri: str | None = None  # None: MLflow's own ($MLFLOW_TRACKING_URI)
+
+
+@dataclass
 class RunSection:
     name: str = "run"
     backend: Literal["embedded", "verl"] = "embedded"
@@ -167,6 +185,7 @@ class Config:
     trainer: EmbeddedTrainerConfig = field(default_factory=EmbeddedTrainerConfig)
     verl: VerlConfig = field(default_factory=VerlConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

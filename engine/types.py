@@ -95,6 +95,7 @@ class JudgeCall:
     endpoint: str | None = None  # base URL without credentials, or "offline"
     finish_reason: str | None = None  # the server's: "stop", or "length" when the reply hit max_tokens
     response_format: str | None = None  # the output format asked for: json_schema | json_object | none
+    cached_prompt_tokens: int | None = None  # of prompt_tokens, those the server's prompt cache served
 
 
 @dataclass

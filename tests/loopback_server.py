@@ -243,6 +243,7 @@ class RequestRecord:
     status: int | None = None
     fault: str | None = None
     reply: str | None = None
+    cached_tokens: int = 0
 
     @property
     def prompt(self) -> str:
@@ -313,6 +314,12 @@ class LoopbackJudgeServer:
         self.slots = slots
         self._slot_sem: asyncio.Semaphore | None = None  # made on the server's loop
         self.final_score_offset = final_score_offset
+        # OpenAI-style automatic prompt caching: a prompt whose first N tokens (N >= the minimum, in
+        # blocks) were already sent is reported with those tokens as usage.*_tokens_details.cached_tokens
+        self.prompt_caching = False
+        self.prompt_cache_min_tokens = 1024
+        self.prompt_cache_block_tokens = 128
+        self._cached_prefixes: set[str] = set()
         # Hooks: return a dict (sent as JSON) or a str (sent verbatim) to override the defaults.
         self.rubric_fn: Callable[[str], Any] | None = None
         self.verifier_fn: Callable[[str, list[str], list[dict]], Any] | None = None
@@ -665,13 +672,17 @@ class LoopbackJudgeServer:
         if self.cut_at_max_tokens and isinstance(max_tokens, int) and max_tokens > 0 and ctok > max_tokens:
             text, ctok, finish = text[: max_tokens * 4], max_tokens, "length"
         rec.reply = text
+        cached = self._cached_tokens("".join(str(m.get("content", "")) for m in messages), ptok)
+        rec.cached_tokens = cached
         model = body.get("model") or "loopback-judge"
         if api == "chat":
             return web.json_response({
                 "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
                 "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-                "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok}})
+                "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok,
+                          "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+                          "completion_tokens_details": {"reasoning_tokens": 0}}})
         return web.json_response({
             "id": f"resp_{uuid.uuid4().hex[:12]}", "object": "response", "created_at": int(time.time()),
             "model": model, "status": "completed" if finish == "stop" else "incomplete",
@@ -679,7 +690,23 @@ class LoopbackJudgeServer:
             "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "status": "completed",
                         "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}],
             "usage": {"input_tokens": ptok, "output_tokens": ctok, "total_tokens": ptok + ctok,
-                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}})
+                      "input_tokens_details": {"cached_tokens": cached}, "output_tokens_details": {"reasoning_tokens": 0}}})
+
+    def _cached_tokens(self, prompt: str, ptok: int) -> int:
+        """Tokens of ``prompt`` served from the prompt cache: the longest block-aligned prefix (4 characters
+        a token) of at least ``prompt_cache_min_tokens`` that an earlier request began with."""
+        if not self.prompt_caching:
+            return 0
+        block, found = self.prompt_cache_block_tokens, 0
+        with self._lock:
+            for n_tok in range(self.prompt_cache_min_tokens, ptok + 1, block):
+                key = hashlib.sha256(prompt[:n_tok * 4].encode()).hexdigest()
+                if n_tok * 4 > len(prompt):
+                    break
+                if key in self._cached_prefixes:
+                    found = n_tok
+                self._cached_prefixes.add(key)
+        return found
 
     def _content(self, messages: list[dict], role: str, fault: Fault | None, body: dict[str, Any] | None = None) -> str:
         prompt = prompt_of(messages)

@@ -486,3 +486,26 @@ def test_timeout_with_nothing_else_in_flight_says_slow(judge_server):
     text = str(ei.value)
     assert "no other request of ours in flight" in text and "the server itself is that slow" in text
     assert "queue" not in text
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_cached_prompt_tokens_are_read_from_the_usage_details(judge_server, api):
+    # the server caches prompt prefixes the way OpenAI does (blocks of 128 tokens from 1024 on), and
+    # reports them as usage.prompt_tokens_details.cached_tokens (chat) / input_tokens_details (responses)
+    judge_server.prompt_caching = True
+    judge_server.prompt_cache_min_tokens, judge_server.prompt_cache_block_tokens = 16, 8
+    shared = "You are a strict grader. " * 20  # 500 characters: 125 tokens of shared prefix
+    c = client(judge_server, f"judge.api={api}")
+    first = run(c.complete([{"role": "user", "content": shared + "Question one?"}]))
+    second = run(c.complete([{"role": "user", "content": shared + "Question two, longer?"}]))
+    assert first.cached_prompt_tokens == 0
+    assert second.cached_prompt_tokens == judge_server.requests[1].cached_tokens > 0
+    assert second.cached_prompt_tokens <= 125 < second.prompt_tokens
+
+
+def test_usage_without_details_leaves_cached_tokens_unknown():
+    from engine.judging.client import cached_prompt_tokens
+
+    assert cached_prompt_tokens({"prompt_tokens": 5, "completion_tokens": 2}) is None
+    assert cached_prompt_tokens({"prompt_tokens_details": {"cached_tokens": 3}}) == 3
+    assert cached_prompt_tokens({"prompt_tokens_details": None, "input_tokens_details": {"cached_tokens": 4}}) == 4

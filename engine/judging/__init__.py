@@ -6,5 +6,7 @@
 - ``llm``: rubricator, verifier and scalar judge behind OpenAI-compatible endpoints;
 - ``client``: one role at one endpoint (retries, timeouts, structured output);
 - ``cache``: identical requests are never paid for twice (replays);
-- ``parsing``: reading replies (untrusted model output) and writing the blocks judges read.
+- ``parsing``: reading replies (untrusted model output) and writing the blocks judges read;
+- ``cost``: prices per role, what recorded usage costs, the budget rule (light: the store imports it);
+- ``cost_estimate``: the preflight's estimate of a first step's judge cost (a dry render of its prompts).
 """

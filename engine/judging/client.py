@@ -95,6 +95,7 @@ class Completion:
     request_sha: str | None = None  # sha256 of the canonical request (model, messages, settings)
     response_format: str | None = None  # the format the reply was asked in: json_schema | json_object | none
     max_tokens: int | None = None  # the max_tokens sent (judge.<role>.max_tokens, or what the context left)
+    cached_prompt_tokens: int | None = None  # prompt tokens the server served from its prompt cache
 
 
 class JudgeCallError(JudgeError):
@@ -203,6 +204,19 @@ def _responses_finish(resp: Any) -> str | None:
     if status == "completed":
         return "stop"
     return status
+
+
+def cached_prompt_tokens(usage: Any) -> int | None:
+    """Prompt tokens served from the server's prompt cache, where its usage reports them: chat
+    ``usage.prompt_tokens_details.cached_tokens``, Responses ``usage.input_tokens_details.cached_tokens``
+    (a dict or an SDK object); None when the server does not say."""
+    for name in ("prompt_tokens_details", "input_tokens_details"):
+        details = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+        if details is None:
+            continue
+        cached = details.get("cached_tokens") if isinstance(details, dict) else getattr(details, "cached_tokens", None)
+        return _int_or_none(cached)
+    return None
 
 
 def _refused(exc: BaseException) -> bool:
@@ -610,7 +624,8 @@ class JudgeClient:
                 return "json_schema" if fmt == "json_schema" else "response_format"
         return None
 
-    async def _request(self, client: _SDKClient, params: dict[str, Any]) -> tuple[str, int | None, int | None, str | None]:
+    async def _request(self, client: _SDKClient, params: dict[str, Any]
+                       ) -> tuple[str, int | None, int | None, str | None, int | None]:
         # client.post is the SDK's documented route for raw bodies: same retries, auth and error types
         # as client.chat.completions.create, without re-validating our already well-formed params
         # (that per-call transform is the largest client-side cost when 64 requests are in flight).
@@ -619,9 +634,10 @@ class JudgeClient:
             text = getattr(resp, "output_text", None) or ""
             usage = getattr(resp, "usage", None)
             return (text, getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None),
-                    _responses_finish(resp))
+                    _responses_finish(resp), cached_prompt_tokens(usage))
         data = await client.post("/chat/completions", body=params, cast_to=dict)
-        return _chat_reply(data)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        return (*_chat_reply(data), cached_prompt_tokens(usage) if isinstance(usage, dict) else None)
 
     def _fitted_max_tokens(self, messages: list[dict[str, Any]]) -> int | None:
         """judge.<role>.max_tokens, lowered to what the server's known context leaves after the prompt."""
@@ -646,7 +662,7 @@ class JudgeClient:
         return room if MIN_OUTPUT_TOKENS <= room < sent else None
 
     async def _request_retrying_bad_bodies(self, client: _SDKClient, params: dict[str, Any]
-                                           ) -> tuple[str, int | None, int | None, str | None]:
+                                           ) -> tuple[str, int | None, int | None, str | None, int | None]:
         """:meth:`_request`, with a 200 whose body is not a JSON reply (a proxy's HTML error page, a
         truncated body) treated as a transient transport error: retried like a 5xx, up to
         ``judge.max_retries`` times with the same backoff, the slot given back while sleeping."""
@@ -705,7 +721,7 @@ class JudgeClient:
                     if first_params is None:
                         first_params = params
                     try:
-                        text, ptok, ctok, finish = await self._request_retrying_bad_bodies(client, params)
+                        text, ptok, ctok, finish, cached = await self._request_retrying_bad_bodies(client, params)
                         break
                     except openai.APIStatusError as e:
                         status, msg = e.status_code, str(getattr(e, "message", "") or e)
@@ -763,7 +779,7 @@ class JudgeClient:
                           latency_s=time.perf_counter() - t0, attempts=max(1, counter[0]), model=model,
                           finish_reason=finish, endpoint=self.url,
                           request_sha=request_sha({"api": self.judge.api, **(first_params or {})}),
-                          response_format=fmt or "none", max_tokens=max_tokens)
+                          response_format=fmt or "none", max_tokens=max_tokens, cached_prompt_tokens=cached)
 
     async def preflight(self) -> dict[str, Any]:
         """Check the endpoint answers, accepts the key and serves the model; fail fast otherwise.

@@ -237,7 +237,8 @@ class LLMJudge:
                          attempts=comp.attempts, prompt_tokens=comp.prompt_tokens,
                          completion_tokens=comp.completion_tokens, error_class=error_class, error=error,
                          raw_reply=comp.text, template_sha=template_sha, request_sha=comp.request_sha,
-                         endpoint=client.url, finish_reason=comp.finish_reason, response_format=comp.response_format)
+                         endpoint=client.url, finish_reason=comp.finish_reason, response_format=comp.response_format,
+                         cached_prompt_tokens=comp.cached_prompt_tokens)
 
     @staticmethod
     def _failed_call(client: JudgeClient, role: str, e: JudgeCallError, template_sha: str) -> JudgeCall:

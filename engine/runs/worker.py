@@ -11,7 +11,8 @@ changed the weights yet (or finished when it is already in its optimizer step), 
 step is checkpointed, the run is marked ``stopped`` and the worker exits with :data:`EXIT_STOPPED`.
 
 Exit codes: 0 finished; 1 crashed (traceback in the run log); 2 bad input (config, model, teacher
-index, template); 3 judge unreachable; 4 scoring failure rate over the threshold; 28 the disk filled
+index, template); 3 judge unreachable; 4 scoring failure rate over the threshold; 5 judge budget
+reached (``judge.budget_usd``: stopped cleanly after a checkpoint, status ``stopped``); 28 the disk filled
 up (one line in the log, no traceback); 143 stopped.
 """
 
@@ -25,6 +26,7 @@ import traceback
 from typing import Any
 
 from engine.errors import UserError
+from engine.judging.cost import EXIT_BUDGET
 
 EXIT_OK, EXIT_CRASHED, EXIT_STOPPED = 0, 1, 143
 EXIT_DISK_FULL = 28  # ENOSPC: the run stopped because its disk filled up (the monitor says so)
@@ -108,6 +110,8 @@ def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int
             result = embedded.run(cfg, store, run, resume, stop=stop, log=_log)
             if result.status == "stopped":
                 return _stopped(store, run, result.last_step)
+            if result.status == "budget":
+                return _budget_stopped(store, run, result.message, result.last_step)
             _finish(store, run.id, status="finished", exit_code=EXIT_OK)
             store.add_event(run.id, "finished", result.message, step=result.last_step)
             _log(result.message)
@@ -121,6 +125,8 @@ def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int
             if rc == 0:
                 _finish(store, run.id, status="finished", exit_code=EXIT_OK)
                 return EXIT_OK
+            if rc == EXIT_BUDGET:
+                return _budget_stopped(store, run, "judge budget reached (judge.budget_usd)", None)
             _finish(store, run.id, status="failed", exit_code=rc,
                     cause="scoring failure rate over the threshold" if rc == 4 else f"verl exited with code {rc}")
             return rc
@@ -166,6 +172,15 @@ def _stopped(store, run, last_step: int | None) -> int:
     _finish(store, run.id, status="stopped", exit_code=EXIT_STOPPED, cause="stopped by request")
     _event(store, run.id, "stopped", msg, step=last_step)
     return EXIT_STOPPED
+
+
+def _budget_stopped(store, run, reason: str, last_step: int | None) -> int:
+    msg = (f"{reason}; the run stopped cleanly. Resume it with a higher budget: "
+           f"ropd-tui --headless resume {run.name} --budget-usd <USD>")
+    _log(msg)
+    _finish(store, run.id, status="stopped", exit_code=EXIT_BUDGET, cause=msg)
+    _event(store, run.id, "stopped", msg, step=last_step)
+    return EXIT_BUDGET
 
 
 def main(argv: list[str] | None = None) -> int:

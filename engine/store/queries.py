@@ -257,3 +257,16 @@ def verdict_rows(c: sqlite3.Connection, run_id: int, attempt: int, step: int) ->
     return [{"step": r[0], "group_index": r[1], "answer_id": r[2], "kind": r[3], "index": r[4],
              "pool_position": r[5], "criterion_position": r[6], "criterion": r[7], "points": r[8],
              "category": r[9], "passed": bool(r[10])} for r in rows]
+
+
+def judge_usage(c: sqlite3.Connection, run_id: int, attempt: int) -> list[dict[str, Any]]:
+    """Token usage of the attempt's judge calls per step, role and model; the token sums leave out
+    replay-cache hits (``cache_hits``: they were not sent)."""
+    rows = c.execute(
+        "SELECT g.step, jc.role, jc.model, count(*), coalesce(sum(jc.cached), 0),"
+        " sum(CASE WHEN jc.cached = 0 THEN jc.prompt_tokens END), sum(CASE WHEN jc.cached = 0 THEN jc.cached_prompt_tokens END),"
+        " sum(CASE WHEN jc.cached = 0 THEN jc.completion_tokens END), count(jc.prompt_tokens) + count(jc.completion_tokens)"
+        " FROM judge_calls jc JOIN groups g ON jc.group_id = g.seq WHERE g.run_id=? AND g.attempt=?"
+        " GROUP BY g.step, jc.role, jc.model ORDER BY g.step, jc.role, jc.model", (run_id, attempt)).fetchall()
+    return [{"step": r[0], "role": r[1], "model": r[2], "calls": r[3], "cache_hits": r[4], "prompt_tokens": r[5],
+             "cached_prompt_tokens": r[6], "completion_tokens": r[7], "reported_usage": bool(r[8])} for r in rows]

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from engine.judging.cost import cost_summary, pricing_from_config
 from engine.scoring.criterion_stats import VERDICT_ORDER, RunWide
 from engine.errors import StoreError
 from engine.types import GroupResult, to_jsonable
@@ -232,18 +233,21 @@ class RunStore:
         return [self._record(r) for r in self._db.query("SELECT * FROM runs ORDER BY id")]
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """Every run with status, latest step and headline numbers (reward, accuracy) and all latest metrics."""
+        """Every run with status, latest step, headline numbers (reward, accuracy), its judge ``cost``
+        (:func:`engine.judging.cost.cost_summary`) and all latest metrics."""
         with self._db.read() as c:
             rows = c.execute("SELECT id, name, backend, status, cause, attempt, host, pid, exit_code, exit_signal,"
-                             " last_step, last_step_at, created_at, started_at, ended_at FROM runs ORDER BY id"
-                             ).fetchall()
+                             " last_step, last_step_at, created_at, started_at, ended_at, config_json FROM runs"
+                             " ORDER BY id").fetchall()
             latest = q.latest_metrics(c, None)
         out = []
         for r in rows:
             d = dict(r)
+            config = q._loads(d.pop("config_json"), {})
             lm = latest.get(r["id"], {})
             d["reward"] = q.headline(lm, q.REWARD_KEYS)
             d["accuracy"] = q.headline(lm, q.ACCURACY_KEYS)
+            d["cost"] = cost_summary(config, lm)
             d["metrics"] = lm
             out.append(d)
         return out
@@ -311,7 +315,7 @@ class RunStore:
             rep = [r[0] for r in c.execute("SELECT id FROM replays WHERE run_id=?", (rid,)).fetchall()]
             for replay_id in rep:
                 self._delete_replay_rows(c, replay_id)
-            for table in ("judge_calls", "metrics", "latest_metrics", "steps", "events", "run_templates"):
+            for table in ("judge_calls", "metrics", "latest_metrics", "steps", "events", "run_templates", "tracker_state"):
                 c.execute(f"DELETE FROM {table} WHERE run_id=?", (rid,))
             c.execute("DELETE FROM runs WHERE id=?", (rid,))
         if rec.run_dir.exists() and rec.run_dir.resolve().parent == self.root.resolve():
@@ -345,19 +349,23 @@ class RunStore:
         verdicts, judge calls and template versions. Either all of it is visible or none of it.
 
         Derived ``score/*`` metrics (student/teacher reward means, accuracy, failure rate) are added
-        from the groups unless ``metrics`` has them. ``append=True`` adds groups to a step instead of
+        from the groups unless ``metrics`` has them; so are the ``cost/*`` metrics (step, running total,
+        per 1,000 rollouts) when the run's config prices the judge (:mod:`engine.judging.cost`). ``append=True`` adds groups to a step instead of
         replacing the step's groups (for backends that score a step's groups in several batches).
         """
         wall_time = time.time() if wall_time is None else float(wall_time)
         metrics = dict(metrics or {})
         groups = list(groups)
         with self._db.write() as c:
-            row = c.execute("SELECT attempt, status, last_step FROM runs WHERE id=?", (int(run_id),)).fetchone()
+            row = c.execute("SELECT attempt, status, last_step, config_json FROM runs WHERE id=?",
+                            (int(run_id),)).fetchone()
             if row is None:
                 raise StoreError(f"no run with id {run_id} in {self.path}",
                                  hint="the run was deleted while it was training; stop the trainer")
             attempt = row[0]
-            write_step_rows(c, int(run_id), attempt, int(step), metrics, groups, wall_time, append=append)
+            pricing = pricing_from_config(q._loads(row[3], {})) if groups else None
+            write_step_rows(c, int(run_id), attempt, int(step), metrics, groups, wall_time, append=append,
+                            pricing=pricing)
             self._after_step(c, int(run_id), int(step), row)
 
     def write_metrics(self, run_id: int, step: int, metrics: Mapping[str, float], wall_time: float | None = None) -> None:
@@ -544,6 +552,22 @@ class RunStore:
         with self._db.read() as c:
             return search_q.pending(c)
 
+    def judge_usage(self, run_id: int, *, attempt: int | None = None) -> list[dict[str, Any]]:
+        """Judge token usage per step, role and model, with its cost in ``usd`` by the run's prices
+        (None where the run is not priced); replay-cache hits are counted but cost nothing."""
+        from engine.judging.cost import pricing_from_config
+
+        with self._db.read() as c:
+            a = self._attempt(c, run_id, attempt)
+            rows = q.judge_usage(c, int(run_id), a)
+            config = q._loads(c.execute("SELECT config_json FROM runs WHERE id=?", (int(run_id),)).fetchone()[0], {})
+        pricing = pricing_from_config(config)
+        for r in rows:
+            price = pricing.for_call(r["role"])
+            r["usd"] = (price.usd(r["prompt_tokens"], r["completion_tokens"], r["cached_prompt_tokens"])
+                        if price.known and r["reported_usage"] else None)
+        return rows
+
     def judge_calls(self, run_id: int, *, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._db.query("SELECT * FROM judge_calls WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
                               (int(run_id), after_seq, limit))
@@ -560,6 +584,31 @@ class RunStore:
             params.append(int(run_id))
         rows = [dict(r) for r in self._db.query(sql + " ORDER BY seq LIMIT ?", (*params, int(limit)))]
         return rows, (rows[-1]["seq"] if rows else int(cursor))
+
+    def metric_rows_after(self, run_id: int, attempt: int, cursor: int, *, limit: int = 10_000
+                          ) -> tuple[list[dict[str, Any]], int]:
+        """Metric rows of one attempt with ``seq > cursor`` in write order ({seq, step, key, value,
+        wall_time}), and the new cursor. A value rewritten in place keeps its seq (not returned again)."""
+        rows = [dict(r) for r in self._db.query(
+            "SELECT seq, step, key, value, wall_time FROM metrics WHERE run_id=? AND attempt=? AND seq>?"
+            " ORDER BY seq LIMIT ?", (int(run_id), int(attempt), int(cursor), int(limit)))]
+        return rows, (rows[-1]["seq"] if rows else int(cursor))
+
+    # -- experiment trackers (engine.tracking: what was mirrored where) ---------------------------------
+    def tracker_state(self, run_id: int, attempt: int, backend: str) -> dict[str, Any] | None:
+        rows = self._db.query("SELECT external_id, cursor FROM tracker_state WHERE run_id=? AND attempt=? AND backend=?",
+                              (int(run_id), int(attempt), backend))
+        return dict(rows[0]) if rows else None
+
+    def save_tracker_state(self, run_id: int, attempt: int, backend: str, *, external_id: str | None = None,
+                           cursor: int | None = None) -> None:
+        with self._db.write() as c:
+            c.execute("INSERT INTO tracker_state(run_id, attempt, backend, external_id, cursor, updated_at)"
+                      " VALUES (?,?,?,?,?,?) ON CONFLICT(run_id, attempt, backend) DO UPDATE SET"
+                      " external_id=coalesce(excluded.external_id, tracker_state.external_id),"
+                      " cursor=CASE WHEN ? IS NULL THEN tracker_state.cursor ELSE excluded.cursor END,"
+                      " updated_at=excluded.updated_at",
+                      (int(run_id), int(attempt), backend, external_id, int(cursor or 0), time.time(), cursor))
 
     # -- replays (results of re-judging stored answers with other settings) -----------------------------
     def create_replay(self, run_id: int, settings: Mapping[str, Any], *, name: str | None = None,

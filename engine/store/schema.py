@@ -372,8 +372,29 @@ def _v7_answer_checker(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE answers ADD COLUMN checker TEXT")
 
 
+def _v8_cached_prompt_tokens(conn: sqlite3.Connection) -> None:
+    """Prompt tokens the judge server served from its prompt cache (OpenAI's
+    ``usage.prompt_tokens_details.cached_tokens``), billed at the cached-input price."""
+    conn.execute("ALTER TABLE judge_calls ADD COLUMN cached_prompt_tokens INTEGER")
+
+
+def _v9_tracker_state(conn: sqlite3.Connection) -> None:
+    """Per run attempt and tracker backend (engine.tracking): the tracker's own run id and the metrics
+    cursor (``metrics.seq``) mirrored so far."""
+    conn.execute("""CREATE TABLE tracker_state (
+        run_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        backend TEXT NOT NULL,
+        external_id TEXT,
+        cursor INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (run_id, attempt, backend)
+    ) WITHOUT ROWID""")
+
+
 MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_judge_call_finish_reason,
-                               _v5_full_text_search, _v6_sql_views, _v7_answer_checker]
+                               _v5_full_text_search, _v6_sql_views, _v7_answer_checker,
+                               _v8_cached_prompt_tokens, _v9_tracker_state]
 
 
 def schema_version() -> int:

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from typing import Iterable, Mapping
 
+from engine.judging.cost import PER_1K_ROLLOUTS_USD, STEP_USD, TOTAL_USD, Pricing
 from engine.types import GroupResult, canonical_prompt, prompt_hash
 from engine.store.scrub import scrub_text
 
@@ -177,15 +178,16 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
 _CALL_SQL = (
     "INSERT INTO judge_calls(run_id, group_id, replay_id, role, model, endpoint, status, latency_s, attempts,"
     " prompt_tokens, completion_tokens, error_class, error, raw_reply, template_sha, request_sha, cached, created_at,"
-    " finish_reason, response_format)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    " finish_reason, response_format, cached_prompt_tokens)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def _call_row(k, run_id, group_id, replay_id, now) -> tuple:
     return (run_id, group_id, replay_id, k.role, k.model, scrub_text(k.endpoint) if k.endpoint else None, k.status,
             _num(k.latency_s), k.attempts, k.prompt_tokens, k.completion_tokens, k.error_class,
             scrub_text(k.error) if k.error else None, k.raw_reply, k.template_sha, k.request_sha, int(bool(k.cached)),
-            now, getattr(k, "finish_reason", None), getattr(k, "response_format", None))
+            now, getattr(k, "finish_reason", None), getattr(k, "response_format", None),
+            getattr(k, "cached_prompt_tokens", None))
 
 
 def insert_calls(c: sqlite3.Connection, calls, *, run_id: int | None = None, group_id: int | None = None,
@@ -226,9 +228,34 @@ def _derived_metrics(c: sqlite3.Connection, run_id: int, attempt: int, step: int
     return out
 
 
+def cost_metrics(c: sqlite3.Connection, run_id: int, attempt: int, step: int, pricing: Pricing) -> dict[str, float]:
+    """The judge cost of a step's calls (all its groups, so a step scored in several batches adds up),
+    the attempt's running total and the total per 1,000 student rollouts; {} when the step's calls
+    reported no token usage (offline judge, a dead server)."""
+    usage = c.execute(
+        "SELECT jc.role, sum(jc.prompt_tokens), sum(jc.cached_prompt_tokens), sum(jc.completion_tokens),"
+        " count(jc.prompt_tokens) + count(jc.completion_tokens) FROM judge_calls jc JOIN groups g ON jc.group_id = g.seq"
+        " WHERE g.run_id=? AND g.attempt=? AND g.step=? AND jc.cached=0 GROUP BY jc.role",
+        (run_id, attempt, step)).fetchall()
+    if not any(r[4] for r in usage):
+        return {}
+    step_usd = pricing.usd((r[0], r[1], r[2], r[3]) for r in usage)
+    before = c.execute("SELECT coalesce(sum(value), 0) FROM metrics WHERE run_id=? AND attempt=? AND key=? AND step<?",
+                       (run_id, attempt, STEP_USD, step)).fetchone()[0]
+    total = before + step_usd
+    out = {STEP_USD: step_usd, TOTAL_USD: total}
+    rollouts = c.execute("SELECT coalesce(sum(n_students), 0) FROM groups WHERE run_id=? AND attempt=? AND step<=?",
+                         (run_id, attempt, step)).fetchone()[0]
+    if rollouts:
+        out[PER_1K_ROLLOUTS_USD] = total / rollouts * 1000.0
+    return out
+
+
 def write_step_rows(c: sqlite3.Connection, run_id: int, attempt: int, step: int, metrics: Mapping[str, float],
-                    groups: list[GroupResult], wall_time: float, *, append: bool) -> dict[str, float]:
-    """Insert a step's rows; returns the derived metrics that were written."""
+                    groups: list[GroupResult], wall_time: float, *, append: bool,
+                    pricing: Pricing | None = None) -> dict[str, float]:
+    """Insert a step's rows; returns the derived metrics that were written (``score/*``, and ``cost/*``
+    when ``pricing`` has a price above 0)."""
     now = time.time()
     if groups and not append:
         delete_group_rows(c, "run_id=? AND attempt=? AND step=?", (run_id, attempt, step))
@@ -236,7 +263,10 @@ def write_step_rows(c: sqlite3.Connection, run_id: int, attempt: int, step: int,
         _insert_groups(c, run_id, attempt, step, groups, now)
     derived: dict[str, float] = {}
     if groups:
-        derived = {k: v for k, v in _derived_metrics(c, run_id, attempt, step).items() if k not in metrics}
+        found = _derived_metrics(c, run_id, attempt, step)
+        if pricing is not None and pricing.positive:
+            found.update(cost_metrics(c, run_id, attempt, step, pricing))
+        derived = {k: v for k, v in found.items() if k not in metrics}
     all_metrics = {**derived, **dict(metrics)}
     write_metric_rows(c, run_id, attempt, step, all_metrics, wall_time)
     n, failed = c.execute("SELECT count(*), coalesce(sum(status = 'failed'), 0) FROM groups"

@@ -130,7 +130,7 @@ class StepRecord:
 
 @dataclass
 class TrainResult:
-    status: str  # finished | stopped
+    status: str  # finished | stopped | budget (judge.budget_usd reached; checkpointed, resumable)
     last_step: int
     message: str = ""
 
@@ -164,10 +164,13 @@ def judge_metrics(batch: BatchResult) -> dict[str, float]:
         out["judge/latency_s"] = sum(lat) / len(lat)
     pt = [c.prompt_tokens for c in calls if c.prompt_tokens is not None]
     ct = [c.completion_tokens for c in calls if c.completion_tokens is not None]
+    cached = [c.cached_prompt_tokens for c in calls if c.cached_prompt_tokens is not None]
     if pt:
         out["judge/prompt_tokens"] = float(sum(pt))
     if ct:
         out["judge/completion_tokens"] = float(sum(ct))
+    if cached:
+        out["judge/cached_prompt_tokens"] = float(sum(cached))
     return out
 
 
@@ -473,6 +476,8 @@ class EmbeddedRun:
         self.last_written_step = 0
         self.last_saved_step = 0
         self._progress_writer = None  # judge progress -> <run dir>/progress.json (for `train`)
+        self.budget_reason: str | None = None
+        self.mirror = None  # engine.tracking.mirror.TrackerMirror when tracking.backends names any
 
     # -- setup --------------------------------------------------------------------------------------
     def _setup_torch(self) -> None:
@@ -663,6 +668,7 @@ class EmbeddedRun:
         self.store.add_event(self.run.id, "scoring_failed",
                              f"step {step}: {sum(g.status == 'failed' for g in batch.groups)} of "
                              f"{len(batch.groups)} groups failed; no update was made", step=step)
+        self._mirror()
 
     # -- callbacks ------------------------------------------------------------------------------------
     def _callback(self):
@@ -696,12 +702,16 @@ class EmbeddedRun:
                 run._write_step(state.global_step, logs)
                 if run._eval_due(state.global_step):
                     run._evaluate(state.global_step)
+                if state.global_step < state.max_steps and run._check_budget(state.global_step):
+                    control.should_save = True  # checkpointed right after this log, then training stops
+                    control.should_training_stop = True
 
             def on_save(self, args, state, control, **kw):
                 run.last_saved_step = state.global_step
                 if run.record.logged_at is not None:  # the save follows the step's log directly
                     run.store.write_metrics(run.run.id, state.global_step,
                                             {"time/checkpoint": time.perf_counter() - run.record.logged_at})
+                    run._mirror()
                 path = checkpoint_dir(run.run) / f"checkpoint-{state.global_step}"
                 run.store.add_event(run.run.id, "checkpoint", f"checkpoint saved at step {state.global_step}",
                                     step=state.global_step, data={"path": str(path)})
@@ -726,6 +736,25 @@ class EmbeddedRun:
         if flat is not None:
             self.store.add_event(self.run.id, "no_signal", flat.message(step), step=step, data=flat.data())
             self.log(f"warning: {flat.message(step)}")
+        self._mirror()
+
+    def _mirror(self) -> None:
+        """Send what the store just got to the experiment trackers (the store stays the source)."""
+        if self.mirror is not None:
+            self.mirror.sync()
+
+    def _check_budget(self, step: int) -> bool:
+        """Whether the next step would take the run's judge cost past ``judge.budget_usd``."""
+        from engine.judging.cost import run_budget_reason
+
+        reason = run_budget_reason(self.store, self.run.id, self.cfg.judge.budget_usd, step)
+        if reason is None:
+            return False
+        self.budget_reason = reason
+        self.log(f"{reason}: stopping after a checkpoint")
+        self.store.add_event(self.run.id, "budget_reached", reason, step=step,
+                             data={"budget_usd": self.cfg.judge.budget_usd})
+        return True
 
     def _eval_due(self, step: int) -> bool:
         every = self.cfg.trainer.eval_every
@@ -742,6 +771,7 @@ class EmbeddedRun:
         self.stop.set_phase("log")
         metrics = result.metrics()
         self.store.write_metrics(self.run.id, step, metrics)
+        self._mirror()
         self.record.logged_at = time.perf_counter()  # time/checkpoint leaves the evaluation out
         self.log(f"eval after step {step}: val accuracy {metrics['val/accuracy']:.3f} "
                  f"({sum(result.correct)}/{len(result.correct)} held-out prompts, greedy)  "
@@ -777,6 +807,8 @@ class EmbeddedRun:
                     self.templates.stop()
                 except Exception:
                     pass
+            if self.mirror is not None:
+                self.mirror.close()
 
     def _train(self) -> TrainResult:
         from transformers.utils import logging as hf_logging
@@ -788,6 +820,9 @@ class EmbeddedRun:
         trl_note = check_trl()  # before the judge and the model: an unsupported TRL fails in a second
         if "outside the tested range" in trl_note:
             self.log(trl_note)
+        from engine.tracking.mirror import TrackerMirror
+
+        self.mirror = TrackerMirror.for_run(self.cfg, self.store, self.run, log=self.log)  # missing package: ConfigError
         self.scorer = self._build_scorer(problems)
         if self.cfg.judge_is_llm() and hasattr(self.scorer, "preflight_sync"):
             self.scorer.preflight_sync()  # a dead judge fails here (JudgeError), before the model loads
@@ -836,6 +871,8 @@ class EmbeddedRun:
         step = self.trainer.state.global_step
         if self.stop.requested:
             return TrainResult("stopped", step, f"stopped after step {step}")
+        if self.budget_reason is not None:
+            return TrainResult("budget", step, self.budget_reason)
         return TrainResult("finished", step, f"finished {step} steps")
 
     def _save_after_stop(self) -> None:

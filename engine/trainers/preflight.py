@@ -16,6 +16,7 @@ from typing import Mapping
 
 from engine.config import Config
 from engine.errors import ConfigError, TeacherIndexError
+from engine.tracking.backends import check_tracking
 
 
 def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool = True) -> list[str]:
@@ -41,6 +42,49 @@ def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool =
     notes.append(_check_checker(cfg))
     if cfg.run.backend == "embedded":
         notes += _check_task_and_index(cfg)
+    notes += _check_cost(cfg, env)
+    notes += check_tracking(cfg)
+    return notes
+
+
+def _check_cost(cfg: Config, env: Mapping[str, str]) -> list[str]:
+    """Prices and budget are sane; with an LLM judge and prices, the first step's estimated cost (a
+    first step estimated above judge.budget_usd refuses the run)."""
+    from engine.judging.cost import check_cost_settings, format_usd, pricing_from_config
+
+    check_cost_settings(cfg)
+    if not cfg.judge_is_llm(env):
+        return []
+    pricing = pricing_from_config(cfg)
+    if pricing.state == "free":
+        return ["judge cost: free (every judge role is priced at 0)"]
+    if not pricing.positive:
+        roles = ", ".join(f"judge.{r}" for r in pricing.used_roles)
+        return [f"judge cost: not priced (set price_in_per_mtok / price_out_per_mtok of {roles} to see costs in "
+                f"USD and to use judge.budget_usd)"]
+    if cfg.run.backend == "verl" and cfg.verl.train_files:
+        return ["judge cost: priced; no first-step estimate for verl.train_files (cost/* metrics are recorded per step)"]
+    from engine.errors import UserError
+    from engine.judging.cost_estimate import estimate_first_step, steps_within_budget
+
+    try:
+        est = estimate_first_step(cfg)
+    except UserError as err:
+        return [f"judge cost: priced; no first-step estimate ({err.message})"]
+    steps = cfg.trainer.steps if cfg.run.backend == "embedded" else None
+    notes = [est.describe(steps)]
+    if pricing.state == "partial":
+        notes[0] += f" (not priced, so not counted: {', '.join(pricing.unpriced_roles)})"
+    budget = cfg.judge.budget_usd
+    if budget is not None:
+        if est.usd > budget:
+            raise ConfigError(f"the first step is estimated to cost {format_usd(est.usd)} of judge time, more than "
+                              f"judge.budget_usd ({format_usd(budget)})",
+                              hint="raise judge.budget_usd, or make steps cheaper (fewer prompts_per_step or "
+                                   "rollouts, a cheaper judge); the estimate is printed by the preflight")
+        n = steps_within_budget(est.usd, budget)
+        notes.append(f"judge budget: {format_usd(budget)}, about {n} steps at this estimate; the run stops cleanly "
+                     f"(checkpoint, exit code 5) before a step would take it past the budget")
     return notes
 
 

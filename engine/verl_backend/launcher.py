@@ -14,7 +14,10 @@ starts) for ``run.backend == "verl"``. It
    ``resume_mode=resume_path`` + ``resume_from_path=<latest global_step_N>``);
 4. tails the metrics file and the gatherer's side channel and writes each step (verl metrics + ROPD
    groups, rubrics, verdicts, judge calls) in one store transaction; stops the run when a step's group
-   failure rate passes ``scorer.failure_threshold``.
+   failure rate passes ``scorer.failure_threshold``, or when the next step would take the judge cost past
+   ``judge.budget_usd`` (exit code 5; resume continues from verl's latest checkpoint, ``trainer.save_freq``);
+5. mirrors the store's new metric rows to the ``tracking.backends`` after each ingested step
+   (verl's own ``trainer.logger`` may log beside it; ``file`` is what the launcher ingests).
 
 SQLite is only ever written by this process, on the node where the run was launched.
 """
@@ -282,6 +285,10 @@ def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
 def run(cfg: Config, store, run, resume: bool) -> int:
     """Run (or resume) one verl training run; returns the process exit code for the train worker."""
     preflight(cfg)
+    from engine.judging.cost import EXIT_BUDGET, run_budget_reason
+    from engine.tracking.mirror import TrackerMirror
+
+    mirror = TrackerMirror.for_run(cfg, store, run, log=_log)  # a missing tracker package: ConfigError
     run_id = run.id
     paths = AttemptPaths.new(run.run_dir, getattr(run, "checkpoints_dir", None))
     resume_from, start_step = None, 0
@@ -347,6 +354,15 @@ def run(cfg: Config, store, run, resume: bool) -> int:
                     _terminate(proc, cfg.supervisor.stop_grace_s)
                     ingest.flush()
                     return err.exit_code
+            if reports and mirror is not None:
+                mirror.sync()
+            reason = run_budget_reason(store, run_id, cfg.judge.budget_usd, ingest.last_step) if reports else None
+            if reason and not done:
+                store.add_event(run_id, "budget_reached", reason, step=ingest.last_step)
+                _log(f"{reason}; stopping verl")
+                _terminate(proc, cfg.supervisor.stop_grace_s)
+                ingest.flush()
+                return EXIT_BUDGET
             if not warned_no_metrics and ingest.metric_lines == 0 and ingest.max_group_step >= start_step + 3:
                 warned_no_metrics = True
                 msg = (f"scored groups arrive (step {ingest.max_group_step}) but verl's metrics file "
@@ -370,6 +386,8 @@ def run(cfg: Config, store, run, resume: bool) -> int:
     finally:
         if proc is not None and proc.poll() is None:
             _terminate(proc, cfg.supervisor.stop_grace_s)
+        if mirror is not None:
+            mirror.close()
         for sig, handler in old.items():
             signal.signal(sig, handler)
         templates.stop()

@@ -1,4 +1,4 @@
-"""``ropd-tui --headless export RUN --format csv|jsonl --what metrics|answers|verdicts [--out FILE]``.
+"""``ropd-tui --headless export RUN --format csv|jsonl --what metrics|answers|verdicts|cost [--out FILE]``.
 
 JSONL is exact (terminal control characters in texts are JSON-escaped, which decodes to the same
 string). CSV written to a file or a pipe is exact; CSV shown on a terminal has its control characters
@@ -17,6 +17,8 @@ METRIC_FIELDS = ["step", "key", "value", "wall_time"]
 ANSWER_FIELDS = ["step", "group_index", "uid", "group_status", "answer_id", "kind", "index", "pool_position",
                  "reward", "correct", "checker", "truncated", "judge_score", "verdicts", "question", "ground_truth",
                  "text"]
+COST_FIELDS = ["step", "role", "model", "calls", "cache_hits", "prompt_tokens", "cached_prompt_tokens",
+               "completion_tokens", "usd"]
 VERDICT_FIELDS = ["step", "group_index", "answer_id", "kind", "index", "pool_position", "criterion_position",
                   "points", "category", "passed", "criterion"]
 
@@ -24,11 +26,13 @@ VERDICT_FIELDS = ["step", "group_index", "answer_id", "kind", "index", "pool_pos
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a run's metrics, answers or verdicts as CSV or JSONL",
                               description="Export one run (current attempt unless --attempt) to CSV or JSONL: "
-                              "metrics (one row per step and key), answers (student rollouts and teacher answers "
-                              "with reward, correctness and verdicts) or verdicts (one row per answer x criterion).")
+                              "metrics (one row per step and key, including the cost/* metrics), answers (student "
+                              "rollouts and teacher answers with reward, correctness and verdicts), verdicts (one row "
+                              "per answer x criterion) or cost (judge tokens and USD per step, role and model, by the "
+                              "run's judge.<role>.price_* settings; usd is empty where a role has no price).")
     p.add_argument("run", metavar="RUN", help="run name or numeric id")
     p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl", help="output format (default jsonl)")
-    p.add_argument("--what", choices=("metrics", "answers", "verdicts"), default="metrics",
+    p.add_argument("--what", choices=("metrics", "answers", "verdicts", "cost"), default="metrics",
                    help="what to export (default metrics)")
     p.add_argument("--out", help="output file (default: standard output)")
     p.add_argument("--attempt", type=int, help="attempt number (default: the current one)")
@@ -65,6 +69,8 @@ def handler(args: argparse.Namespace) -> int:
             rows, fields = _metric_rows(store, rec.id, args.attempt), METRIC_FIELDS
         elif args.what == "answers":
             rows, fields = _answer_rows(store, rec.id, args.attempt, args.format), ANSWER_FIELDS
+        elif args.what == "cost":
+            rows, fields = ({k: r[k] for k in COST_FIELDS} for r in store.judge_usage(rec.id, attempt=args.attempt)), COST_FIELDS
         else:
             rows, fields = _verdict_rows(store, rec.id, args.attempt), VERDICT_FIELDS
         if args.out:

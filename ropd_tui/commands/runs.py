@@ -11,7 +11,7 @@ from ._runs_common import fmt_age, one_line, open_store, store_exists
 def register(subparsers) -> None:
     p = subparsers.add_parser("runs", help="list runs with status and latest metrics",
                               description="List every run of the store: status (re-checked against its processes), "
-                              "latest step, reward and accuracy.")
+                              "latest step, reward, accuracy and judge cost (\"-\" when the judge is not priced).")
     add_json_flag(p)
     p.set_defaults(func=handler)
 
@@ -38,8 +38,9 @@ def handler(args: argparse.Namespace) -> int:
     if not runs:
         echo("no runs yet")
         return 0
-    print_table(["ID", "NAME", "BACKEND", "STATUS", "STEP", "REWARD", "ACC", "UPDATED", "CAUSE"],
+    print_table(["ID", "NAME", "BACKEND", "STATUS", "STEP", "REWARD", "ACC", "JUDGE COST", "UPDATED", "CAUSE"],
                 [[r["id"], r["name"], r["backend"], r["status"], r["last_step"], r["reward"], r["accuracy"],
+                  r["cost"]["text"],
                   fmt_age(r["last_step_at"] or r["ended_at"] or r["started_at"] or r["created_at"]),
                   one_line(r["cause"], 50) if r["status"] not in ("finished", "running") else ""]
                  for r in runs])

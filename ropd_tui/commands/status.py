@@ -24,13 +24,16 @@ def register(subparsers) -> None:
 def handler(args: argparse.Namespace) -> int:
     from engine.runs.supervisor import Supervisor
 
+    from engine.judging.cost import cost_summary, describe_run_cost
+
     with open_store(args) as store:
         rec = Supervisor(store).refresh(args.run)
         latest = store.latest_metrics([rec.id]).get(rec.id, {})
         events = store.events(rec.id)[-max(0, args.events):] if args.events else []
+    cost = cost_summary(rec.config, latest)
     if args.json:
         d = rec.to_dict()
-        d.update(log_path=str(rec.log_path), latest_metrics=latest, events=events)
+        d.update(log_path=str(rec.log_path), latest_metrics=latest, events=events, cost=cost)
         print_json(d)
         return 0
     rows = [
@@ -43,6 +46,7 @@ def handler(args: argparse.Namespace) -> int:
         ("last step", "" if rec.last_step is None else f"{rec.last_step} ({fmt_age(rec.last_step_at)})"),
         ("exit", "" if rec.exit_code is None and rec.exit_signal is None else
          f"code {rec.exit_code}" + (f", signal {rec.exit_signal}" if rec.exit_signal else "")),
+        ("judge cost", describe_run_cost(cost)),
         ("log", str(rec.log_path)),
     ]
     width = max(len(k) for k, _ in rows)

@@ -5,7 +5,7 @@ problem is reported before a run exists (exit 2). Then creates the run in the st
 training worker through the supervisor and streams one line per step (reward, accuracy, judge
 failures, seconds per step) until the run ends. Ctrl-C stops the run cleanly and prints how to
 resume it. Exit code: 0 finished, 1 failed/killed, 2 bad input, 3 judge unreachable, 4 too many
-failed groups, 130 stopped by Ctrl-C.
+failed groups, 5 judge budget reached (stopped cleanly, resumable), 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def handle(args: argparse.Namespace) -> int:
 # following a run
 
 _SHOW_EVENTS = {"failed", "stopped", "stalled", "recovered", "template_changed", "template_rejected", "monitor_lost",
-                "scoring_failed", "resumed", "no_signal"}
+                "scoring_failed", "resumed", "no_signal", "budget_reached", "warning"}
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -208,11 +208,16 @@ def follow(store, sup, run) -> int:
 
 
 def _outcome(cur, f: _Follower, *, interrupted: bool) -> int:
+    from engine.judging.cost import EXIT_BUDGET
+
     took = time.time() - f.started
     if cur.status == "finished":
         echo(f"run {cur.name} finished: {cur.last_step or f.printed_step} steps in {took:.0f} s. "
               f"Inspect it with: ropd-tui (UI) or ropd-tui --headless metrics {cur.name}")
         return 0
+    if cur.status == "stopped" and cur.exit_code == EXIT_BUDGET:
+        print(f"run {cur.name} stopped at its judge budget after step {cur.last_step or 0}: {cur.cause}")
+        return EXIT_BUDGET
     if cur.status == "stopped":
         echo(f"run {cur.name} stopped after step {cur.last_step or 0}. Resume it with: "
               f"ropd-tui --headless resume {cur.name}")

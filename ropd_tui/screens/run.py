@@ -1,5 +1,5 @@
-"""Run: curves (reward with spread, accuracy, judge failures/latency/tokens, response length), key
-figures, config and exit cause, and the subprocess log with follow / pause / search."""
+"""Run: curves (reward with spread, accuracy, judge failures/latency/tokens, response length, judge cost),
+key figures, config and exit cause, and the subprocess log with follow / pause / search."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class RunData:
     keys: list[str]
     latest: dict[str, float] = field(default_factory=dict)
     log: LogChunk | None = None
+    cost: dict[str, Any] = field(default_factory=dict)  # engine.judging.cost.cost_summary
 
 
 def run_info(store: Any, run_id: int) -> dict[str, Any]:
@@ -126,8 +127,10 @@ class RunScreen(LiveScreen):
             latest = {}
         if self._tail is None:
             self._tail = LogTail(log_path_of(info))
+        from engine.judging.cost import cost_summary
+
         return RunData(info=info, series=series, markers=event_markers(events), events=events, keys=keys,
-                       latest=latest, log=self._tail.read())
+                       latest=latest, log=self._tail.read(), cost=cost_summary(info.get("config") or {}, latest))
 
     def tick(self, store: Any) -> Any:
         if self._tail is None:
@@ -173,8 +176,10 @@ class RunScreen(LiveScreen):
         summary = Text()
         summary.append_text(plain(row.name, "bold"))
         summary.append(f"  {row.status}", style="bold green" if row.status in ACTIVE else "bold")
-        summary.append(f" {row.backend} step {fmt_num(row.step)} {elapsed}"
-                       f" · smooth {self.smoothing:g} · x {self.x_axis}")
+        summary.append(f" {row.backend} step {fmt_num(row.step)} {elapsed}")
+        if self.data.cost.get("total_usd") is not None:
+            summary.append_text(plain(f" · judge {self.data.cost['text']}"))
+        summary.append(f" · smooth {self.smoothing:g} · x {self.x_axis}")
         self.query_one("#run-summary", Static).update(summary)
 
     def _tick(self) -> None:
@@ -200,6 +205,10 @@ class RunScreen(LiveScreen):
                                           f"max {max(vals):.4g}\n"))
         if not any(d.series):
             figures.append("  no metrics logged yet\n", style="dim")
+        if d.cost:
+            from engine.judging.cost import describe_run_cost
+
+            figures.append_text(plain(f"  {'judge cost':<28} {describe_run_cost(d.cost)}\n"))
         metrics = Text("\nLatest value of every metric\n", style="bold")
         for key in sorted(d.latest):
             metrics.append_text(plain(f"  {key:<36} {fmt_num(d.latest[key], 4)}\n"))

@@ -66,7 +66,8 @@ class RunsScreen(LiveScreen):
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         for key, label in (("mark", " "), ("name", "name"), ("status", "status"), ("backend", "backend"),
-                           ("step", "step"), ("reward", "reward"), ("acc", "accuracy"), ("elapsed", "elapsed")):
+                           ("step", "step"), ("reward", "reward"), ("acc", "accuracy"), ("cost", "judge $"),
+                           ("elapsed", "elapsed")):
             table.add_column(label, key=key)
         table.focus()
         self.set_interval(1.0, self._tick_elapsed)
@@ -118,7 +119,7 @@ class RunsScreen(LiveScreen):
             table.add_row(
                 Text("●" if r.id in self.marked else " ", style="bold magenta"),
                 plain(r.name, "bold"), status_text(r.status), plain(r.backend),
-                fmt_num(r.step), fmt_num(r.reward), fmt_num(r.accuracy), fmt_duration(r.elapsed(now)),
+                fmt_num(r.step), fmt_num(r.reward), fmt_num(r.accuracy), plain(r.cost), fmt_duration(r.elapsed(now)),
                 key=str(r.id))
         if current is not None:
             for i, r in enumerate(rows):

@@ -39,6 +39,7 @@ class RunRow:
     started_at: float | None
     ended_at: float | None
     exit_cause: str | None = None
+    cost: str = "-"  # the judge cost as engine.judging.cost.describe_cost writes it ("-", "free", "$1.23")
 
     def elapsed(self, now: float) -> float | None:
         if not self.started_at:
@@ -61,7 +62,13 @@ def run_row(d: dict[str, Any]) -> RunRow:
         started_at=_first(merged, "started_at", "start_time", "created_at"),
         ended_at=_first(merged, "ended_at", "end_time", "finished_at"),
         exit_cause=_first(merged, "exit_cause", "cause"),
+        cost=_short_cost(merged.get("cost")),
     )
+
+
+def _short_cost(cost: Any) -> str:
+    text = str(cost.get("text") or "-") if isinstance(cost, dict) else "-"
+    return "free" if text.startswith("free") else text
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -114,6 +121,8 @@ PANELS: list[Panel] = [
     Panel("judge tokens (prompt, completion)", ("judge/prompt_tokens", "judge/tokens", "judge/total_tokens"),
           companion=("judge/completion_tokens",), companion_label="completion"),
     Panel("response length", ("response_length/mean", "completions/mean_length")),
+    Panel("judge cost (USD, run total)", ("cost/total_usd",), companion=("cost/step_usd",),
+          companion_label="per step", main_label="total"),
 ]
 
 
