@@ -133,13 +133,14 @@ def test_budget_rule_stops_before_the_next_step_would_pass_the_budget():
 
 
 def test_cost_settings_are_checked():
-    with pytest.raises(ConfigError, match="judge.verifier.price_out_per_mtok must be a price >= 0"):
-        check_cost_settings(load_config(None, ["judge.verifier.price_out_per_mtok=-1"]))
+    # a price or budget out of range is refused when the config loads (engine.config.RANGES)
+    with pytest.raises(ConfigError, match="'judge.verifier.price_out_per_mtok' must be >= 0"):
+        load_config(None, ["judge.verifier.price_out_per_mtok=-1"])
     with pytest.raises(ConfigError, match="no judge price is set") as e:
         check_cost_settings(load_config(None, ["judge.budget_usd=5"]))
     assert "judge.rubricator and judge.verifier" in e.value.hint
-    with pytest.raises(ConfigError, match="judge.budget_usd must be > 0"):
-        check_cost_settings(load_config(None, PRICED + ["judge.budget_usd=0"]))
+    with pytest.raises(ConfigError, match="'judge.budget_usd' must be > 0"):
+        load_config(None, PRICED + ["judge.budget_usd=0"])
     check_cost_settings(load_config(None, PRICED + ["judge.budget_usd=2.5"]))
     assert isinstance(pricing_from_config({}), Pricing)
 
