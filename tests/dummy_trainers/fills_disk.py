@@ -12,7 +12,7 @@ if __name__ == "__main__":
     store = RunStore(a.store, create=False)
     write_steps(store, a.run, 1, 2, 0.0)
     filler = Path(a.store).parent / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: closing it cannot fail on a full disk
         try:
             while True:
                 f.write(b"\0" * (1 << 16))
