@@ -62,6 +62,27 @@ def metric_series(c: sqlite3.Connection, run_id: int, attempt: int, key: str, si
     return [tuple(r) for r in c.execute(sql + " ORDER BY step", params).fetchall()]
 
 
+def step_nav(c: sqlite3.Connection, run_id: int, attempt: int, step: int | None) -> dict[str, Any]:
+    """Where ``step`` (the latest when None; the nearest existing one when it has no row) sits among the
+    attempt's steps: step, first, last, prev, next (None at the ends) and its 1-based index of count.
+    A few probes of idx_steps_run: nothing is read per step of the run but the two counts' index entries."""
+    where = "FROM steps WHERE run_id=? AND attempt=?"
+    key = (run_id, attempt)
+    first, last, count = c.execute(f"SELECT min(step), max(step), count(*) {where}", key).fetchone()
+    if count == 0:
+        return {"step": None, "first": None, "last": None, "prev": None, "next": None, "index": 0, "count": 0}
+    if step is None:
+        step = last
+    else:
+        below = c.execute(f"SELECT max(step) {where} AND step <= ?", (*key, step)).fetchone()[0]
+        above = c.execute(f"SELECT min(step) {where} AND step >= ?", (*key, step)).fetchone()[0]
+        step = min((s for s in (below, above) if s is not None), key=lambda s: (abs(s - step), s))
+    prev = c.execute(f"SELECT max(step) {where} AND step < ?", (*key, step)).fetchone()[0]
+    nxt = c.execute(f"SELECT min(step) {where} AND step > ?", (*key, step)).fetchone()[0]
+    index = c.execute(f"SELECT count(*) {where} AND step <= ?", (*key, step)).fetchone()[0]
+    return {"step": step, "first": first, "last": last, "prev": prev, "next": nxt, "index": index, "count": count}
+
+
 def load_groups(c: sqlite3.Connection, group_rows: list[sqlite3.Row], *, include_calls: bool,
                 include_raw: bool = True) -> list[dict[str, Any]]:
     """Groups with their prompt, rubric (criteria), answers, verdict matrix and judge calls."""

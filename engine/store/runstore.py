@@ -457,6 +457,13 @@ class RunStore:
                              " ORDER BY step", (int(run_id), a)).fetchall()
         return [dict(r) for r in rows]
 
+    def step_nav(self, run_id: int, step: int | None = None, *, attempt: int | None = None) -> dict[str, Any]:
+        """Bounded navigation around one step (see :func:`engine.store.queries.step_nav`): the step itself
+        (the latest for None, else the nearest that exists), first, last, prev, next, index and count."""
+        with self._db.read() as c:
+            a = self._attempt(c, run_id, attempt)
+            return q.step_nav(c, int(run_id), a, None if step is None else int(step))
+
     def attempts(self, run_id: int) -> list[int]:
         return [r[0] for r in self._db.query("SELECT DISTINCT attempt FROM steps WHERE run_id=? ORDER BY attempt",
                                              (int(run_id),))]
