@@ -150,17 +150,18 @@ class SeriesCache:
         steps, values, walls = self._series.setdefault(key, ([], [], []))
         since = int(steps[-1]) - 1 if steps else None
         rows = store.metric_series(run_id, key, with_time=True, since_step=since)
-        if steps:
-            first_new = min((float(_row(r)[0]) for r in rows), default=None)
-            while steps and first_new is not None and steps[-1] >= first_new:
+        rows = [_row(r) for r in rows] if rows and not isinstance(rows[0], tuple) else rows
+        if steps and rows:
+            first_new = min(float(r[0]) for r in rows)
+            while steps and steps[-1] >= first_new:
                 steps.pop(), values.pop(), walls.pop()
-        for r in rows:
-            step, value, wall = _row(r)
+        nan = float("nan")
+        for step, value, wall in rows:
             if value is None:
                 continue
             steps.append(float(step))
             values.append(float(value))
-            walls.append(float(wall) if wall is not None else float("nan"))
+            walls.append(nan if wall is None else float(wall))
         return list(steps), list(values), list(walls)
 
 
