@@ -1,13 +1,16 @@
 """Run-store benchmark: step ingest into a large store, and the UI's hot reads.
 
     python bench/store.py [--prefill-verdicts 1000000] [--steps 20] [--text-len 1000] [--dir DIR]
+                          [--groups 32] [--students 8] [--teachers 4] [--criteria 12]
 
 1. Prefill a fresh store: 20 runs with 1,000 steps x 30 metric keys each, and one run with enough
-   full-size steps (32 groups x 12 answers x 12 criteria = 4,608 verdicts per step, with answer and
-   criterion texts and judge calls) to hold >= --prefill-verdicts verdicts.
+   full-size steps (by default 32 groups x 12 answers x 12 criteria = 4,608 verdicts per step, with answer
+   and criterion texts and judge calls; a large verl step: --groups 256 --students 16 --teachers 4
+   --criteria 10) to hold >= --prefill-verdicts verdicts.
 2. Time ``write_step`` of --steps more full-size steps (one transaction each).
 3. Time the reads the UI does: latest metrics of 20 runs (and list_runs), one metric series of 1,000
-   steps, and one step's groups with rubrics and verdict matrices.
+   steps, one step's groups with rubrics and verdict matrices, and the run-wide criteria page.
+4. The store's size per million verdicts.
 Targets: <= 50 ms per ingested step, <= 50 ms per read. Prints the numbers; exit code 1 if a target is missed.
 """
 
@@ -30,8 +33,6 @@ from dummy_trainers.payloads import make_step  # noqa: E402
 from engine.store import RunStore  # noqa: E402
 from engine.store.step_writer import write_metric_rows  # noqa: E402
 
-GROUPS, STUDENTS, TEACHERS, CRITERIA = 32, 8, 4, 12
-VERDICTS_PER_STEP = GROUPS * (STUDENTS + TEACHERS) * CRITERIA
 TARGET_MS = 50.0
 
 
@@ -62,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="full-size steps to time")
     ap.add_argument("--text-len", type=int, default=1000, help="characters per answer text")
     ap.add_argument("--dir", help="where to create the store (default: a temporary folder, removed after)")
+    ap.add_argument("--groups", type=int, default=32, help="groups (prompts) per step")
+    ap.add_argument("--students", type=int, default=8, help="student rollouts per group")
+    ap.add_argument("--teachers", type=int, default=4, help="teacher answers per group")
+    ap.add_argument("--criteria", type=int, default=12, help="rubric criteria per group")
     args = ap.parse_args(argv)
+    GROUPS, STUDENTS, TEACHERS, CRITERIA = args.groups, args.students, args.teachers, args.criteria
+    VERDICTS_PER_STEP = GROUPS * (STUDENTS + TEACHERS) * CRITERIA
 
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ropd-bench-store-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -124,13 +131,18 @@ def main(argv: list[str] | None = None) -> int:
                      timed(lambda: store.criterion_pass_rates(big.id, by="step"), 10))
         ok &= report("criterion_pass_rates of one step (per criterion)",
                      timed(lambda: store.criterion_pass_rates(big.id, step=last), 20))
+        ok &= report("criterion_page: run-wide counts + first 200 criteria",
+                     timed(lambda: store.criterion_page(big.id, 200), 20))
         ok &= report("data_version (change check)", timed(store.data_version, 200))
         n_crit = len(store.criterion_pass_rates(big.id))
         report(f"(info) criterion_pass_rates, whole run per criterion ({n_crit:,} rows)",
                timed(lambda: store.criterion_pass_rates(big.id), 3))
         print(f"  (load average now {os.getloadavg()[0]:.1f})")
         size = sum(p.stat().st_size for p in workdir.glob("ropd.db*"))
-        print(f"\nstore size: {size / 1e6:.0f} MB")
+        with store.lock:
+            n_verdicts = store.connection.execute("SELECT count(*) FROM verdicts").fetchone()[0]
+        print(f"\nstore size: {size / 1e6:.0f} MB for {n_verdicts:,} verdicts: {size / 1e6 / (n_verdicts / 1e6):.0f} MB"
+              " per million verdicts (answer texts and judge calls included)")
         return 0 if ok else 1
     finally:
         store.close()

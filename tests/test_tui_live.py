@@ -71,7 +71,7 @@ async def test_step_written_by_another_process_shows_up(store):
         assert insp.data.step == 10 and insp.follow_latest
         write_step_in_subprocess(path, rid, 11)
         await wait_for(pilot, lambda: insp.data.step == 11, what="the inspector to follow step 11")
-        assert insp.data.steps[-1] == 11
+        assert insp.data.nav["last"] == 11 and insp.data.nav["next"] is None
 
 
 SLEEPER = """

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any, Iterable
 
-from engine.scoring.criterion_stats import EDGE, GAP, VERDICT_ORDER, CriterionStat
+from engine.scoring.criterion_stats import EDGE, GAP, VERDICT_ORDER
 
 # Tables with a monotonically increasing ``seq`` that readers can follow with a cursor.
 CURSOR_TABLES = ("metrics", "events", "steps", "groups", "judge_calls")
@@ -60,6 +60,27 @@ def metric_series(c: sqlite3.Connection, run_id: int, attempt: int, key: str, si
         sql += " AND step > ?"
         params.append(since_step)
     return [tuple(r) for r in c.execute(sql + " ORDER BY step", params).fetchall()]
+
+
+def step_nav(c: sqlite3.Connection, run_id: int, attempt: int, step: int | None) -> dict[str, Any]:
+    """Where ``step`` (the latest when None; the nearest existing one when it has no row) sits among the
+    attempt's steps: step, first, last, prev, next (None at the ends) and its 1-based index of count.
+    A few probes of idx_steps_run: nothing is read per step of the run but the two counts' index entries."""
+    where = "FROM steps WHERE run_id=? AND attempt=?"
+    key = (run_id, attempt)
+    first, last, count = c.execute(f"SELECT min(step), max(step), count(*) {where}", key).fetchone()
+    if count == 0:
+        return {"step": None, "first": None, "last": None, "prev": None, "next": None, "index": 0, "count": 0}
+    if step is None:
+        step = last
+    else:
+        below = c.execute(f"SELECT max(step) {where} AND step <= ?", (*key, step)).fetchone()[0]
+        above = c.execute(f"SELECT min(step) {where} AND step >= ?", (*key, step)).fetchone()[0]
+        step = min((s for s in (below, above) if s is not None), key=lambda s: (abs(s - step), s))
+    prev = c.execute(f"SELECT max(step) {where} AND step < ?", (*key, step)).fetchone()[0]
+    nxt = c.execute(f"SELECT min(step) {where} AND step > ?", (*key, step)).fetchone()[0]
+    index = c.execute(f"SELECT count(*) {where} AND step <= ?", (*key, step)).fetchone()[0]
+    return {"step": step, "first": first, "last": last, "prev": prev, "next": nxt, "index": index, "count": count}
 
 
 def load_groups(c: sqlite3.Connection, group_rows: list[sqlite3.Row], *, include_calls: bool,
@@ -157,7 +178,7 @@ def pass_rates_grouped(c: sqlite3.Connection, run_id: int, attempt: int, by: str
 
 
 # Criterion verdicts in SQL: the same rules as engine.scoring.criterion_stats.classify (over t = teacher and
-# s = student pass rate), so a long run's 100k+ criteria are counted and paged without loading them.
+# s = student pass rate); the criterion rollups migration backfills existing stores with them.
 VERDICT_SQL = f"""CASE
     WHEN s IS NULL THEN 'no data'
     WHEN s >= {1 - EDGE} AND (t IS NULL OR t >= {1 - EDGE}) THEN 'always passes'
@@ -166,42 +187,6 @@ VERDICT_SQL = f"""CASE
     WHEN t IS NOT NULL AND s - t >= {GAP} THEN 'students ahead'
     ELSE 'weak' END"""
 VERDICT_RANK_SQL = "CASE v " + " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(VERDICT_ORDER)) + " END"
-_CRITERIA_OF_ATTEMPT = (
-    "SELECT g.step AS step, g.group_index AS gi, cr.position AS pos, cr.crit_key AS k, cr.text AS text,"
-    " cr.points AS points, cr.teacher_pass_rate AS t, cr.student_pass_rate AS s"
-    " FROM groups g JOIN criteria cr ON cr.group_id = g.seq WHERE g.run_id = ? AND g.attempt = ?")
-
-
-def criterion_verdict_counts(c: sqlite3.Connection, run_id: int, attempt: int) -> dict[str, int]:
-    """{verdict: number of criteria} over every rubric of the attempt."""
-    return {v: n for v, n in c.execute(f"SELECT {VERDICT_SQL} AS v, count(*) FROM ({_CRITERIA_OF_ATTEMPT}) GROUP BY v",
-                                       (run_id, attempt))}
-
-
-def criterion_page(c: sqlite3.Connection, run_id: int, attempt: int, limit: int, verdict: str | None,
-                   after: tuple | None) -> tuple[list[CriterionStat], tuple | None]:
-    """Up to ``limit`` criteria after the keyset position ``after``, ordered by verdict rank, then the
-    teacher-student gap (largest first), step, prompt and position; and the position after the last
-    one (None when no rows follow)."""
-    ranked = (f"SELECT *, {VERDICT_RANK_SQL} AS rank, -abs(coalesce(t, 0) - coalesce(s, 0)) AS neg_gap FROM"
-              f" (SELECT *, {VERDICT_SQL} AS v FROM ({_CRITERIA_OF_ATTEMPT}))")
-    where, params = [], [run_id, attempt]
-    if verdict:
-        where.append("v = ?")
-        params.append(verdict)
-    if after is not None:
-        where.append("(rank, neg_gap, step, gi, pos) > (?, ?, ?, ?, ?)")
-        params += list(after)
-    sql = (f"SELECT step, gi, k, text, points, t, s, rank, neg_gap, pos FROM ({ranked})"
-           + (" WHERE " + " AND ".join(where) if where else "")
-           + " ORDER BY rank, neg_gap, step, gi, pos LIMIT ?")
-    rows = c.execute(sql, (*params, limit + 1)).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    page = [CriterionStat(step=r[0], group_index=r[1], criterion=str(r[2] or "?"), text=str(r[3] or ""),
-                          points=int(r[4] or 0), teacher_rate=r[5], student_rate=r[6]) for r in rows]
-    cursor = (rows[-1][7], rows[-1][8], rows[-1][0], rows[-1][1], rows[-1][9]) if more and rows else None
-    return page, cursor
 
 
 def answer_rows(c: sqlite3.Connection, run_id: int, attempt: int, steps: list[int] | None, kind: str | None,

@@ -29,6 +29,7 @@ from engine.judging.cost import cost_summary, pricing_from_config
 from engine.scoring.criterion_stats import VERDICT_ORDER, RunWide
 from engine.errors import StoreError
 from engine.types import GroupResult, to_jsonable
+from engine.store import criterion_rollups
 from engine.store import queries as q
 from engine.store import search as search_q
 from engine.store.search import SearchPage
@@ -464,6 +465,13 @@ class RunStore:
                              " ORDER BY step", (int(run_id), a)).fetchall()
         return [dict(r) for r in rows]
 
+    def step_nav(self, run_id: int, step: int | None = None, *, attempt: int | None = None) -> dict[str, Any]:
+        """Bounded navigation around one step (see :func:`engine.store.queries.step_nav`): the step itself
+        (the latest for None, else the nearest that exists), first, last, prev, next, index and count."""
+        with self._db.read() as c:
+            a = self._attempt(c, run_id, attempt)
+            return q.step_nav(c, int(run_id), a, None if step is None else int(step))
+
     def attempts(self, run_id: int) -> list[int]:
         return [r[0] for r in self._db.query("SELECT DISTINCT attempt FROM steps WHERE run_id=? ORDER BY attempt",
                                              (int(run_id),))]
@@ -504,14 +512,15 @@ class RunStore:
         one ``verdict`` only; the next page starts ``after`` the returned ``cursor`` (None: no more).
         ``with_counts``: also the number of criteria per verdict and the per-category pass rates.
 
-        Aggregated and paged in SQL: a long run has 100k+ criteria and they are never all loaded."""
+        Read from rollups kept at ingest (:mod:`engine.store.criterion_rollups`): a long run has millions of
+        criteria; the counts are a few summary rows and a page is an index range scan of ``limit`` rows."""
         if verdict is not None and verdict not in VERDICT_ORDER:
             raise ValueError(f"criterion_page: verdict must be one of {', '.join(VERDICT_ORDER)}, not {verdict!r}")
         with self._db.read() as c:
             a = self._attempt(c, run_id, attempt)
-            counts = q.criterion_verdict_counts(c, int(run_id), a) if with_counts else {}
-            categories = q.pass_rates_grouped(c, int(run_id), a, "category") if with_counts else []
-            top, cursor = q.criterion_page(c, int(run_id), a, int(limit), verdict, after)
+            counts = criterion_rollups.verdict_counts(c, int(run_id), a) if with_counts else {}
+            categories = criterion_rollups.category_rates(c, int(run_id), a) if with_counts else []
+            top, cursor = criterion_rollups.page(c, int(run_id), a, int(limit), verdict, after)
         return RunWide(counts=counts, n_total=sum(counts.values()), top=top, categories=categories,
                        verdict=verdict, cursor=cursor)
 

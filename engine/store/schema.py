@@ -392,9 +392,59 @@ def _v9_tracker_state(conn: sqlite3.Connection) -> None:
     ) WITHOUT ROWID""")
 
 
+def _v10_criterion_rollups(conn: sqlite3.Connection) -> None:
+    """What the inspector's run-wide criteria tab reads, kept at ingest in the step's transaction so its
+    cost does not grow with the run (engine.store.criterion_rollups writes and reads them):
+
+    - ``criterion_order``: one row per criterion (its id) with its run, attempt, step, prompt, position,
+      verdict rank (index in ``VERDICT_ORDER``) and ``neg_gap`` (-|teacher - student|); its index is the
+      order the tab pages in, so a page is an index range scan of LIMIT rows.
+    - ``criterion_summary``: per (run, attempt, category, verdict rank) the number of criteria and the
+      count and sum of their student and teacher pass rates (verdict counts and per-category averages).
+
+    The rows already in the store are backfilled here, once."""
+    from engine.store.queries import VERDICT_RANK_SQL, VERDICT_SQL
+
+    conn.execute("""CREATE TABLE criterion_order (
+        criterion_id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        group_index INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        rank INTEGER NOT NULL,
+        neg_gap REAL NOT NULL
+    )""")
+    conn.execute("CREATE INDEX idx_criterion_order ON criterion_order(run_id, attempt, rank, neg_gap, step,"
+                 " group_index, position)")
+    conn.execute("""CREATE TABLE criterion_summary (
+        run_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        category TEXT NOT NULL,
+        rank INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        n_student INTEGER NOT NULL,
+        sum_student REAL NOT NULL,
+        n_teacher INTEGER NOT NULL,
+        sum_teacher REAL NOT NULL,
+        PRIMARY KEY (run_id, attempt, category, rank)
+    ) WITHOUT ROWID""")
+    rated = ("SELECT cr.id AS id, g.run_id AS run_id, g.attempt AS attempt, g.step AS step, g.group_index AS gi,"
+             " cr.position AS pos, coalesce(cr.category, '') AS cat, cr.teacher_pass_rate AS t,"
+             " cr.student_pass_rate AS s FROM criteria cr JOIN groups g ON g.seq = cr.group_id")
+    ranked = f"SELECT *, ({VERDICT_RANK_SQL}) AS rank FROM (SELECT *, ({VERDICT_SQL}) AS v FROM ({rated}))"
+    conn.execute("INSERT INTO criterion_order(criterion_id, run_id, attempt, step, group_index, position, rank, neg_gap)"
+                 f" SELECT id, run_id, attempt, step, gi, pos, rank, -abs(coalesce(t, 0) - coalesce(s, 0)) FROM ({ranked})")
+    conn.execute("INSERT INTO criterion_summary(run_id, attempt, category, rank, n, n_student, sum_student, n_teacher,"
+                 " sum_teacher) SELECT o.run_id, o.attempt, coalesce(cr.category, ''), o.rank, count(*),"
+                 " count(cr.student_pass_rate), total(cr.student_pass_rate), count(cr.teacher_pass_rate),"
+                 " total(cr.teacher_pass_rate) FROM criterion_order o JOIN criteria cr ON cr.id = o.criterion_id"
+                 " GROUP BY 1, 2, 3, 4")
+
+
 MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_judge_call_finish_reason,
                                _v5_full_text_search, _v6_sql_views, _v7_answer_checker,
-                               _v8_cached_prompt_tokens, _v9_tracker_state]
+                               _v8_cached_prompt_tokens, _v9_tracker_state, _v10_criterion_rollups]
 
 
 def schema_version() -> int:

@@ -10,6 +10,7 @@ from typing import Iterable, Mapping
 
 from engine.judging.cost import PER_1K_ROLLOUTS_USD, STEP_USD, TOTAL_USD, Pricing
 from engine.types import GroupResult, canonical_prompt, prompt_hash
+from engine.store import criterion_rollups
 from engine.store.scrub import scrub_text
 
 # Metrics derived from the groups of a step; a key the caller passes itself wins.
@@ -76,6 +77,7 @@ def delete_group_rows(c: sqlite3.Connection, where: str, params: tuple) -> None:
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         marks = ",".join("?" * len(chunk))
+        criterion_rollups.subtract(c, chunk)
         for table, col in (("verdicts", "group_id"), ("answers", "group_id"), ("criteria", "group_id"),
                            ("rubrics", "group_id"), ("judge_calls", "group_id")):
             c.execute(f"DELETE FROM {table} WHERE {col} IN ({marks})", chunk)
@@ -103,6 +105,7 @@ class _IdAllocator:
 def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, groups: list[GroupResult],
                    now: float) -> None:
     ids = _IdAllocator(c)
+    rollup = criterion_rollups.CriterionRollup(run_id, attempt, step)
     prompts, group_rows, rubric_rows, crit_rows, answer_rows, verdict_rows, call_rows, tmpl = [], [], [], [], [], [], [], {}
     for g in groups:
         phash = prompt_hash(g.prompt)
@@ -133,6 +136,7 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
                 t_pass = _mean(float(v[pos]) for v in t_votes if pos < len(v))
                 crit_rows.append((cid, gid, pos, cr.id, cr.text, int(cr.points), cr.category, rubricator_sha,
                                   s_pass, t_pass))
+                rollup.criterion(cid, g.group_index, pos, cr.category, s_pass, t_pass)
         for a in g.answers:
             raw = None
             if a.kind == "student" and 0 <= a.index < len(g.rollouts_raw) and g.rollouts_raw[a.index] != a.text:
@@ -161,6 +165,7 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
                   " VALUES (?,?,?,?,?,?)", rubric_rows)
     c.executemany("INSERT INTO criteria(id, group_id, position, crit_key, text, points, category, template_sha,"
                   " student_pass_rate, teacher_pass_rate) VALUES (?,?,?,?,?,?,?,?,?,?)", crit_rows)
+    rollup.write(c)
     c.executemany("INSERT INTO answers(id, group_id, kind, idx, pool_position, text, raw_text, truncated, reward,"
                   " judge_score, correct, checker) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", answer_rows)
     c.executemany("INSERT INTO verdicts(group_id, answer_id, criterion_id, passed) VALUES (?,?,?,?)", verdict_rows)

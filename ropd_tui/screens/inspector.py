@@ -28,7 +28,7 @@ STAT_LIMIT = 200  # rows per run-wide list (the most telling ones); never the wh
 
 @dataclass
 class StepData:
-    steps: list[int]
+    nav: dict  # RunStore.step_nav of the step: first, last, prev, next, index, count
     step: int | None
     groups: list[GroupView]
 
@@ -115,12 +115,10 @@ class InspectorScreen(LiveScreen):
 
     # -- data (reader thread) ---------------------------------------------------------------------------
     def load(self, store: Any) -> Any:
-        steps = [int(s["step"]) for s in store.steps(self.run_id)]
-        step = self.step
-        if step is None or self.follow_latest or (steps and step not in steps):
-            step = steps[-1] if (self.follow_latest or step is None) and steps else self._nearest(steps, step)
+        nav = store.step_nav(self.run_id, None if self.follow_latest else self.step)
+        step = nav["step"]
         groups = [group_view(step, g) for g in store.step_groups(self.run_id, step, include_calls=False)] if step is not None else []
-        data = StepData(steps=steps, step=step, groups=groups)
+        data = StepData(nav=nav, step=step, groups=groups)
         if self._want_run_wide:
             if self.run_wide is None or self._rw_reset or self._run_wide_version != self.loading_version:
                 self._rw_reset = self._rw_more = False
@@ -131,14 +129,6 @@ class InspectorScreen(LiveScreen):
                 return data, ("more", store.criterion_page(self.run_id, STAT_LIMIT, verdict=self.rw_filter,
                                                            after=self.run_wide.cursor, with_counts=False))
         return data
-
-    @staticmethod
-    def _nearest(steps: list[int], step: int | None) -> int | None:
-        if not steps:
-            return None
-        if step is None:
-            return steps[-1]
-        return min(steps, key=lambda s: abs(s - step))
 
     async def apply(self, data: Any) -> None:
         if isinstance(data, tuple):
@@ -181,8 +171,7 @@ class InspectorScreen(LiveScreen):
         if not d or d.step is None:
             t.append("no steps with judged groups yet", style="yellow")
         else:
-            idx = d.steps.index(d.step) + 1 if d.step in d.steps else 0
-            t.append(f"step {d.step} ({idx}/{len(d.steps)})", style="bold")
+            t.append(f"step {d.step} ({d.nav['index']}/{d.nav['count']})", style="bold")
             t.append(f" · prompt {self.group_pos + 1}/{len(d.groups)}")
             g = self.group
             if g:
@@ -334,19 +323,18 @@ class InspectorScreen(LiveScreen):
 
     def action_step(self, delta: int) -> None:
         d = self.data
-        if not d or not d.steps or d.step is None:
+        if not d or not d.nav["count"] or d.step is None:
             return
-        i = d.steps.index(d.step) if d.step in d.steps else len(d.steps) - 1
-        j = max(0, min(len(d.steps) - 1, i + delta))
-        self.step = d.steps[j]
-        self.follow_latest = j == len(d.steps) - 1 and delta > 0
+        target = d.nav["next"] if delta > 0 else d.nav["prev"]
+        self.step = d.step if target is None else target
+        self.follow_latest = delta > 0 and self.step == d.nav["last"]
         self.reload()
 
     def action_edge_step(self, direction: int) -> None:
         d = self.data
-        if not d or not d.steps:
+        if not d or not d.nav["count"]:
             return
-        self.step = d.steps[0] if direction < 0 else d.steps[-1]
+        self.step = d.nav["first"] if direction < 0 else d.nav["last"]
         self.follow_latest = direction > 0
         self.reload()
 

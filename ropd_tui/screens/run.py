@@ -17,7 +17,7 @@ from ..widgets.curves import CurvePlot, Series, fit_grid
 from ..widgets.log_view import LogChunk, LogTail, LogView
 from ..widgets.safe import plain
 from .base import LiveScreen
-from .views import ACTIVE, PANELS, event_markers, fmt_duration, fmt_num, panel_lines, run_row
+from .views import ACTIVE, PANELS, SeriesCache, event_markers, fmt_duration, fmt_num, panel_lines, run_row
 
 SMOOTHING_STEPS = [0.0, 0.6, 0.9]
 
@@ -81,6 +81,7 @@ class RunScreen(LiveScreen):
         self.x_axis = "step"
         self.data: RunData | None = None
         self._tail: LogTail | None = None
+        self._series_cache = SeriesCache()  # reader thread only: a new step reads only its new points
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -117,7 +118,8 @@ class RunScreen(LiveScreen):
     def load(self, store: Any) -> RunData:
         info = run_info(store, self.run_id)
         keys = list(store.metric_keys(self.run_id))
-        series = [panel_lines(store, self.run_id, keys, p, self.run_name) for p in PANELS]
+        self._series_cache.check(info.get("attempt"), info.get("last_step"))
+        series = [panel_lines(store, self.run_id, keys, p, self.run_name, self._series_cache) for p in PANELS]
         events = list(store.events(self.run_id))
         latest = {}
         try:

@@ -139,40 +139,71 @@ def pick_key(keys: Iterable[str], candidates: tuple[str, ...]) -> str | None:
     return None
 
 
-def metric_series(store: Any, run_id: int, key: str) -> tuple[list[float], list[float], list[float]]:
-    """(steps, values, wall_times) of one metric."""
-    rows = store.metric_series(run_id, key, with_time=True)
-    steps: list[float] = []
-    values: list[float] = []
-    walls: list[float] = []
-    for r in rows:
-        if isinstance(r, dict):
-            step, value, wall = r.get("step"), r.get("value"), r.get("wall_time")
-        else:
-            step, value, wall = (list(r) + [None, None, None])[:3]
-        if value is None:
-            continue
-        steps.append(float(step))
-        values.append(float(value))
-        walls.append(float(wall) if wall is not None else float("nan"))
+class SeriesCache:
+    """The metric series a screen has read, per key, so a reload reads only the new points: the last point
+    held is read again (a step's metrics may be upserted) and everything after it. Starts over when the
+    run's attempt changes or its last step goes back (steps removed)."""
+
+    def __init__(self) -> None:
+        self.attempt: Any = None
+        self.last_step: Any = None
+        self._series: dict[str, tuple[list[float], list[float], list[float]]] = {}
+
+    def check(self, attempt: Any, last_step: Any) -> None:
+        if attempt != self.attempt or (last_step is not None and self.last_step is not None
+                                       and last_step < self.last_step):
+            self._series.clear()
+        self.attempt, self.last_step = attempt, last_step
+
+    def read(self, store: Any, run_id: int, key: str) -> tuple[list[float], list[float], list[float]]:
+        steps, values, walls = self._series.setdefault(key, ([], [], []))
+        since = int(steps[-1]) - 1 if steps else None
+        rows = store.metric_series(run_id, key, with_time=True, since_step=since)
+        rows = [_row(r) for r in rows] if rows and not isinstance(rows[0], tuple) else rows
+        if steps and rows:
+            first_new = min(float(r[0]) for r in rows)
+            while steps and steps[-1] >= first_new:
+                steps.pop(), values.pop(), walls.pop()
+        nan = float("nan")
+        for step, value, wall in rows:
+            if value is None:
+                continue
+            steps.append(float(step))
+            values.append(float(value))
+            walls.append(nan if wall is None else float(wall))
+        return list(steps), list(values), list(walls)
+
+
+def _row(r: Any) -> tuple[Any, Any, Any]:
+    if isinstance(r, dict):
+        return r.get("step"), r.get("value"), r.get("wall_time")
+    return tuple((list(r) + [None, None, None])[:3])
+
+
+def metric_series(store: Any, run_id: int, key: str, cache: SeriesCache | None = None
+                  ) -> tuple[list[float], list[float], list[float]]:
+    """(steps, values, wall_times) of one metric (with ``cache``: reading only the points it lacks)."""
+    if cache is None:
+        cache = SeriesCache()
+    steps, values, walls = cache.read(store, run_id, key)
     if any(w != w for w in walls):  # any NaN: no usable wall axis
         walls = []
     return steps, values, walls
 
 
 def panel_series(store: Any, run_id: int, keys: list[str], panel: Panel, label: str,
-                 color: str | None = None) -> Series | None:
+                 color: str | None = None, cache: SeriesCache | None = None) -> Series | None:
     key = pick_key(keys, panel.keys)
     if key is None:
         return None
-    steps, values, walls = metric_series(store, run_id, key)
+    steps, values, walls = metric_series(store, run_id, key, cache)
     s = Series(label=label, steps=steps, values=values, wall=walls, color=color)
     lo_key, hi_key, std_key = pick_key(keys, panel.low), pick_key(keys, panel.high), pick_key(keys, panel.std)
     if lo_key and hi_key:
-        s.low = _aligned(store, run_id, lo_key, steps)
-        s.high = _aligned(store, run_id, hi_key, steps)
+        s.low = _aligned(store, run_id, lo_key, steps, cache)
+        s.high = _aligned(store, run_id, hi_key, steps, cache)
     elif std_key:
-        std = _aligned(store, run_id, std_key, steps)
+        std = _aligned(store, run_id, std_key, steps, cache)
         s.low = [v - d for v, d in zip(values, std)]
         s.high = [v + d for v, d in zip(values, std)]
     if s.low is not None and (len(s.low) != len(steps) or any(x != x for x in s.low + (s.high or []))):
@@ -180,8 +211,9 @@ def panel_series(store: Any, run_id: int, keys: list[str], panel: Panel, label: 
     return s
 
 
-def _aligned(store: Any, run_id: int, key: str, steps: list[float]) -> list[float]:
-    st, vals, _ = metric_series(store, run_id, key)
+def _aligned(store: Any, run_id: int, key: str, steps: list[float], cache: SeriesCache | None = None
+             ) -> list[float]:
+    st, vals, _ = metric_series(store, run_id, key, cache)
     by_step = dict(zip(st, vals))
     return [by_step.get(x, float("nan")) for x in steps]
 
@@ -262,15 +294,16 @@ def group_view(step: int, g: dict[str, Any]) -> GroupView:
                      template_versions=dict(g.get("template_versions") or {}))
 
 
-def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: str) -> list[Series]:
+def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: str,
+                cache: SeriesCache | None = None) -> list[Series]:
     """The panel's main series (with spread) and its companion line, if those metrics exist."""
     out = []
-    main = panel_series(store, run_id, keys, panel, label)
+    main = panel_series(store, run_id, keys, panel, label, cache=cache)
     if main is not None:
         out.append(main)
     ckey = pick_key(keys, panel.companion) if panel.companion else None
     if ckey:
-        steps, values, walls = metric_series(store, run_id, ckey)
+        steps, values, walls = metric_series(store, run_id, ckey, cache)
         out.append(Series(label=panel.companion_label or ckey, steps=steps, values=values, wall=walls,
                           color="orange"))
     if len(out) > 1 and main is not None:

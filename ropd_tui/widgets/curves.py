@@ -38,13 +38,35 @@ def smooth_ema(values: Sequence[float], weight: float) -> list[float]:
 
 
 def downsample(xs: Sequence[float], ys: Sequence[float], max_points: int) -> tuple[list[float], list[float]]:
-    """At most ``max_points`` points, keeping the first and last and evenly spaced ones between."""
+    """At most ``max_points`` points for a plot about ``max_points // 2`` dot columns wide: ``xs`` (ascending) is cut
+    into that many equal x ranges and each keeps its lowest and its highest point (in x order), so a one-step
+    spike stays visible however long the series. The first and the last point are always kept; NaN values
+    (gaps) are skipped."""
     n = len(xs)
-    if n <= max_points or max_points < 2:
+    if n <= max_points or max_points < 4:
         return list(xs), list(ys)
-    step = (n - 1) / (max_points - 1)
-    idx = sorted({round(i * step) for i in range(max_points)})
-    return [xs[i] for i in idx], [ys[i] for i in idx]
+    columns = (max_points - 2) // 2  # two points per column, plus the first and the last
+    x0, x1 = xs[0], xs[-1]
+    width = (x1 - x0) / columns if x1 > x0 else 0.0
+    keep: list[int] = [0]
+    lo = hi = -1
+    col = 0
+    for i in range(1, n - 1):
+        c = min(columns - 1, int((xs[i] - x0) / width)) if width else 0
+        if c != col:
+            keep += sorted({lo, hi} - {-1})
+            lo = hi = -1
+            col = c
+        y = ys[i]
+        if y != y:
+            continue
+        if lo < 0 or y < ys[lo]:
+            lo = i
+        if hi < 0 or y > ys[hi]:
+            hi = i
+    keep += sorted({lo, hi} - {-1})
+    keep.append(n - 1)
+    return [xs[i] for i in keep], [ys[i] for i in keep]
 
 
 @dataclass
