@@ -65,6 +65,10 @@ def test_run_stops_at_its_budget_with_a_checkpoint_and_exit_code_5_then_resumes(
         assert latest_checkpoint(rec).name == "checkpoint-1"  # save_every=100: saved because of the budget
         assert "budget_reached" in [e["kind"] for e in store.events(run.id)]
 
+        # resumed with the same budget: it stops again at once, without spending on another step
+        assert run_worker(str(store.path), "capped", True) == EXIT_BUDGET
+        assert [s["step"] for s in store.steps(run.id)] == [1]
+
         # a higher budget (as `resume --budget-usd` records it): the run continues from step 2 to the end
         from ropd_tui.commands.resume import set_budget
 

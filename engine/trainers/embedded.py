@@ -859,6 +859,9 @@ class EmbeddedRun:
             done = int(_CKPT_RE.match(resume_from.name).group(1))
             self.last_written_step = self.last_saved_step = done
             self.log(f"resuming from {resume_from} (step {done} done; continuing at step {done + 1})")
+        if resume_from is not None and self._check_budget(self.last_saved_step):
+            # resumed without raising judge.budget_usd: not one more step past it
+            return TrainResult("budget", self.last_saved_step, self.budget_reason or "")
         # (the supervisor records "started"/"resumed" itself; these say what the trainer actually did)
         self.store.add_event(
             self.run.id, "checkpoint_loaded" if resume_from is not None else "trainer_started",

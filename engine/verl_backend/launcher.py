@@ -298,6 +298,10 @@ def run(cfg: Config, store, run, resume: bool) -> int:
             resume_from, start_step = found
         else:
             _log(f"no checkpoint under {paths.checkpoints}; starting from scratch")
+    reason = run_budget_reason(store, run_id, cfg.judge.budget_usd, start_step) if resume_from else None
+    if reason:  # resumed without raising judge.budget_usd: not one more step past it
+        _log(f"{reason}; not starting verl (resume with --budget-usd to raise the budget)")
+        return EXIT_BUDGET
     train_files, val_files = _prepare_data(cfg, paths)
     name = gatherer_name(f"{run_id}_{paths.attempt}")
     argv = build_command(cfg, run_name=str(run.name), paths=paths, train_files=train_files, val_files=val_files,
