@@ -215,14 +215,15 @@ def test_timeout_must_be_positive():
         CheckerPool("rule", timeout_s=0)
 
 
-def _numeric_pairs(n: int = 150):
+def _numeric_pairs(n: int = 200):
     import random
 
     rng = random.Random(7)
     forms = [lambda p, q: str(p), lambda p, q: f"{p:03d}" if 0 <= p < 1000 else str(p),
              lambda p, q: f"{p:,}", lambda p, q: f"{p}{{,}}000" if 0 < p < 1000 else str(p),
              lambda p, q: f"\\frac{{{p}}}{{{q}}}", lambda p, q: f"{p}/{q}", lambda p, q: f"{p / q:g}",
-             lambda p, q: f"{p / q:.3f}", lambda p, q: f"\\dfrac{{{p}}}{{{q}}}"]
+             lambda p, q: f"{p / q:.3f}", lambda p, q: f"\\dfrac{{{p}}}{{{q}}}", lambda p, q: f"{p / q:.6f}",
+             lambda p, q: f"{p / q + 3e-6:.7f}"]
     pairs = []
     for _ in range(n):
         p, q = rng.randint(-50, 5000), rng.choice([1, 2, 3, 4, 8, 10, 16])

@@ -1,8 +1,9 @@
-"""Tasks with a checkable final answer: rule-based correctness and answer extraction.
+"""Tasks with a checkable final answer: answer extraction and the rule-based check.
 
-:func:`check_answer` is what the scorer uses to fill ``AnswerResult.correct`` when a group has a
-ground truth: for a numeric ground truth the answer's final number is compared numerically; otherwise
-the normalised final answer is compared with the normalised ground truth.
+:func:`check_answer` is the ``rule`` checker (and math-verify's fallback for plain-text ground truths,
+see :mod:`engine.tasks.checkers`): for a numeric ground truth the answer's final number is compared
+numerically; otherwise the normalised final answer is compared with the normalised ground truth. Which
+checker fills ``AnswerResult.correct`` is ``task.checker`` (:mod:`engine.tasks.checker_pool`).
 """
 
 from __future__ import annotations

@@ -164,8 +164,8 @@ def _numeric_shortcut(answer: str, ground_truth: str) -> bool | None:
 
     Only for an answer with exactly one ``\\boxed{}`` and no "final answer" phrase (then math-verify reads
     the boxed content, nothing else) against a ground truth without delimiters: the same text is right; two
-    plain numbers are compared exactly, and only equality or two different integers decide (math-verify
-    compares decimals with rounding). ANTLR's LaTeX parse costs 1-60 ms per answer; this, microseconds.
+    plain numbers decide when equal, when both are exact (integers, fractions: math-verify compares them
+    exactly) or when they differ by more than its rounding of decimals to 6 places could hide. ANTLR's LaTeX parse costs 1-60 ms per answer; this, microseconds.
     tests/test_checkers.py checks that it agrees with the full path.
     """
     if "$" in ground_truth or "\\boxed" in ground_truth or "final answer" in answer.lower():
@@ -180,7 +180,8 @@ def _numeric_shortcut(answer: str, ground_truth: str) -> bool | None:
         return None
     if got == want:
         return True
-    if got.denominator == 1 and want.denominator == 1:
+    exact = "." not in boxed and "." not in ground_truth  # math-verify compares exact numbers exactly,
+    if exact or abs(got - want) > Fraction(1, 10**5):       # decimals after rounding to 6 places
         return False
     return None
 
