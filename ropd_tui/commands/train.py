@@ -64,7 +64,7 @@ def handle(args: argparse.Namespace) -> int:
 # following a run
 
 _SHOW_EVENTS = {"failed", "stopped", "stalled", "recovered", "template_changed", "template_rejected",
-                "scoring_failed", "resumed"}
+                "scoring_failed", "step_skipped", "resumed"}
 
 
 def _fmt(v, spec: str = ".3f") -> str:
