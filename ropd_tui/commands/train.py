@@ -71,7 +71,7 @@ def handle(args: argparse.Namespace) -> int:
 # following a run
 
 _SHOW_EVENTS = {"failed", "stopped", "stalled", "recovered", "template_changed", "template_rejected", "monitor_lost",
-                "scoring_failed", "resumed", "no_signal", "budget_reached", "warning"}
+                "scoring_failed", "step_skipped", "resumed", "no_signal", "budget_reached", "warning"}
 
 
 def _fmt(v, spec: str = ".3f") -> str:
