@@ -10,7 +10,8 @@
    (judge.max_retries=4, judge.reask_attempts=2) with short timeouts and backoff.
 2. **Dead and hung judges**: how long ``score``, ``replay``, ``train`` and ``index build`` take to
    report a judge that refuses connections, and one that accepts them and never answers (a real
-   socket that reads and stays silent), with their exit codes.
+   socket that reads and stays silent), with their exit codes; and how long ``score`` takes to
+   report a judge that dies after the preflight (64 groups, concurrency 8, default retries).
 
 Usage: ``python bench/fault_injection.py [--rate 0.3] [--seeds 1 2 ... 10] [--skip-dead] [--set KEY=VALUE ...]``
 """
@@ -127,6 +128,23 @@ def dead_and_hung() -> None:
                 print(f"  {label:30s} {name:12s} {secs:5.1f}s  exit {rc}  {msg[:150]}")
 
 
+def dying_mid_run(concurrency: int = 8) -> None:
+    """A judge that dies after the preflight (every judge request dropped): 64 groups, default retries
+    (judge.max_retries=4, backoff 0.5 s doubling, 8 s cap): how long until ``score`` reports it."""
+    tmp = Path(tempfile.mkdtemp(prefix="ropd-dying-"))
+    groups = tmp / "groups.jsonl"
+    with groups.open("w") as f:
+        for g in fault_groups():
+            f.write(json.dumps({"prompt": g.prompt, "rollouts": g.rollouts, "teacher_answers": g.teacher_answers}) + "\n")
+    with LoopbackJudgeServer(models=["m"]) as srv:
+        srv.drop_next(1_000_000)
+        judge = ["judge.mode=llm", f"judge.concurrency={concurrency}", "scorer.k=2"] + [
+            f"judge.{r}.{k}={v}" for r in ("rubricator", "verifier") for k, v in (("base_url", srv.base_url), ("model", "m"))]
+        secs, rc, msg = timed(["score", "--input", str(groups), "--out", str(tmp / "s.jsonl"), *judge], tmp)
+    print(f"judge dying after the preflight, 64 groups at concurrency {concurrency}, default retries: "
+          f"{secs:.1f}s, exit {rc}: {msg[:160]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=0.30)
@@ -138,6 +156,7 @@ def main() -> int:
     mixed_faults(args.rate, args.seeds, args.set)
     if not args.skip_dead:
         dead_and_hung()
+        dying_mid_run()
     return 0
 
 
