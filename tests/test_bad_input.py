@@ -217,3 +217,20 @@ def test_database_or_disk_is_full_gets_the_disk_hint(tmp_path):
     err = store_write_error(tmp_path / "ropd.db", sqlite3.OperationalError("database or disk is full"))
     assert isinstance(err, StoreReadOnlyError) and "the disk is full" in str(err) and "df -h" in str(err)
     assert "pass --store" not in str(err)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["index", "build", "--prompts", "{d}", "--out", "i.jsonl", "--teacher-model", "m"], "--prompts {d} is a directory"),
+    (["index", "build", "--prompts", "{latin}", "--out", "i.jsonl", "--teacher-model", "m"],
+     "line 1 is not UTF-8 text: byte 0xe9"),
+    (["index", "build", "--prompts", "{latin}", "--out", "{d}", "--teacher-model", "m"], "--out {d} is a directory"),
+    (["index", "show", "{d}"], "teacher index {d} is a directory, not a file"),
+    (["--store", "{d}", "runs"], "the run store {d} is a directory"),
+])
+def test_directories_and_bytes_where_files_belong(tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "latin.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
+    fmt = {"d": str(tmp_path / "d"), "latin": str(tmp_path / "latin.jsonl")}
+    rc, out, err = run(*[a.format(**fmt) for a in argv])
+    assert rc == 2 and words.format(**fmt) in err and "Traceback" not in err, err

@@ -71,6 +71,9 @@ class Connection:
                 f"no run store at {self.path}",
                 hint="start a run first (ropd-tui --headless train ...), or point --store / $ROPD_STORE at an existing ropd.db",
             )
+        if self.path.is_dir():
+            raise StoreError(f"the run store {self.path} is a directory",
+                             hint=f"pass --store the store's file, e.g. {self.path / 'ropd.db'}")
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -75,10 +75,13 @@ class TeacherIndex:
         if not p.exists():
             raise TeacherIndexError(f"teacher index not found: {p}",
                                     hint="build it: " + BUILD_HINT.format(path=p, k=4))
+        if p.is_dir():
+            raise TeacherIndexError(f"teacher index {p} is a directory, not a file",
+                                    hint="point teacher.index at the index's JSONL file")
         try:
             raw = p.read_bytes()
         except OSError as e:
-            raise TeacherIndexError(f"teacher index {p} cannot be read: {e}") from None
+            raise TeacherIndexError(f"teacher index {p} cannot be read: {e.strerror or e}") from None
         rows, warnings = parse_index_bytes(raw, str(p))
         index = cls(p, rows, warnings)
         if expected_settings is not None:
@@ -324,21 +327,23 @@ def read_prompts(path: str | Path, prompt_key: str | None = None) -> list[Prompt
     if not p.exists():
         raise TeacherIndexError(f"prompts file not found: {p}",
                                 hint='give a JSONL file with one {"prompt": "..."} (or chat messages) per line')
+    from engine.files import check_input_file, iter_utf8_lines
+
+    check_input_file(p, "prompts file", hint='give --prompts a JSONL file with one {"prompt": "..."} per line')
     prompts: list[Prompt] = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TeacherIndexError(f"{p}: line {lineno} is not valid JSON ({e.msg})",
-                                        hint='each line must be {"prompt": "..."} or {"prompt": [chat messages]}') from None
-            prompt = obj.get("prompt", obj.get("messages")) if isinstance(obj, dict) else obj
-            if not isinstance(prompt, (str, list)) or not prompt:
-                raise TeacherIndexError(f"{p}: line {lineno} has no prompt",
-                                        hint='each line must be {"prompt": "..."} or {"prompt": [chat messages]}')
-            prompts.append(prompt)
+    for lineno, line in iter_utf8_lines(p):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TeacherIndexError(f"{p}: line {lineno} is not valid JSON ({e.msg})",
+                                    hint='each line must be {"prompt": "..."} or {"prompt": [chat messages]}') from None
+        prompt = obj.get("prompt", obj.get("messages")) if isinstance(obj, dict) else obj
+        if not isinstance(prompt, (str, list)) or not prompt:
+            raise TeacherIndexError(f"{p}: line {lineno} has no prompt",
+                                    hint='each line must be {"prompt": "..."} or {"prompt": [chat messages]}')
+        prompts.append(prompt)
     return prompts
 
 

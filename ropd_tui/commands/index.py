@@ -81,6 +81,13 @@ def build_handler(args: argparse.Namespace) -> int:
     if args.answers < 1:
         raise ConfigError(f"--answers must be >= 1, got {args.answers}")
     cfg = load_config(args.config, overrides)
+    from engine.files import check_input_file, check_output_file
+
+    from pathlib import Path
+
+    if Path(args.prompts).exists():  # (a missing file is named by the build, with a hint)
+        check_input_file(args.prompts, "--prompts")
+    check_output_file(args.out, "--out")  # before any teacher request
     ep = cfg.judge.teacher
     if not ep.model:
         raise ConfigError("no teacher model given",
