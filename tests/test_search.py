@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_store import INJECTION, build_store, make_group
+from fixtures_store import build_store, make_group
 from engine.errors import SearchQueryError
 from engine.store import MIGRATIONS, RunStore, schema_version
 from engine.store import search as search_mod
-from engine.store.step_writer import write_step_rows
 from ropd_tui.cli import main
 
 FTS_TABLES = ("criteria_fts", "answers_fts", "judge_calls_fts")
@@ -148,16 +147,30 @@ def test_index_follows_rewritten_steps_and_deleted_runs(planted):
 def test_an_old_store_is_indexed_by_its_migration(tmp_path):
     """A store written before search existed (schema 4: no search index, no views) opens, migrates and
     finds what was written before."""
+    # the rows are written by today's step writer into a current store, then copied (the columns both
+    # schemas have) into a store built only up to schema 4
+    src = tmp_path / "src.db"
+    with RunStore(src) as current:
+        run = current.create_run("old", "embedded", {})
+        for step in range(2):
+            current.write_step(run.id, step, {"loss": 1.0}, planted_groups(step))
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     for migration in MIGRATIONS[:4]:
         migration(conn)
     conn.execute("PRAGMA user_version=4")
-    conn.execute("INSERT INTO runs(name, backend, created_at) VALUES ('old', 'embedded', 0)")
+    conn.execute("ATTACH DATABASE ? AS src", (str(src),))
+    tables = [r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type='table'"
+                                         " AND name NOT LIKE 'sqlite_%'")]
     conn.execute("BEGIN")
-    for step in range(2):
-        write_step_rows(conn, 1, 1, step, {"loss": 1.0}, planted_groups(step), 0.0, append=False)
+    for table in tables:
+        mine = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
+        theirs = {r[1] for r in conn.execute(f"PRAGMA src.table_info({table})")}
+        cols = ", ".join(c for c in mine if c in theirs)
+        if cols:
+            conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM src.{table}")
     conn.execute("COMMIT")
+    conn.execute("DETACH DATABASE src")
     conn.close()
     with RunStore(path) as store:
         c = store.connection
