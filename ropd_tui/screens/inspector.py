@@ -260,8 +260,10 @@ class InspectorScreen(LiveScreen):
     # -- events and actions ---------------------------------------------------------------------------
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "insp-matrix" and event.row_key is not None and event.row_key.value:
-            scroll = time.monotonic() > self._quiet_until
-            self.query_one("#insp-answers", AnswerPanes).select(event.row_key.value, scroll=scroll)
+            panes = self.query_one("#insp-answers", AnswerPanes)
+            # a re-render highlights the row already selected: only a cursor move scrolls to its card
+            scroll = event.row_key.value != panes.selected_key and time.monotonic() > self._quiet_until
+            panes.select(event.row_key.value, scroll=scroll)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "runwide-table" and self.run_wide:
