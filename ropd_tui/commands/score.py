@@ -176,26 +176,12 @@ def group_record(res: Any, *, full: bool = False) -> dict[str, Any]:
 
 
 def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    import os
-    import tempfile
+    """One JSON line per record, written to a temporary file and renamed over ``path`` (never a half file)."""
+    from engine.templates.editing import save_atomically
 
     from ._output import json_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json_text(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    save_atomically(path, "".join(json_text(r) + "\n" for r in records))
 
 
 def save_results(out: Path, records: list[dict[str, Any]], store_flag: str | None) -> Path | None:
