@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)
 
-    from engine.runs.supervisor import check_stall, log_tail, supervisor_settings
+    from engine.runs.supervisor import log_tail, supervisor_settings
 
     try:
         store = RunStore(args.store, create=False)
@@ -194,12 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             pass
         reap_adopted(child.pid)
-        if time.monotonic() - last_check >= max(args.poll, 1.0):
-            last_check = time.monotonic()
-            try:
-                check_stall(store, store.get_run(run.id))
-            except Exception as err:  # noqa: BLE001 - never let bookkeeping kill the watch
-                note(f"stall check failed: {err}")
+        last_check = _stall_check_due(store, run.id, last_check, args.poll)
 
     run = store.get_run(run.id)
     # after a user's stop the grace period has been given already: kill leftovers at once
@@ -219,12 +214,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _stall_check_due(store: RunStore, run_id: int, last_check: float, poll: float) -> float:
+    """Flag a stall at most once a second (or once a poll); returns when the check last ran."""
+    from engine.runs.supervisor import check_stall
+
+    if time.monotonic() - last_check < max(poll, 1.0):
+        return last_check
+    try:
+        check_stall(store, store.get_run(run_id))
+    except Exception as err:  # noqa: BLE001 - never let bookkeeping kill the watch
+        note(f"stall check failed: {err}")
+    return time.monotonic()
+
+
 def adopt(store: RunStore, run: RunRecord, poll: float) -> int:
     """Watch a trainer whose monitor died (started by :meth:`Supervisor.refresh`): flag stalls while it
     runs, then record its end. It is not our child, so its exit code cannot be observed: when the
     trainer recorded its own end (engine.runs.worker always does, except when it is killed) that
     end stands; otherwise the run is marked failed, saying the exit status is unknown."""
-    from engine.runs.supervisor import check_stall, log_tail
+    from engine.runs.supervisor import log_tail
 
     pid, start = run.pid, run.proc_start
     note(f"adopted the trainer (pid {pid}): its monitor (pid {run.monitor_pid}) is gone")
@@ -233,12 +241,7 @@ def adopt(store: RunStore, run: RunRecord, poll: float) -> int:
     last_check = 0.0
     while procinfo.is_alive(pid, start):
         time.sleep(poll)
-        if time.monotonic() - last_check >= max(poll, 1.0):
-            last_check = time.monotonic()
-            try:
-                check_stall(store, store.get_run(run.id))
-            except Exception as err:  # noqa: BLE001 - never let bookkeeping kill the watch
-                note(f"stall check failed: {err}")
+        last_check = _stall_check_due(store, run.id, last_check, poll)
     run = store.get_run(run.id)
     if run.sid:
         _kill_leftovers(run, 0.0 if run.stop_requested else 5.0, sid=run.sid)
