@@ -49,13 +49,13 @@ def make_tokenizer(path: Path):
     from transformers import PreTrainedTokenizerFast
 
     words = {w for texts in ROLLOUTS.values() for t in texts for w in t.split()}
-    words |= {w for q, _, _ in PROMPTS.values() for w in q.split()}
+    words |= {w for q, _, _ in PROMPTS.values() for w in q.split()} | {"####"}
     vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2}
     for w in sorted(words):
         vocab[w] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok.decoder = decoders.WordPiece(prefix="@@no-subwords@@", cleanup=False)  # plain space-joined words
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
     fast.save_pretrained(str(path))
     return fast
@@ -71,7 +71,7 @@ def verl_config(tok_dir: Path, gatherer: str, timeout_s: float, *extra: str):
 
 
 def make_batch(tok, samples: list[tuple[str, int, str]], *, split: str = "train", step: int | None = 1,
-               extra_pad: int = 2):
+               extra_pad: int = 2, data_source: str = "demo_math"):
     """A DataProto like verl's: left-padded prompts, right-padded responses (with EOS), masks, non-tensors."""
     from verl import DataProto
 
@@ -96,9 +96,9 @@ def make_batch(tok, samples: list[tuple[str, int, str]], *, split: str = "train"
     non = {
         "uid": np.array([uid for uid, _, _ in samples], dtype=object),
         "session_id": np.array([i for _, i, _ in samples], dtype=object),
-        "data_source": np.array(["demo_math"] * len(samples), dtype=object),
+        "data_source": np.array([data_source] * len(samples), dtype=object),
         "reward_model": obj([{"ground_truth": PROMPTS[uid][1], "style": "rule"} for uid, _, _ in samples]),
-        "extra_info": obj([{"index": 0, "split": split, "ropd_prompt": json.dumps(PROMPTS[uid][0])}
+        "extra_info": obj([{"index": 0, "split": split, "ropd_split": split, "ropd_prompt": json.dumps(PROMPTS[uid][0])}
                            for uid, _, _ in samples]),
         "raw_prompt": obj([[{"role": "user", "content": PROMPTS[uid][0]}] for uid, _, _ in samples]),
     }
@@ -231,6 +231,34 @@ def test_missing_rollout_fails_the_group_instead_of_hanging(env):
     g = group_from_dict(rec["group"])
     assert g.status == "failed" and g.failure_stage == "scorer"
     assert "only 3 of 4 rollouts" in g.failure_cause and g.rollouts_raw == ROLLOUTS["u-mul"][:3]
+
+
+def test_validation_is_rule_based_where_it_arrives_with_verls_scorer_for_sources_it_knows(tmp_path):
+    """No gatherer (none is configured: contacting one would raise), no judge, no teacher index."""
+    from verl.utils.reward_score import default_compute_score
+
+    from engine.verl_backend.reward_manager import ROPDRewardManager
+
+    tok = make_tokenizer(tmp_path / "tok")
+    vcfg = verl_config(tmp_path / "tok", "no-such-gatherer", 5)
+    vcfg.ropd.gatherer_name = None
+    mgr = ROPDRewardManager(vcfg, tok, default_compute_score)
+
+    def score(text: str, source: str, split: str = "val"):
+        data, _ = make_batch(tok, [("u-add", 0, text)], split=split, step=None, data_source=source)
+        return mgr.loop.run_until_complete(mgr.run_single(data[0:1]))
+
+    # verl's gsm8k scorer wants "#### <answer>": a plain "The answer is 7 ." scores 0 there, 1 by our checker
+    gsm_ok = score("3 + 4 = 7 . #### 7", "openai/gsm8k")
+    gsm_plain = score("The answer is 7 .", "openai/gsm8k")
+    ours = score("The answer is 7 .", "demo_math")
+    assert (gsm_ok["reward_score"], gsm_ok["reward_extra_info"]["acc"]) == (1.0, 1.0)
+    assert (gsm_plain["reward_score"], gsm_plain["reward_extra_info"]["acc"]) == (0.0, 0.0)
+    assert (ours["reward_score"], ours["reward_extra_info"]["acc"]) == (1.0, 1.0)
+    assert set(ours["reward_extra_info"]) == {"acc", "rubric_reward", "group_failed", "teacher_mean"}
+    # a row marked otherwise is a training rollout: it goes to the gatherer, which is not configured here
+    with pytest.raises(RuntimeError, match="gatherer_name is not set"):
+        score("The answer is 7 .", "demo_math", split="test")
 
 
 def test_gatherer_start_fails_fast_with_a_clear_error(env, tmp_path):

@@ -265,8 +265,12 @@ def _live_templates(cfg: "Config"):
     return TemplateSet(cfg).start()
 
 
-def gatherer_name(run_id: Any) -> str:
-    return f"ropd_gatherer_{run_id}"
+def gatherer_name(run_id: Any, attempt: Any = 1) -> str:
+    """The Ray actor name of one attempt's gatherer. Run ids restart at 1 in every store, and several
+    stores (users, checkouts) may share one cluster and namespace, so the name carries a random part."""
+    import uuid
+
+    return f"ropd_gatherer_{run_id}_{attempt}_{uuid.uuid4().hex[:12]}"
 
 
 def start_gatherer(cfg: "Config | dict[str, Any]", side_channel_path: str, *, name: str, namespace: str, group_timeout_s: float,
