@@ -300,3 +300,53 @@ async def test_collector_late_rollout_and_scorer_crash_become_failed_groups():
     late = await c.submit(sample("lonely", 1))  # its group is closed: failed at once, not a new group
     assert late["failed"] and c.stats()["pending"] == 0
     assert recorded == [("a", "ok", 5), ("boom", "failed", 5), ("lonely", "failed", 5)]
+
+
+async def test_a_lost_rollout_gives_a_visible_warning_long_before_the_group_times_out():
+    events, recorded = [], []
+
+    async def score(gi):
+        return _ok_group(gi)
+
+    c = GroupCollector(score, group_timeout_s=1.5, straggler_warn_s=0.1,
+                       on_result=lambda g, step: recorded.append((g.uid, g.status)),
+                       on_event=lambda kind, msg, step: events.append((kind, msg, step)))
+    sample = lambda uid, i, w: {"uid": uid, "index": i, "text": f"t{i}", "prompt": "q", "n": 3, "step": 7,  # noqa: E731
+                                "worker": w}
+    ok = asyncio.gather(*(c.submit(sample("fine", i, "w1")) for i in range(3)))
+    stuck = asyncio.gather(*(c.submit(sample("lost-one", i, f"w{i % 2}")) for i in range(2)))
+    assert len(await ok) == 3 and events == []  # a complete group never warns
+    await asyncio.sleep(0.5)
+    assert len(events) == 1 and recorded == [("fine", "ok")]  # warned once, while the group still waits
+    kind, msg, step = events[0]
+    assert (kind, step) == ("warning", 7)
+    assert "uid lost-one: 2 of 3" in msg and "verl.group_timeout_s (1.5 s)" in msg
+    outs = await stuck
+    assert all(o["failed"] for o in outs) and recorded[-1] == ("lost-one", "failed") and len(events) == 1
+    assert c.stats()["peak_in_flight_per_worker"] == 4 and c.stats()["workers"] == 2  # w1: 3 + 1 waiting
+
+
+def test_multi_node_probe_names_what_every_node_must_share(env, tmp_path):
+    """The probe runs as a pinned Ray task on every alive node (here: the one node of the test cluster).
+    A token this process did not write is what a node with its own file system sees."""
+    from engine.errors import ConfigError
+    from engine.verl_backend.nodes import (TOKEN_FILE, alive_nodes, check_probe_results, probe_nodes,
+                                           require_shared_folder)
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / TOKEN_FILE).write_text("token-from-launch-node\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (seen,) = probe_nodes(folder, "token-from-launch-node", model_path=str(model))
+    assert seen["sees_folder"] and seen["can_write"] and seen["has_model"] and seen["imports_ropd"]
+    check_probe_results([seen], folder, str(model))
+
+    (other,) = probe_nodes(folder, "a-token-this-node-cannot-see", model_path=str(tmp_path / "no-model"))
+    with pytest.raises(ConfigError) as ei:
+        check_probe_results([other], folder, str(tmp_path / "no-model"))
+    msg = str(ei.value)
+    assert f"does not see {folder}" in msg and "no-model (verl.model_path)" in msg
+    assert "verl.shared_dir" in ei.value.hint and "checkpoint shards" in ei.value.hint
+    # one node: nothing to share, nothing probed
+    assert len(alive_nodes()) == 1 and require_shared_folder(tmp_path / "single") == 1

@@ -278,13 +278,20 @@ def resolve_command(cfg: Config, **kw: Any) -> tuple[list[str], Any, list[str]]:
     return argv, c, notes
 
 
+def override_value(cfg: Config, key: str) -> str | None:
+    """The value ``verl.overrides`` sets for ``key`` (the last one wins, quotes removed), else None."""
+    found = None
+    for ov in cfg.verl.overrides:
+        k, sep, value = ov.lstrip("+").partition("=")
+        if sep and k.strip() == key:
+            found = value.strip().strip("'\"")
+    return found
+
+
 def local_num_cpus(cfg: Config) -> int | None:
     """``ray_kwargs.ray_init.num_cpus=N`` from ``verl.overrides`` (for the local cluster), else None."""
-    for ov in cfg.verl.overrides:
-        key, _, value = ov.lstrip("+").partition("=")
-        if key.strip() == "ray_kwargs.ray_init.num_cpus" and value.strip().isdigit():
-            return int(value)
-    return None
+    value = override_value(cfg, "ray_kwargs.ray_init.num_cpus")
+    return int(value) if value and value.isdigit() else None
 
 
 def _absolute_paths(cfg: Config) -> dict[str, Any]:
@@ -323,6 +330,7 @@ def run_folders(cfg: Config, run) -> tuple[Path, Path]:
     ``<verl.shared_dir>/<run name>`` when set (a path every node of a multi-node cluster sees: verl's
     TaskRunner reads the data and writes metrics there, every FSDP rank writes its checkpoint shards
     there, and resume reads them back from there)."""
+    own = override_value(cfg, "trainer.default_local_dir")
     if cfg.verl.shared_dir:
         base = Path(cfg.verl.shared_dir).expanduser().resolve() / str(run.name)
         base.mkdir(parents=True, exist_ok=True)
@@ -331,7 +339,9 @@ def run_folders(cfg: Config, run) -> tuple[Path, Path]:
             raise ConfigError(f"verl.shared_dir: {base} belongs to another run ({owner.read_text().strip()})",
                               hint="give this run another name (run.name=...) or use another verl.shared_dir")
         owner.write_text(mine + "\n", encoding="utf-8")
-        return base, base / "checkpoints"
+        return base, Path(own).expanduser().resolve() if own else base / "checkpoints"
+    if own:  # the user's own checkpoint location: verl writes there, so resume looks there
+        return Path(run.run_dir), Path(own).expanduser().resolve()
     return Path(run.run_dir), Path(getattr(run, "checkpoints_dir", Path(run.run_dir) / "checkpoints"))
 
 
@@ -421,9 +431,15 @@ def run(cfg: Config, store, run, resume: bool) -> int:
         ray_address = _connect_ray(cfg)
         # after ray.init, which installs its own driver handlers
         old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        from engine.verl_backend.nodes import require_shared_folder
+
+        n_nodes = require_shared_folder(paths.root.parent, model_path=cfg.verl.model_path)
+        if n_nodes > 1:
+            _log(f"{n_nodes} nodes: every one sees {paths.root.parent}, the model and ROPD's reward manager")
         # the handle must stay referenced: a non-detached actor dies with its last handle
         gatherer = start_gatherer(_absolute_paths(cfg), str(paths.groups), name=name, namespace=GATHERER_NAMESPACE,
-                                  group_timeout_s=cfg.verl.group_timeout_s)
+                                  group_timeout_s=cfg.verl.group_timeout_s,
+                                  straggler_warn_s=cfg.verl.straggler_warn_s)
         env = dict(os.environ, RAY_ADDRESS=ray_address, VERL_FILE_LOGGER_PATH=str(paths.metrics),
                    PYTHONUNBUFFERED="1")
         _log(f"attempt {paths.attempt}: {' '.join(shown)}")
@@ -440,6 +456,9 @@ def run(cfg: Config, store, run, resume: bool) -> int:
             templates.step = ingest.last_step + 1
             done = proc.poll() is not None
             reports = ingest.flush() if done else ingest.poll()
+            for ev in ingest.new_events:
+                _log(f"{ev.get('kind', 'warning')}: {ev.get('message', '')}")
+            ingest.new_events.clear()
             for r in reports:
                 _log(_describe(r))
                 if r.failure_rate is not None and r.failure_rate > threshold:
