@@ -134,7 +134,30 @@ def test_reward_loop_scores_each_prompt_in_one_rubricator_call(env):
     # keep the handle: a non-detached actor dies with its last handle
     gatherer = start_gatherer(cfg.to_dict(), str(side), name="g-main", namespace=NAMESPACE, group_timeout_s=60)
     manager = RewardLoopManager(verl_config(tmp / "tokenizer", "g-main", 60))
+    try:
+        _reward_loop_checks(env, manager, gatherer, side)
+    finally:
+        kill_reward_workers(manager)
 
+
+def kill_reward_workers(manager) -> None:
+    """verl names its workers reward_loop_worker_<i>: free the names for the next manager."""
+    import time
+
+    for w in manager.reward_loop_workers:
+        ray.kill(w)
+    for i in range(len(manager.reward_loop_workers)):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(f"reward_loop_worker_{i}")
+            except ValueError:
+                break
+            time.sleep(0.1)
+
+
+def _reward_loop_checks(env, manager, gatherer, side):
+    srv = env["srv"]
     # interleaved, so each of the two workers (4 samples each) holds rollouts of both prompts
     samples = [(uid, i, ROLLOUTS[uid][i]) for i in range(4) for uid in ("u-add", "u-sub")]
     data, valid = make_batch(env["tok"], samples)
@@ -350,3 +373,181 @@ def test_multi_node_probe_names_what_every_node_must_share(env, tmp_path):
     assert "verl.shared_dir" in ei.value.hint and "checkpoint shards" in ei.value.hint
     # one node: nothing to share, nothing probed
     assert len(alive_nodes()) == 1 and require_shared_folder(tmp_path / "single") == 1
+
+
+# -- one step's reward path through verl's own pieces ---------------------------------------------------
+
+def _demo_tokenizer(path: Path, problems):
+    """Word-level tokenizer knowing the demo prompts' words and the answers' (numbers 0-200)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {w for p in problems for m in p["prompt"] for w in m["content"].split()}
+    words |= {"The", "answer", "is", ".", "I", "do", "not", "know"} | {str(i) for i in range(201)}
+    vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2}
+    for w in sorted(words):
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="@@no-subwords@@", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
+    # RLHFDataset applies the chat template to drop overlong prompts (data.filter_overlong_prompts)
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def _per_prompt_kwargs(batch_dict: dict, *, step: int, validate: bool, n: int) -> list[dict]:
+    """The keyword arguments verl 0.9.1's v1 agent loop hands ``_compute_score`` for every trajectory:
+    the trainer adds ``uid`` and ``global_steps`` (``_fetch_one_gen_batch`` / ``_validate``),
+    ``AgentLoopWorkerTQ.generate_sequences`` takes row i of every TensorDict entry, ``_run_prompt`` pops
+    ``__rollout_n__`` and adds ``session_id``, ``_run_agent_loop`` takes ``agent_name`` out."""
+    import uuid
+
+    from tensordict import NonTensorData, NonTensorStack
+    from verl.utils import tensordict_utils as tu
+
+    batch_dict = dict(batch_dict)
+    batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(batch_dict["raw_prompt"]))], dtype=object)
+    batch = tu.get_tensordict(batch_dict)
+    tu.assign_non_tensor_data(batch, "global_steps", step)
+    if validate:
+        tu.assign_non_tensor_data(batch, "validate", True)
+    batch.pop("validate", None)  # AgentLoopWorkerTQ.generate_sequences
+    if "agent_name" not in batch:
+        batch["agent_name"] = NonTensorData("single_turn_agent")
+    out = []
+    for i in range(len(batch)):
+        prompt = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                prompt[k] = v[i]
+            elif isinstance(v, NonTensorStack):
+                prompt[k] = v[i].data
+            elif isinstance(v, NonTensorData):
+                prompt[k] = v.data
+        prompt.pop("__rollout_n__", None)
+        prompt.pop("__do_sample__", None)
+        prompt.pop("agent_name")
+        out += [dict(prompt, session_id=s) for s in range(n)]
+    return out
+
+
+def test_a_step_through_verls_own_pieces(env, tmp_path):
+    """The run's parquet read by verl's RLHFDataset + collate_fn, per-trajectory kwargs as verl's agent loop
+    builds them, verl's AgentLoopWorker._compute_score, real RewardLoopWorker actors loading our manager
+    from the launcher's composed ropd_grpo config, the gatherer with the offline judge, validation rows
+    (n=1) in the same stream; then the step into the store."""
+    import random
+
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
+    from verl.experimental.reward_loop import RewardLoopManager
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from engine.config import load_config
+    from engine.store import RunStore
+    from engine.tasks.demo_math import make_problems
+    from engine.verl_backend.data import prepare_data
+    from engine.verl_backend.launcher import AttemptPaths, resolve_command
+    from engine.verl_backend.metrics_ingest import StepIngestor
+    from engine.verl_backend.smoke import evaluate_steps
+
+    n, prompts = 4, 4
+    model = tmp_path / "student"  # the tokenizer is all verl's reward workers load of the model
+    tok = _demo_tokenizer(model, make_problems(prompts, 0) + make_problems(8, 1000))
+    cfg = load_config(None, ["run.backend=verl", "judge.mode=offline", f"task.num_prompts={prompts}", "scorer.k=2",
+                             f"teacher.index={tmp_path / 'ti.jsonl'}", f"verl.model_path={model}",
+                             "verl.group_timeout_s=60", f"verl.overrides=[reward.num_workers=2, "
+                             f"actor_rollout_ref.rollout.n={n}, actor_rollout_ref.rollout.val_kwargs.n=1]"])
+    paths = AttemptPaths.new(tmp_path / "run")
+    train_file, val_file = prepare_data(cfg, paths.data)
+    name = "g-step"
+    _, vcfg, _ = resolve_command(cfg, run_name="step", paths=paths, train_files=train_file, val_files=val_file,
+                                 gatherer=name, resume_from=None)
+    gatherer = start_gatherer(cfg.to_dict(), str(paths.groups), name=name, namespace=NAMESPACE, group_timeout_s=60)
+    manager = RewardLoopManager(vcfg)
+    try:
+        data_cfg = vcfg.data
+
+        def batches(path, size):
+            ds = RLHFDataset(data_files=[path], tokenizer=tok, config=data_cfg)
+            return next(iter(DataLoader(ds, batch_size=size, collate_fn=collate_fn, shuffle=False)))
+
+        train_kw = _per_prompt_kwargs(batches(train_file, prompts), step=1, validate=False, n=n)
+        val_kw = _per_prompt_kwargs(batches(val_file, 8), step=1, validate=True, n=1)
+        assert len(train_kw) == prompts * n and len(val_kw) == 8
+
+        worker = object.__new__(AgentLoopWorker)  # only what _compute_score touches (text-only, streaming)
+        worker.reward_loop_worker_handles = manager.reward_loop_worker_handles
+        worker.processor, worker.mm_processor_kwargs = None, None
+        random.seed(0)
+
+        def answer(kw) -> str:
+            gt = kw["reward_model"]["ground_truth"]
+            return f"The answer is {gt} ." if kw["session_id"] % 2 == 0 else f"The answer is {int(gt) + 1} ."
+
+        def trajectory(kw) -> AgentLoopOutput:
+            text = " ".join(m["content"] for m in kw["raw_prompt"])
+            return AgentLoopOutput(prompt_ids=tok.encode(text), response_ids=tok.encode(answer(kw))
+                                   + [tok.eos_token_id], response_mask=[1] * (len(answer(kw).split()) + 1),
+                                   num_turns=2, metrics=AgentLoopMetrics())
+
+        async def run_all():
+            # validation rollouts interleaved with the training ones, as both reach the same reward workers
+            order = [(kw, False) for kw in train_kw] + [(kw, True) for kw in val_kw]
+            random.shuffle(order)
+            outs = [trajectory(kw) for kw, _ in order]
+            await asyncio.gather(*(AgentLoopWorker._compute_score(worker, [o], kwargs=kw)
+                                   for o, (kw, _) in zip(outs, order)))
+            return [(kw, val, o) for o, (kw, val) in zip(outs, order)]
+
+        results = asyncio.run(run_all())
+        stats = ray.get(gatherer.stats.remote())
+        assert stats["groups_ok"] == prompts and stats["groups_failed"] == 0 and stats["timeouts"] == 0
+        assert stats["peak_in_flight_per_worker"] <= prompts * n
+
+        train = [(kw, o) for kw, val, o in results if not val]
+        val = [(kw, o) for kw, val, o in results if val]
+        for kw, o in train:
+            info = o.extra_fields["reward_extra_info"]
+            right = kw["session_id"] % 2 == 0
+            assert info["acc"] == float(right) and info["group_failed"] == 0.0
+            assert o.reward_score == info["rubric_reward"] and info["teacher_mean"] > 0.5
+        by_uid = {}
+        for kw, o in train:
+            by_uid.setdefault(kw["uid"], []).append((kw["session_id"] % 2 == 0, o.reward_score))
+        for scores in by_uid.values():  # the judged rubric prefers the right answers within each group
+            assert min(s for ok, s in scores if ok) > max(s for ok, s in scores if not ok)
+        for kw, o in val:  # rule-based, no rubric: reward == correctness
+            assert o.reward_score == float(kw["session_id"] % 2 == 0) == o.extra_fields["reward_extra_info"]["acc"]
+            assert o.extra_fields["reward_extra_info"]["rubric_reward"] == 0.0
+
+        # verl's own validation metrics from these rewards: val-core/demo_math/acc/mean@1
+        infos = {"reward": [o.reward_score for _, o in val]}
+        for key in ("acc", "rubric_reward", "group_failed", "teacher_mean"):
+            infos[key] = [o.extra_fields["reward_extra_info"][key] for _, o in val]
+        val_metrics = PPOTrainer._val_metrics_update(None, [kw["data_source"] for kw, _ in val],
+                                                    [kw["uid"] for kw, _ in val], infos, [])
+        assert val_metrics["val-core/demo_math/acc/mean@1"] == 1.0  # session 0 answers right
+
+        # the step into the store: verl's score mean next to the gatherer's groups (validation never there)
+        recs = list(JsonlTail(paths.groups).read())
+        assert len(recs) == prompts and {r["step"] for r in recs} == {1}
+        assert {r["group"]["uid"] for r in recs} == {kw["uid"] for kw, _ in train}
+        score_mean = sum(o.reward_score for _, o in train) / len(train)
+        paths.metrics.write_text(json.dumps({"step": 1, "data": {"critic/score/mean": score_mean,
+                                                                 "critic/advantages/mean": 0.0, **val_metrics}}) + "\n")
+        store = RunStore(tmp_path / "store" / "ropd.db")
+        run = store.create_run("step", "verl", cfg.to_dict())
+        StepIngestor(store, run.id, paths.metrics, paths.groups).flush()
+        checks = evaluate_steps(store, run.id, steps=[1], groups_per_step=prompts)
+        assert [c.status for c in checks] == ["PASS"] * len(checks), checks
+        assert store.metric_series(run.id, "accuracy") == [(1, 1.0)]
+        store.close()
+        assert OmegaConf.select(vcfg, "reward.reward_manager.name") == "ROPDRewardManager"
+    finally:
+        kill_reward_workers(manager)
+        ray.kill(gatherer)
