@@ -60,7 +60,7 @@ FAKE_MAIN = textwrap.dedent('''
         score = sum(o["reward"] for o in out) / len(out)
         acc = sum(o["acc"] for o in out) / len(out)
         line = {"step": step, "data": {"critic/score/mean": score, "val-core/demo_math/acc/mean@1": acc,
-                                       "actor/pg_loss": 0.01 * step}}
+                                       "critic/advantages/mean": 0.0, "actor/pg_loss": 0.01 * step}}
         log.write((json.dumps(line) + "\\n").encode())
         os.makedirs(f"{ckpt}/global_step_{step}/actor", exist_ok=True)
         open(f"{ckpt}/latest_checkpointed_iteration.txt", "w").write(str(step))
@@ -105,6 +105,14 @@ def test_launch_ingest_and_resume(tmp_path, monkeypatch):
     assert wandb_key not in _json.dumps(store.events(run.id), default=str)
     assert wandb_key not in (tmp_path / "runs" / "verl-e2e" / "config.yaml").read_text()
     assert {"rubricator", "verifier"} <= {t["role"] for t in store.templates(run.id)}
+
+    # the GPU smoke's checks (doctor --gpu-smoke) read the store the same way
+    from engine.verl_backend.smoke import evaluate_steps, evaluate_validation
+
+    checks = evaluate_steps(store, run.id, steps=[1, 2], groups_per_step=2) + evaluate_validation(
+        store, run.id, step=2, n=1)
+    assert [c.status for c in checks] == ["PASS"] * 7, checks
+    assert [c.status for c in evaluate_steps(store, run.id, steps=[2], groups_per_step=3)][-1] == "FAIL"
 
     # resume: the latest checkpoint is passed explicitly, a new metrics file, steps continue at 3
     assert launcher.run(cfg, store, run, resume=True) == 0

@@ -441,7 +441,7 @@ def run(cfg: Config, store, run, resume: bool) -> int:
                                   group_timeout_s=cfg.verl.group_timeout_s,
                                   straggler_warn_s=cfg.verl.straggler_warn_s)
         env = dict(os.environ, RAY_ADDRESS=ray_address, VERL_FILE_LOGGER_PATH=str(paths.metrics),
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", PYTHONPATH=_same_engine_path())
         _log(f"attempt {paths.attempt}: {' '.join(shown)}")
         store.add_event(run_id, "resumed" if resume_from else "started",
                         f"verl attempt {paths.attempt}" + (f" from {resume_from.name}" if resume_from else ""),
@@ -499,6 +499,15 @@ def run(cfg: Config, store, run, resume: bool) -> int:
             signal.signal(sig, handler)
         templates.stop()
         ray.shutdown()
+
+
+def _same_engine_path() -> str:
+    """PYTHONPATH for main_ppo: this checkout first, so verl's driver (and the Ray workers it starts, which
+    get the driver's sys.path) import the same ``engine`` as this launcher and its gatherer actor; an actor
+    handle used across two versions of one class calls the wrong methods."""
+    root = str(Path(__file__).resolve().parents[2])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return os.pathsep.join([root, *rest])
 
 
 def _gatherer_stats(gatherer) -> str:
