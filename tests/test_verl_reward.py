@@ -551,3 +551,40 @@ def test_a_step_through_verls_own_pieces(env, tmp_path):
     finally:
         kill_reward_workers(manager)
         ray.kill(gatherer)
+
+
+def test_a_large_streamed_batch_completes_with_the_reward_workers_preflight_allows(env, tmp_path):
+    """260 prompts x 4 rollouts streamed one trajectory per call, session by session (all first rollouts,
+    then all second ones, ...): on ONE worker, 1000 running calls of incomplete groups would leave the
+    rest queued behind Ray's actor concurrency limit. The preflight asks for 2 workers here; with them
+    every group completes."""
+    from verl.experimental.reward_loop import RewardLoopManager
+
+    from engine.config import load_config
+    from engine.verl_backend.composed import RAY_ACTOR_CONCURRENCY, SAFE_CALLS_PER_WORKER, min_reward_workers
+
+    prompts, n = 260, 4
+    workers = min_reward_workers(prompts, n)
+    assert workers == 2 and prompts * n > RAY_ACTOR_CONCURRENCY
+    cfg = load_config(None, ["judge.mode=offline", "scorer.k=2", f"teacher.index={env['index']}",
+                             "templates.watch=false"])
+    gatherer = start_gatherer(cfg.to_dict(), str(tmp_path / "g.jsonl"), name="g-large", namespace=NAMESPACE,
+                              group_timeout_s=120)
+    manager = RewardLoopManager(verl_config(env["tmp"] / "tokenizer", "g-large", 120, f"reward.num_workers={workers}"))
+    try:
+        single, _ = make_batch(env["tok"], [("u-add", 0, ROLLOUTS["u-add"][0])], extra_pad=0)
+        calls, rng = [], np.random.default_rng(0)
+        for session in range(n):
+            for p in range(prompts):
+                x = single[0:1]
+                x.non_tensor_batch = {**x.non_tensor_batch, "uid": np.array([f"big-{p}"], dtype=object),
+                                      "session_id": np.array([session], dtype=object)}
+                calls.append(manager.reward_loop_workers[int(rng.integers(workers))].compute_score.remote(x))
+        outs = ray.get(calls, timeout=600)
+        stats = ray.get(gatherer.stats.remote())
+        assert stats["groups_ok"] == prompts and stats["timeouts"] == 0 and stats["groups_failed"] == 0
+        assert all(o["reward_extra_info"]["group_failed"] == 0.0 for o in outs)
+        assert 0 < stats["peak_in_flight_per_worker"] <= SAFE_CALLS_PER_WORKER + 100 < RAY_ACTOR_CONCURRENCY
+    finally:
+        kill_reward_workers(manager)
+        ray.kill(gatherer)

@@ -145,6 +145,11 @@ class GroupCollector:
                 "peak_in_flight_per_worker": max(self.peak_in_flight.values(), default=0),
                 "workers": len(self.peak_in_flight)}
 
+    def take_peaks(self) -> dict[str, int]:
+        """Peak waiting calls per reward worker since the last call (then reset)."""
+        peaks, self.peak_in_flight = dict(self.peak_in_flight), {}
+        return peaks
+
     def _event(self, kind: str, message: str, step: int | None) -> None:
         log.warning("%s", message)
         if self._on_event is not None:
@@ -321,6 +326,9 @@ class GroupGatherer:
 
     async def stats(self) -> dict[str, Any]:
         return self._collector.stats()
+
+    async def take_peaks(self) -> dict[str, int]:
+        return self._collector.take_peaks()
 
 
 def _live_templates(cfg: "Config"):
