@@ -87,9 +87,7 @@ class ROPDRewardManager(RewardManagerBase):
         self.group_timeout_s = float(_cfg_get(config, "ropd.group_timeout_s", 600.0))
         self.n_train = int(_cfg_get(config, "actor_rollout_ref.rollout.n", 1))
         self._gatherer = None
-        self._worker_id = f"{os.uname().nodename}:{os.getpid()}"
-        self._in_flight = 0
-        self.peak_in_flight = 0
+        self._worker_id = f"{os.uname().nodename}:{os.getpid()}"  # the gatherer counts waiting calls per worker
         # data sources verl's default_compute_score does not know (scored by check_answer instead)
         self._unknown_sources: set[str] = set()
 
@@ -158,21 +156,16 @@ class ROPDRewardManager(RewardManagerBase):
             "text": text,
             "prompt": prompt,
             "ground_truth": ground_truth,
-            "n": self.n_val if validating else self.n_train,
+            "n": self.n_train,
             "step": int(_plain(step)) if step is not None else None,
             "meta": {"data_source": str(_plain(nt.get("data_source", ""))), "split": "train",
                      "index": info.get("index")},
             "worker": self._worker_id,
         }
         gatherer = await self._get_gatherer()
-        self._in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
-        try:
-            # The gatherer fails a group itself after group_timeout_s (arrival) + group_timeout_s (scoring);
-            # this outer bound only catches a gatherer that stopped answering.
-            out = await asyncio.wait_for(gatherer.submit.remote(sample), timeout=2 * self.group_timeout_s + 60)
-        finally:
-            self._in_flight -= 1
+        # The gatherer fails a group itself after group_timeout_s (arrival) + group_timeout_s (scoring);
+        # this outer bound only catches a gatherer that stopped answering.
+        out = await asyncio.wait_for(gatherer.submit.remote(sample), timeout=2 * self.group_timeout_s + 60)
         return {"reward_score": float(out["reward"]),
                 "reward_extra_info": extra_info(out["acc"], out["rubric_reward"], out["failed"], out["teacher_mean"])}
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.checks import Check, failed, passed, verdict
+from engine.checks import Check, failed, verdict
 
 SCORE_TOL = 1e-6
 ADVANTAGE_TOL = 1e-3
