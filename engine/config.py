@@ -143,7 +143,11 @@ class VerlConfig:
     nnodes: int = 1
     n_gpus_per_node: int = 1
     ray_address: str | None = None  # RAY_ADDRESS of an existing cluster
+    # several nodes: a folder every node sees at the same path (data, metrics, checkpoints of each run go
+    # to <shared_dir>/<run name>); None: the run's folder next to the store (one node)
+    shared_dir: str | None = None
     group_timeout_s: float = 600.0  # a prompt whose rollouts never all arrive fails after this
+    straggler_warn_s: float = 120.0  # a prompt still missing rollouts this long after its last one: a warning event
     overrides: list[str] = field(default_factory=list)  # raw Hydra overrides passed to main_ppo
 
 

@@ -272,3 +272,16 @@ def test_template_recorded_at_start_gets_its_first_step_from_the_first_step_usin
     assert by_sha["b" * 64]["first_step"] == 1
     assert by_sha["b" * 64]["text"] == "Judge {answers}"
     assert by_sha["a" * 64]["first_step"] == 1
+
+
+def test_secret_assignments_are_scrubbed_but_lookalikes_are_kept():
+    from engine.store.scrub import scrub_text, secret_overrides
+
+    key = "0123456789abcdef0123456789abcdef01234567"  # a W&B key: no value pattern can tell it from a hash
+    ov = f"+ray_kwargs.ray_init.runtime_env.env_vars.WANDB_API_KEY={key}"
+    assert scrub_text(f"main_ppo {ov} data.x=1") == (
+        "main_ppo +ray_kwargs.ray_init.runtime_env.env_vars.WANDB_API_KEY=*** data.x=1")
+    assert scrub_text(f"['{ov}']") == "['+ray_kwargs.ray_init.runtime_env.env_vars.WANDB_API_KEY=***']"
+    kept = "judge.verifier.api_key_env=OPENAI_API_KEY max_tokens=4096 sha=" + key
+    assert scrub_text(kept) == kept
+    assert secret_overrides([ov, "trainer.total_training_steps=3", "HF_TOKEN=x"]) == ["WANDB_API_KEY", "HF_TOKEN"]

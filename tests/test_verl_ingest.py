@@ -143,3 +143,17 @@ def test_a_step_without_learning_signal_gets_an_event(tmp_path, store_run):
     (event,) = store.events(run.id, kinds=["no_signal"])
     assert event["step"] == 2 and "2 of 2 scored groups carry no learning signal" in event["message"]
     assert event["data"]["flat"] == 2
+
+
+def test_gatherer_events_become_store_events(tmp_path, store_run):
+    from engine.verl_backend.side_channel import event_record
+
+    store, run = store_run
+    w = SideChannelWriter(tmp_path / "g.jsonl")
+    w.append(event_record("warning", "1 prompt(s) still miss rollouts 120 s after their last one arrived", step=3))
+    w.append(group_to_record(scored_group("u1", [1.0, 0.0], [True, False]), step=3))
+    ing = StepIngestor(store, run.id, tmp_path / "m.jsonl", tmp_path / "g.jsonl")
+    ing.poll()
+    (ev,) = [e for e in store.events(run.id) if e["kind"] == "warning"]
+    assert ev["step"] == 3 and "still miss rollouts" in ev["message"]
+    assert [e["message"] for e in ing.new_events] == [ev["message"]]

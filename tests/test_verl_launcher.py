@@ -34,7 +34,7 @@ FAKE_MAIN = textwrap.dedent('''
     import ray
     args = sys.argv[1:]
     assert args[0] == "--config-path" and args[2] == "--config-name", args
-    ov = dict(a.split("=", 1) for a in args[4:])
+    ov = dict((k.lstrip("+"), v) for k, v in (a.split("=", 1) for a in args[4:]))
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     gatherer = ray.get_actor(ov["ropd.gatherer_name"], namespace=ov["ropd.gatherer_namespace"])
     rows = pd.read_parquet(ov["data.train_files"]).to_dict("records")
@@ -60,7 +60,7 @@ FAKE_MAIN = textwrap.dedent('''
         score = sum(o["reward"] for o in out) / len(out)
         acc = sum(o["acc"] for o in out) / len(out)
         line = {"step": step, "data": {"critic/score/mean": score, "val-core/demo_math/acc/mean@1": acc,
-                                       "actor/pg_loss": 0.01 * step}}
+                                       "critic/advantages/mean": 0.0, "actor/pg_loss": 0.01 * step}}
         log.write((json.dumps(line) + "\\n").encode())
         os.makedirs(f"{ckpt}/global_step_{step}/actor", exist_ok=True)
         open(f"{ckpt}/latest_checkpointed_iteration.txt", "w").write(str(step))
@@ -79,9 +79,11 @@ def test_launch_ingest_and_resume(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     model = tmp_path / "student-model"
     model.mkdir()
+    wandb_key = "0123456789abcdef0123456789abcdef01234567"  # W&B keys are 40 hex digits
     cfg = load_config(None, ["run.backend=verl", "run.name=verl-e2e", "judge.mode=offline", "task.num_prompts=4",
                              "scorer.k=2", f"teacher.index={tmp_path / 'teacher_index.jsonl'}",
-                             f"verl.model_path={model}", "verl.group_timeout_s=60"])
+                             f"verl.model_path={model}", "verl.group_timeout_s=60",
+                             f"verl.overrides=[+ray_kwargs.ray_init.runtime_env.env_vars.WANDB_API_KEY={wandb_key}]"])
     store = RunStore(tmp_path / "runs" / "ropd.db")
     run = store.create_run("verl-e2e", "verl", cfg.to_dict())
 
@@ -96,7 +98,21 @@ def test_launch_ingest_and_resume(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "verl-e2e" / "verl" / "data" / "val.parquet").exists()
     assert (tmp_path / "teacher_index.jsonl").exists()  # demo task: built on first use
     assert [e["kind"] for e in store.events(run.id)][-1] == "started"
+    # the secret reached verl's command line, but not command.txt, the store's events or its config snapshot
+    cmd1 = (tmp_path / "runs" / "verl-e2e" / "verl" / "attempt-1" / "command.txt").read_text()
+    assert "env_vars.WANDB_API_KEY=***" in cmd1 and wandb_key not in cmd1
+    import json as _json
+    assert wandb_key not in _json.dumps(store.events(run.id), default=str)
+    assert wandb_key not in (tmp_path / "runs" / "verl-e2e" / "config.yaml").read_text()
     assert {"rubricator", "verifier"} <= {t["role"] for t in store.templates(run.id)}
+
+    # the GPU smoke's checks (doctor --gpu-smoke) read the store the same way
+    from engine.verl_backend.smoke import evaluate_steps, evaluate_validation
+
+    checks = evaluate_steps(store, run.id, steps=[1, 2], groups_per_step=2) + evaluate_validation(
+        store, run.id, step=2, n=1)
+    assert [c.status for c in checks] == ["PASS"] * 7, checks
+    assert [c.status for c in evaluate_steps(store, run.id, steps=[2], groups_per_step=3)][-1] == "FAIL"
 
     # resume: the latest checkpoint is passed explicitly, a new metrics file, steps continue at 3
     assert launcher.run(cfg, store, run, resume=True) == 0

@@ -49,13 +49,13 @@ def make_tokenizer(path: Path):
     from transformers import PreTrainedTokenizerFast
 
     words = {w for texts in ROLLOUTS.values() for t in texts for w in t.split()}
-    words |= {w for q, _, _ in PROMPTS.values() for w in q.split()}
+    words |= {w for q, _, _ in PROMPTS.values() for w in q.split()} | {"####"}
     vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2}
     for w in sorted(words):
         vocab[w] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok.decoder = decoders.WordPiece(prefix="@@no-subwords@@", cleanup=False)  # plain space-joined words
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
     fast.save_pretrained(str(path))
     return fast
@@ -71,7 +71,7 @@ def verl_config(tok_dir: Path, gatherer: str, timeout_s: float, *extra: str):
 
 
 def make_batch(tok, samples: list[tuple[str, int, str]], *, split: str = "train", step: int | None = 1,
-               extra_pad: int = 2):
+               extra_pad: int = 2, data_source: str = "demo_math"):
     """A DataProto like verl's: left-padded prompts, right-padded responses (with EOS), masks, non-tensors."""
     from verl import DataProto
 
@@ -96,9 +96,9 @@ def make_batch(tok, samples: list[tuple[str, int, str]], *, split: str = "train"
     non = {
         "uid": np.array([uid for uid, _, _ in samples], dtype=object),
         "session_id": np.array([i for _, i, _ in samples], dtype=object),
-        "data_source": np.array(["demo_math"] * len(samples), dtype=object),
+        "data_source": np.array([data_source] * len(samples), dtype=object),
         "reward_model": obj([{"ground_truth": PROMPTS[uid][1], "style": "rule"} for uid, _, _ in samples]),
-        "extra_info": obj([{"index": 0, "split": split, "ropd_prompt": json.dumps(PROMPTS[uid][0])}
+        "extra_info": obj([{"index": 0, "split": split, "ropd_split": split, "ropd_prompt": json.dumps(PROMPTS[uid][0])}
                            for uid, _, _ in samples]),
         "raw_prompt": obj([[{"role": "user", "content": PROMPTS[uid][0]}] for uid, _, _ in samples]),
     }
@@ -134,7 +134,30 @@ def test_reward_loop_scores_each_prompt_in_one_rubricator_call(env):
     # keep the handle: a non-detached actor dies with its last handle
     gatherer = start_gatherer(cfg.to_dict(), str(side), name="g-main", namespace=NAMESPACE, group_timeout_s=60)
     manager = RewardLoopManager(verl_config(tmp / "tokenizer", "g-main", 60))
+    try:
+        _reward_loop_checks(env, manager, gatherer, side)
+    finally:
+        kill_reward_workers(manager)
 
+
+def kill_reward_workers(manager) -> None:
+    """verl names its workers reward_loop_worker_<i>: free the names for the next manager."""
+    import time
+
+    for w in manager.reward_loop_workers:
+        ray.kill(w)
+    for i in range(len(manager.reward_loop_workers)):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(f"reward_loop_worker_{i}")
+            except ValueError:
+                break
+            time.sleep(0.1)
+
+
+def _reward_loop_checks(env, manager, gatherer, side):
+    srv = env["srv"]
     # interleaved, so each of the two workers (4 samples each) holds rollouts of both prompts
     samples = [(uid, i, ROLLOUTS[uid][i]) for i in range(4) for uid in ("u-add", "u-sub")]
     data, valid = make_batch(env["tok"], samples)
@@ -233,6 +256,34 @@ def test_missing_rollout_fails_the_group_instead_of_hanging(env):
     assert "only 3 of 4 rollouts" in g.failure_cause and g.rollouts_raw == ROLLOUTS["u-mul"][:3]
 
 
+def test_validation_is_rule_based_where_it_arrives_with_verls_scorer_for_sources_it_knows(tmp_path):
+    """No gatherer (none is configured: contacting one would raise), no judge, no teacher index."""
+    from verl.utils.reward_score import default_compute_score
+
+    from engine.verl_backend.reward_manager import ROPDRewardManager
+
+    tok = make_tokenizer(tmp_path / "tok")
+    vcfg = verl_config(tmp_path / "tok", "no-such-gatherer", 5)
+    vcfg.ropd.gatherer_name = None
+    mgr = ROPDRewardManager(vcfg, tok, default_compute_score)
+
+    def score(text: str, source: str, split: str = "val"):
+        data, _ = make_batch(tok, [("u-add", 0, text)], split=split, step=None, data_source=source)
+        return mgr.loop.run_until_complete(mgr.run_single(data[0:1]))
+
+    # verl's gsm8k scorer wants "#### <answer>": a plain "The answer is 7 ." scores 0 there, 1 by our checker
+    gsm_ok = score("3 + 4 = 7 . #### 7", "openai/gsm8k")
+    gsm_plain = score("The answer is 7 .", "openai/gsm8k")
+    ours = score("The answer is 7 .", "demo_math")
+    assert (gsm_ok["reward_score"], gsm_ok["reward_extra_info"]["acc"]) == (1.0, 1.0)
+    assert (gsm_plain["reward_score"], gsm_plain["reward_extra_info"]["acc"]) == (0.0, 0.0)
+    assert (ours["reward_score"], ours["reward_extra_info"]["acc"]) == (1.0, 1.0)
+    assert set(ours["reward_extra_info"]) == {"acc", "rubric_reward", "group_failed", "teacher_mean"}
+    # a row marked otherwise is a training rollout: it goes to the gatherer, which is not configured here
+    with pytest.raises(RuntimeError, match="gatherer_name is not set"):
+        score("The answer is 7 .", "demo_math", split="test")
+
+
 def test_gatherer_start_fails_fast_with_a_clear_error(env, tmp_path):
     from engine.errors import TeacherIndexError
 
@@ -272,3 +323,268 @@ async def test_collector_late_rollout_and_scorer_crash_become_failed_groups():
     late = await c.submit(sample("lonely", 1))  # its group is closed: failed at once, not a new group
     assert late["failed"] and c.stats()["pending"] == 0
     assert recorded == [("a", "ok", 5), ("boom", "failed", 5), ("lonely", "failed", 5)]
+
+
+async def test_a_lost_rollout_gives_a_visible_warning_long_before_the_group_times_out():
+    events, recorded = [], []
+
+    async def score(gi):
+        return _ok_group(gi)
+
+    c = GroupCollector(score, group_timeout_s=1.5, straggler_warn_s=0.1,
+                       on_result=lambda g, step: recorded.append((g.uid, g.status)),
+                       on_event=lambda kind, msg, step: events.append((kind, msg, step)))
+    sample = lambda uid, i, w: {"uid": uid, "index": i, "text": f"t{i}", "prompt": "q", "n": 3, "step": 7,  # noqa: E731
+                                "worker": w}
+    ok = asyncio.gather(*(c.submit(sample("fine", i, "w1")) for i in range(3)))
+    stuck = asyncio.gather(*(c.submit(sample("lost-one", i, f"w{i % 2}")) for i in range(2)))
+    assert len(await ok) == 3 and events == []  # a complete group never warns
+    await asyncio.sleep(0.5)
+    assert len(events) == 1 and recorded == [("fine", "ok")]  # warned once, while the group still waits
+    kind, msg, step = events[0]
+    assert (kind, step) == ("warning", 7)
+    assert "uid lost-one: 2 of 3" in msg and "verl.group_timeout_s (1.5 s)" in msg
+    outs = await stuck
+    assert all(o["failed"] for o in outs) and recorded[-1] == ("lost-one", "failed") and len(events) == 1
+    assert c.stats()["peak_in_flight_per_worker"] == 4 and c.stats()["workers"] == 2  # w1: 3 + 1 waiting
+
+
+def test_multi_node_probe_names_what_every_node_must_share(env, tmp_path):
+    """The probe runs as a pinned Ray task on every alive node (here: the one node of the test cluster).
+    A token this process did not write is what a node with its own file system sees."""
+    from engine.errors import ConfigError
+    from engine.verl_backend.nodes import (TOKEN_FILE, alive_nodes, check_probe_results, probe_nodes,
+                                           require_shared_folder)
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / TOKEN_FILE).write_text("token-from-launch-node\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (seen,) = probe_nodes(folder, "token-from-launch-node", model_path=str(model))
+    assert seen["sees_folder"] and seen["can_write"] and seen["has_model"] and seen["imports_ropd"]
+    check_probe_results([seen], folder, str(model))
+
+    (other,) = probe_nodes(folder, "a-token-this-node-cannot-see", model_path=str(tmp_path / "no-model"))
+    with pytest.raises(ConfigError) as ei:
+        check_probe_results([other], folder, str(tmp_path / "no-model"))
+    msg = str(ei.value)
+    assert f"does not see {folder}" in msg and "no-model (verl.model_path)" in msg
+    assert "verl.shared_dir" in ei.value.hint and "checkpoint shards" in ei.value.hint
+    # one node: nothing to share, nothing probed
+    assert len(alive_nodes()) == 1 and require_shared_folder(tmp_path / "single") == 1
+
+
+# -- one step's reward path through verl's own pieces ---------------------------------------------------
+
+def _demo_tokenizer(path: Path, problems):
+    """Word-level tokenizer knowing the demo prompts' words and the answers' (numbers 0-200)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {w for p in problems for m in p["prompt"] for w in m["content"].split()}
+    words |= {"The", "answer", "is", ".", "I", "do", "not", "know"} | {str(i) for i in range(201)}
+    vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2}
+    for w in sorted(words):
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="@@no-subwords@@", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
+    # RLHFDataset applies the chat template to drop overlong prompts (data.filter_overlong_prompts)
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def _per_prompt_kwargs(batch_dict: dict, *, step: int, validate: bool, n: int) -> list[dict]:
+    """The keyword arguments verl 0.9.1's v1 agent loop hands ``_compute_score`` for every trajectory:
+    the trainer adds ``uid`` and ``global_steps`` (``_fetch_one_gen_batch`` / ``_validate``),
+    ``AgentLoopWorkerTQ.generate_sequences`` takes row i of every TensorDict entry, ``_run_prompt`` pops
+    ``__rollout_n__`` and adds ``session_id``, ``_run_agent_loop`` takes ``agent_name`` out."""
+    import uuid
+
+    from tensordict import NonTensorData, NonTensorStack
+    from verl.utils import tensordict_utils as tu
+
+    batch_dict = dict(batch_dict)
+    batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(batch_dict["raw_prompt"]))], dtype=object)
+    batch = tu.get_tensordict(batch_dict)
+    tu.assign_non_tensor_data(batch, "global_steps", step)
+    if validate:
+        tu.assign_non_tensor_data(batch, "validate", True)
+    batch.pop("validate", None)  # AgentLoopWorkerTQ.generate_sequences
+    if "agent_name" not in batch:
+        batch["agent_name"] = NonTensorData("single_turn_agent")
+    out = []
+    for i in range(len(batch)):
+        prompt = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                prompt[k] = v[i]
+            elif isinstance(v, NonTensorStack):
+                prompt[k] = v[i].data
+            elif isinstance(v, NonTensorData):
+                prompt[k] = v.data
+        prompt.pop("__rollout_n__", None)
+        prompt.pop("__do_sample__", None)
+        prompt.pop("agent_name")
+        out += [dict(prompt, session_id=s) for s in range(n)]
+    return out
+
+
+def test_a_step_through_verls_own_pieces(env, tmp_path):
+    """The run's parquet read by verl's RLHFDataset + collate_fn, per-trajectory kwargs as verl's agent loop
+    builds them, verl's AgentLoopWorker._compute_score, real RewardLoopWorker actors loading our manager
+    from the launcher's composed ropd_grpo config, the gatherer with the offline judge, validation rows
+    (n=1) in the same stream; then the step into the store."""
+    import random
+
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
+    from verl.experimental.reward_loop import RewardLoopManager
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from engine.config import load_config
+    from engine.store import RunStore
+    from engine.tasks.demo_math import make_problems
+    from engine.verl_backend.data import prepare_data
+    from engine.verl_backend.launcher import AttemptPaths, resolve_command
+    from engine.verl_backend.metrics_ingest import StepIngestor
+    from engine.verl_backend.smoke import evaluate_steps
+
+    n, prompts = 4, 4
+    model = tmp_path / "student"  # the tokenizer is all verl's reward workers load of the model
+    tok = _demo_tokenizer(model, make_problems(prompts, 0) + make_problems(8, 1000))
+    cfg = load_config(None, ["run.backend=verl", "judge.mode=offline", f"task.num_prompts={prompts}", "scorer.k=2",
+                             f"teacher.index={tmp_path / 'ti.jsonl'}", f"verl.model_path={model}",
+                             "verl.group_timeout_s=60", f"verl.overrides=[reward.num_workers=2, "
+                             f"actor_rollout_ref.rollout.n={n}, actor_rollout_ref.rollout.val_kwargs.n=1]"])
+    paths = AttemptPaths.new(tmp_path / "run")
+    train_file, val_file = prepare_data(cfg, paths.data)
+    name = "g-step"
+    _, vcfg, _ = resolve_command(cfg, run_name="step", paths=paths, train_files=train_file, val_files=val_file,
+                                 gatherer=name, resume_from=None)
+    gatherer = start_gatherer(cfg.to_dict(), str(paths.groups), name=name, namespace=NAMESPACE, group_timeout_s=60)
+    manager = RewardLoopManager(vcfg)
+    try:
+        data_cfg = vcfg.data
+
+        def batches(path, size):
+            ds = RLHFDataset(data_files=[path], tokenizer=tok, config=data_cfg)
+            return next(iter(DataLoader(ds, batch_size=size, collate_fn=collate_fn, shuffle=False)))
+
+        train_kw = _per_prompt_kwargs(batches(train_file, prompts), step=1, validate=False, n=n)
+        val_kw = _per_prompt_kwargs(batches(val_file, 8), step=1, validate=True, n=1)
+        assert len(train_kw) == prompts * n and len(val_kw) == 8
+
+        worker = object.__new__(AgentLoopWorker)  # only what _compute_score touches (text-only, streaming)
+        worker.reward_loop_worker_handles = manager.reward_loop_worker_handles
+        worker.processor, worker.mm_processor_kwargs = None, None
+        random.seed(0)
+
+        def answer(kw) -> str:
+            gt = kw["reward_model"]["ground_truth"]
+            return f"The answer is {gt} ." if kw["session_id"] % 2 == 0 else f"The answer is {int(gt) + 1} ."
+
+        def trajectory(kw) -> AgentLoopOutput:
+            text = " ".join(m["content"] for m in kw["raw_prompt"])
+            return AgentLoopOutput(prompt_ids=tok.encode(text), response_ids=tok.encode(answer(kw))
+                                   + [tok.eos_token_id], response_mask=[1] * (len(answer(kw).split()) + 1),
+                                   num_turns=2, metrics=AgentLoopMetrics())
+
+        async def run_all():
+            # validation rollouts interleaved with the training ones, as both reach the same reward workers
+            order = [(kw, False) for kw in train_kw] + [(kw, True) for kw in val_kw]
+            random.shuffle(order)
+            outs = [trajectory(kw) for kw, _ in order]
+            await asyncio.gather(*(AgentLoopWorker._compute_score(worker, [o], kwargs=kw)
+                                   for o, (kw, _) in zip(outs, order)))
+            return [(kw, val, o) for o, (kw, val) in zip(outs, order)]
+
+        results = asyncio.run(run_all())
+        stats = ray.get(gatherer.stats.remote())
+        assert stats["groups_ok"] == prompts and stats["groups_failed"] == 0 and stats["timeouts"] == 0
+        assert stats["peak_in_flight_per_worker"] <= prompts * n
+
+        train = [(kw, o) for kw, val, o in results if not val]
+        val = [(kw, o) for kw, val, o in results if val]
+        for kw, o in train:
+            info = o.extra_fields["reward_extra_info"]
+            right = kw["session_id"] % 2 == 0
+            assert info["acc"] == float(right) and info["group_failed"] == 0.0
+            assert o.reward_score == info["rubric_reward"] and info["teacher_mean"] > 0.5
+        by_uid = {}
+        for kw, o in train:
+            by_uid.setdefault(kw["uid"], []).append((kw["session_id"] % 2 == 0, o.reward_score))
+        for scores in by_uid.values():  # the judged rubric prefers the right answers within each group
+            assert min(s for ok, s in scores if ok) > max(s for ok, s in scores if not ok)
+        for kw, o in val:  # rule-based, no rubric: reward == correctness
+            assert o.reward_score == float(kw["session_id"] % 2 == 0) == o.extra_fields["reward_extra_info"]["acc"]
+            assert o.extra_fields["reward_extra_info"]["rubric_reward"] == 0.0
+
+        # verl's own validation metrics from these rewards: val-core/demo_math/acc/mean@1
+        infos = {"reward": [o.reward_score for _, o in val]}
+        for key in ("acc", "rubric_reward", "group_failed", "teacher_mean"):
+            infos[key] = [o.extra_fields["reward_extra_info"][key] for _, o in val]
+        val_metrics = PPOTrainer._val_metrics_update(None, [kw["data_source"] for kw, _ in val],
+                                                    [kw["uid"] for kw, _ in val], infos, [])
+        assert val_metrics["val-core/demo_math/acc/mean@1"] == 1.0  # session 0 answers right
+
+        # the step into the store: verl's score mean next to the gatherer's groups (validation never there)
+        recs = list(JsonlTail(paths.groups).read())
+        assert len(recs) == prompts and {r["step"] for r in recs} == {1}
+        assert {r["group"]["uid"] for r in recs} == {kw["uid"] for kw, _ in train}
+        score_mean = sum(o.reward_score for _, o in train) / len(train)
+        paths.metrics.write_text(json.dumps({"step": 1, "data": {"critic/score/mean": score_mean,
+                                                                 "critic/advantages/mean": 0.0, **val_metrics}}) + "\n")
+        store = RunStore(tmp_path / "store" / "ropd.db")
+        run = store.create_run("step", "verl", cfg.to_dict())
+        StepIngestor(store, run.id, paths.metrics, paths.groups).flush()
+        checks = evaluate_steps(store, run.id, steps=[1], groups_per_step=prompts)
+        assert [c.status for c in checks] == ["PASS"] * len(checks), checks
+        assert store.metric_series(run.id, "accuracy") == [(1, 1.0)]
+        store.close()
+        assert OmegaConf.select(vcfg, "reward.reward_manager.name") == "ROPDRewardManager"
+    finally:
+        kill_reward_workers(manager)
+        ray.kill(gatherer)
+
+
+def test_a_large_streamed_batch_completes_with_the_reward_workers_preflight_allows(env, tmp_path):
+    """260 prompts x 4 rollouts streamed one trajectory per call, session by session (all first rollouts,
+    then all second ones, ...): on ONE worker, 1000 running calls of incomplete groups would leave the
+    rest queued behind Ray's actor concurrency limit. The preflight asks for 2 workers here; with them
+    every group completes."""
+    from verl.experimental.reward_loop import RewardLoopManager
+
+    from engine.config import load_config
+    from engine.verl_backend.composed import RAY_ACTOR_CONCURRENCY, SAFE_CALLS_PER_WORKER, min_reward_workers
+
+    prompts, n = 260, 4
+    workers = min_reward_workers(prompts, n)
+    assert workers == 2 and prompts * n > RAY_ACTOR_CONCURRENCY
+    cfg = load_config(None, ["judge.mode=offline", "scorer.k=2", f"teacher.index={env['index']}",
+                             "templates.watch=false"])
+    gatherer = start_gatherer(cfg.to_dict(), str(tmp_path / "g.jsonl"), name="g-large", namespace=NAMESPACE,
+                              group_timeout_s=120)
+    manager = RewardLoopManager(verl_config(env["tmp"] / "tokenizer", "g-large", 120, f"reward.num_workers={workers}"))
+    try:
+        single, _ = make_batch(env["tok"], [("u-add", 0, ROLLOUTS["u-add"][0])], extra_pad=0)
+        calls, rng = [], np.random.default_rng(0)
+        for session in range(n):
+            for p in range(prompts):
+                x = single[0:1]
+                x.non_tensor_batch = {**x.non_tensor_batch, "uid": np.array([f"big-{p}"], dtype=object),
+                                      "session_id": np.array([session], dtype=object)}
+                calls.append(manager.reward_loop_workers[int(rng.integers(workers))].compute_score.remote(x))
+        outs = ray.get(calls, timeout=600)
+        stats = ray.get(gatherer.stats.remote())
+        assert stats["groups_ok"] == prompts and stats["timeouts"] == 0 and stats["groups_failed"] == 0
+        assert all(o["reward_extra_info"]["group_failed"] == 0.0 for o in outs)
+        assert 0 < stats["peak_in_flight_per_worker"] <= SAFE_CALLS_PER_WORKER + 100 < RAY_ACTOR_CONCURRENCY
+    finally:
+        kill_reward_workers(manager)
+        ray.kill(gatherer)

@@ -20,12 +20,35 @@ _SECRET_VALUE = re.compile(
     r"|AKIA[0-9A-Z]{16}|Bearer\s+[A-Za-z0-9._\-]{8,})"
 )
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/@\s:]+(:[^/@\s]*)?@", re.I)
+# `NAME=value` / `a.b.NAME=value` assignments (Hydra overrides, env settings) whose last name part is a
+# secret's name: a W&B key is 40 hex digits, which no value pattern can tell from a hash.
+_ASSIGNMENT = re.compile(r"(?P<key>\+{0,2}[A-Za-z_][\w.\-]*)=(?P<value>'[^']*'|\"[^\"]*\"|[^\s,\]'\"]+)")
+
+
+def _scrub_assignment(m: re.Match) -> str:
+    key = m.group("key")
+    if is_secret_name(key.lstrip("+").rsplit(".", 1)[-1]) and m.group("value") != REDACTED:
+        return f"{key}={REDACTED}"
+    return m.group(0)
 
 
 def scrub_text(text: str) -> str:
-    """Replace credential-looking substrings (API keys, bearer tokens, user:pass@ in URLs)."""
+    """Replace credential-looking substrings (API keys, bearer tokens, user:pass@ in URLs, the value of a
+    ``SECRET_NAME=value`` assignment)."""
     text = _SECRET_VALUE.sub(REDACTED, text)
+    text = _ASSIGNMENT.sub(_scrub_assignment, text)
     return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+def secret_overrides(overrides) -> list[str]:
+    """The secret-named keys that ``key=value`` overrides set (``+a.b.WANDB_API_KEY=...`` -> WANDB_API_KEY)."""
+    names = []
+    for ov in overrides or []:
+        key = str(ov).split("=", 1)[0].lstrip("+").strip()
+        last = key.rsplit(".", 1)[-1]
+        if "=" in str(ov) and is_secret_name(last):
+            names.append(last)
+    return names
 
 
 def is_secret_name(name: str) -> bool:

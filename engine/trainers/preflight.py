@@ -111,12 +111,17 @@ def _check_working_dir(cfg: Config, cwd: str | None = None) -> list[str]:
 def _check_verl(cfg: Config) -> list[str]:
     if importlib.util.find_spec("verl") is None:
         raise ConfigError("run.backend is 'verl' but verl is not installed",
-                          hint="install it with: pip install -e '.[verl]'  (GPU machines; see the README), "
+                          hint="install it with: pip install -e '.[gpu]'  (GPU machines; see the README), "
                                "or use run.backend=embedded")
     if not cfg.verl.model_path:
         raise ConfigError("run.backend is 'verl' but verl.model_path is not set",
                           hint="set verl.model_path to the student model (an HF model directory or hub id)")
-    return [f"trainer: verl ({cfg.verl.config_name}), model {cfg.verl.model_path}"]
+    from engine.verl_backend.launcher import preflight as verl_preflight
+
+    # the composed verl config (our reward manager, file logger, reward workers, ...), the validation
+    # rows' ground truths, the task and the teacher index, as the launcher will check them again
+    notes = verl_preflight(cfg)
+    return [f"trainer: verl ({cfg.verl.config_name}), model {cfg.verl.model_path}"] + notes
 
 
 def _check_judge(cfg: Config, env: Mapping[str, str]) -> str:

@@ -10,6 +10,10 @@ reward, and appends the :class:`~engine.types.GroupResult` to the run's side-cha
 A group whose rollouts do not all arrive within ``group_timeout_s`` (counted from its first rollout),
 or whose scoring takes longer than that, fails: every rollout gets reward 0 with ``failed=True`` and the
 failed group (stage ``scorer``, cause ``timeout ...``) is recorded like any other. Nothing waits forever.
+A rollout that verl's agent loop lost (it raised before reaching the reward loop) stalls its step until
+then; so when prompts still miss rollouts ``straggler_warn_s`` after their last one arrived, one
+``warning`` event says so (long generations also trigger it; it changes nothing). Another warns when one
+reward worker holds close to Ray's per-actor concurrency limit in waiting calls.
 
 The actor is pinned to the launch node (``NodeAffinitySchedulingStrategy``, hard), so the side-channel
 file, the teacher index and the templates are read and written where the run store lives.
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[GroupInput], Awaitable[GroupResult]]
 ResultSink = Callable[[GroupResult, "int | None"], None]
+EventSink = Callable[[str, str, "int | None"], None]  # (kind, message, step)
+RAY_ACTOR_CONCURRENCY = 1000  # engine.verl_backend.composed.RAY_ACTOR_CONCURRENCY (verl's reward workers)
 
 
 @dataclass
@@ -62,6 +68,8 @@ class _Pending:
     future: asyncio.Future | None = None
     timer: asyncio.Task | None = None
     started: float = field(default_factory=time.monotonic)
+    last_arrival: float = field(default_factory=time.monotonic)
+    warned: bool = False
 
 
 def _is_correct(text: str, ground_truth: str | None) -> bool | None:
@@ -81,21 +89,42 @@ class GroupCollector:
     """The gathering logic, independent of Ray (the actor below wraps it; tests drive it directly)."""
 
     def __init__(self, score_group: ScoreFn, *, group_timeout_s: float, on_result: ResultSink | None = None,
-                 remember: int = 20000):
+                 remember: int = 20000, straggler_warn_s: float | None = None, on_event: EventSink | None = None):
         if group_timeout_s <= 0:
             raise ValueError("group_timeout_s must be > 0")
         self._score_group = score_group
         self.group_timeout_s = float(group_timeout_s)
         self._on_result = on_result
+        self._on_event = on_event
+        self.straggler_warn_s = float(straggler_warn_s) if straggler_warn_s and straggler_warn_s > 0 else None
+        self._watchdog: asyncio.Task | None = None
         self._pending: dict[str, _Pending] = {}
         # uid -> ground truth of closed groups (small: only for answering late rollouts)
         self._finished: OrderedDict[str, str | None] = OrderedDict()
         self._remember = remember
         self.counts = {"groups_ok": 0, "groups_failed": 0, "timeouts": 0, "late_samples": 0}
+        # waiting submit() calls per reward worker (verl's RewardLoopWorker: one Ray actor each)
+        self._in_flight: dict[str, int] = {}
+        self.peak_in_flight: dict[str, int] = {}
+        self._concurrency_warned = False
 
     # -- public -----------------------------------------------------------------------------------
     async def submit(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Add one rollout; returns its outcome once its group is scored (or failed)."""
+        worker = str(sample.get("worker") or "?")
+        self._in_flight[worker] = self._in_flight.get(worker, 0) + 1
+        self.peak_in_flight[worker] = max(self.peak_in_flight.get(worker, 0), self._in_flight[worker])
+        if self._in_flight[worker] >= 0.8 * RAY_ACTOR_CONCURRENCY and not self._concurrency_warned:
+            self._concurrency_warned = True
+            self._event("warning", f"reward worker {worker} holds {self._in_flight[worker]} calls waiting for their "
+                        f"groups; Ray runs at most {RAY_ACTOR_CONCURRENCY} calls of one actor at once, and groups "
+                        "whose last rollout queues behind them stall: raise reward.num_workers", sample.get("step"))
+        try:
+            return await self._submit(sample)
+        finally:
+            self._in_flight[worker] -= 1
+
+    async def _submit(self, sample: dict[str, Any]) -> dict[str, Any]:
         uid = str(sample["uid"])
         text = str(sample.get("text", ""))
         if uid in self._finished:  # arrived after its group was closed (e.g. timed out)
@@ -104,6 +133,7 @@ class GroupCollector:
         pending = self._pending.get(uid)
         if pending is None:
             pending = self._open(uid, sample)
+        pending.last_arrival = time.monotonic()
         index = self._slot(pending, sample.get("index"))
         pending.texts[index] = text
         if len(pending.texts) >= pending.n:
@@ -112,7 +142,41 @@ class GroupCollector:
         return self._outcome(group, index, text).as_dict()
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counts, "pending": len(self._pending)}
+        return {**self.counts, "pending": len(self._pending),
+                "peak_in_flight_per_worker": max(self.peak_in_flight.values(), default=0),
+                "workers": len(self.peak_in_flight)}
+
+    def take_peaks(self) -> dict[str, int]:
+        """Peak waiting calls per reward worker since the last call (then reset)."""
+        peaks, self.peak_in_flight = dict(self.peak_in_flight), {}
+        return peaks
+
+    def _event(self, kind: str, message: str, step: int | None) -> None:
+        log.warning("%s", message)
+        if self._on_event is not None:
+            try:
+                self._on_event(kind, message, step)
+            except Exception:  # noqa: BLE001 - recording must never block training
+                log.exception("recording an event failed")
+
+    async def _watch_stragglers(self) -> None:
+        """While groups are pending: one event for the groups that got no rollout for straggler_warn_s."""
+        warn = self.straggler_warn_s
+        while self._pending:
+            await asyncio.sleep(max(0.02, warn / 4))
+            now = time.monotonic()
+            late = [p for p in self._pending.values() if not p.warned and now - p.last_arrival >= warn]
+            if not late:
+                continue
+            for p in late:
+                p.warned = True
+            first = late[0]
+            more = f" and {len(late) - 1} more" if len(late) > 1 else ""
+            self._event("warning", f"{len(late)} prompt(s) still miss rollouts {warn:g} s after their last one arrived "
+                        f"(uid {first.uid}: {len(first.texts)} of {first.n}{more}); a rollout that verl's agent loop "
+                        "lost (an error or abort before the reward loop) never arrives, so these groups fail after "
+                        f"verl.group_timeout_s ({self.group_timeout_s:g} s): see verl's log for the rollout error",
+                        first.step)
 
     # -- internals --------------------------------------------------------------------------------
     def _open(self, uid: str, sample: dict[str, Any]) -> _Pending:
@@ -125,6 +189,8 @@ class GroupCollector:
         p.future = loop.create_future()
         p.timer = loop.create_task(self._expire(p))
         self._pending[uid] = p
+        if self.straggler_warn_s and (self._watchdog is None or self._watchdog.done()):
+            self._watchdog = loop.create_task(self._watch_stragglers())
         return p
 
     @staticmethod
@@ -220,7 +286,8 @@ class GroupCollector:
 class GroupGatherer:
     """The per-run Ray actor (wrapped with ``ray.remote`` by :func:`start_gatherer`)."""
 
-    def __init__(self, cfg_dict: dict[str, Any], side_channel_path: str, group_timeout_s: float):
+    def __init__(self, cfg_dict: dict[str, Any], side_channel_path: str, group_timeout_s: float,
+                 straggler_warn_s: float | None = None):
         from engine.config import build_config
         from engine.scoring.scorer import Scorer
 
@@ -232,7 +299,10 @@ class GroupGatherer:
             self._scorer.teacher_index  # noqa: B018 - load now: a missing index fails the launch, not every group
         self._writer = SideChannelWriter(side_channel_path)
         self._to_record = group_to_record
-        self._collector = GroupCollector(self._score, group_timeout_s=group_timeout_s, on_result=self._record)
+        if straggler_warn_s is None:
+            straggler_warn_s = self._cfg.verl.straggler_warn_s
+        self._collector = GroupCollector(self._score, group_timeout_s=group_timeout_s, on_result=self._record,
+                                         straggler_warn_s=straggler_warn_s, on_event=self._record_event)
 
     async def _score(self, gi: GroupInput) -> GroupResult:
         batch = await self._scorer.score_batch([gi])
@@ -240,6 +310,11 @@ class GroupGatherer:
 
     def _record(self, group: GroupResult, step: int | None) -> None:
         self._writer.append(self._to_record(group, step=step))
+
+    def _record_event(self, kind: str, message: str, step: int | None) -> None:
+        from engine.verl_backend.side_channel import event_record
+
+        self._writer.append(event_record(kind, message, step=step))
 
     async def submit(self, sample: dict[str, Any]) -> dict[str, Any]:
         return await self._collector.submit(sample)
@@ -254,6 +329,9 @@ class GroupGatherer:
     async def stats(self) -> dict[str, Any]:
         return self._collector.stats()
 
+    async def take_peaks(self) -> dict[str, int]:
+        return self._collector.take_peaks()
+
 
 def _live_templates(cfg: "Config"):
     """Watched templates (edits reload into the running scorer) when ``templates.watch`` is on; else None
@@ -267,12 +345,16 @@ def _live_templates(cfg: "Config"):
     return TemplateSet(cfg).start()
 
 
-def gatherer_name(run_id: Any) -> str:
-    return f"ropd_gatherer_{run_id}"
+def gatherer_name(run_id: Any, attempt: Any = 1) -> str:
+    """The Ray actor name of one attempt's gatherer. Run ids restart at 1 in every store, and several
+    stores (users, checkouts) may share one cluster and namespace, so the name carries a random part."""
+    import uuid
+
+    return f"ropd_gatherer_{run_id}_{attempt}_{uuid.uuid4().hex[:12]}"
 
 
 def start_gatherer(cfg: "Config | dict[str, Any]", side_channel_path: str, *, name: str, namespace: str, group_timeout_s: float,
-                   node_id: str | None = None, ready_timeout_s: float = 300.0):
+                   node_id: str | None = None, ready_timeout_s: float = 300.0, straggler_warn_s: float | None = None):
     """Create the run's gatherer actor on ``node_id`` (default: this process's node) and wait until it
     is up. Needs ``ray.init`` done. Constructor errors (bad config, missing teacher index) are raised here
     as the original :class:`~engine.errors.UserError`.
@@ -293,7 +375,7 @@ def start_gatherer(cfg: "Config | dict[str, Any]", side_channel_path: str, *, na
         max_concurrency=100_000,  # every rollout of a step waits inside submit()
         max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-    ).remote(cfg_dict, str(side_channel_path), float(group_timeout_s))
+    ).remote(cfg_dict, str(side_channel_path), float(group_timeout_s), straggler_warn_s)
     try:
         ray.get(handle.ready.remote(), timeout=ready_timeout_s)
     except Exception as e:  # noqa: BLE001

@@ -139,20 +139,29 @@ def check_verl_settings(cfg: Config) -> tuple[Path, str]:
     return config_location(cfg)
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config) -> list[str]:
     """Everything a verl run can be refused for before it starts, without Ray or network: verl installed,
-    the verl section, the task, the templates, the teacher index (unless the demo task builds it) and the
-    judge settings. Raises the matching :class:`~engine.errors.UserError`."""
+    the verl section, the composed verl config (composed.check), the task, the validation rows' ground
+    truths, the templates, the teacher index (unless the demo task builds it) and the judge settings.
+    Raises the matching :class:`~engine.errors.UserError`; returns notes on what will happen."""
     import importlib.util
 
     if importlib.util.find_spec("verl") is None and not os.environ.get(MAIN_CMD_ENV):
         raise ConfigError(f"run.backend is verl but verl is not installed in {sys.executable}",
-                          hint="pip install -e '.[verl]' (verl[verl-core]==0.9.1; GPU nodes also need vLLM)")
+                          hint="pip install -e '.[gpu]' on GPU nodes (verl[vllm]==0.9.1), or '.[verl]' without vLLM")
     check_verl_settings(cfg)
     if not cfg.verl.train_files:
         from engine.verl_backend.data import task_problems
 
         task_problems(cfg)
+    _, composed_cfg, notes = resolve_command(cfg, **placeholder_command_args(cfg))
+    from engine.verl_backend import composed
+    from engine.verl_backend.data import check_validation_ground_truth
+
+    if composed_cfg is None or composed.validation_enabled(composed_cfg):
+        n_val = check_validation_ground_truth(cfg)
+        notes.append(f"validation: {n_val} prompts, rule-based against their ground truth (no judge calls)")
+    notes += secret_override_notes(cfg)
     from engine.judging.factory import make_judge
     from engine.templates.watched import TemplateSet
 
@@ -162,11 +171,59 @@ def preflight(cfg: Config) -> None:
         from engine.scoring.scorer import Scorer
 
         Scorer(cfg).teacher_index  # noqa: B018 - TeacherIndexError naming the file
+    return notes
+
+
+def placeholder_command_args(cfg: Config) -> dict[str, Any]:
+    """build_command arguments for composing before a run exists (paths are never touched)."""
+    root = Path(cfg.verl.shared_dir or ".").resolve() / "<run>" / "verl"
+    att = root / "attempt-1"
+    paths = AttemptPaths(root, 1, root.parent / "checkpoints", root / "data", att, att / "metrics.jsonl",
+                         att / "groups.jsonl", att / "hydra")
+    return dict(run_name=cfg.run.name, paths=paths, train_files=str(root / "data" / "train.parquet"),
+                val_files=str(root / "data" / "val.parquet"), gatherer="ropd_gatherer_preflight", resume_from=None)
+
+
+def secret_override_notes(cfg: Config) -> list[str]:
+    from engine.store.scrub import secret_overrides
+
+    names = secret_overrides(cfg.verl.overrides)
+    if not names:
+        return []
+    return [f"warning: verl.overrides sets {', '.join(names)}: scrubbed from command.txt, the run store and "
+            "ropd-tui's own log lines, but verl prints its whole config into the run log; export secrets in the "
+            "launch node's environment instead (before `ray start` on a cluster)"]
+
+
+# Set after the user's overrides, so no YAML or override can turn them off (``++``: add or replace; a user's
+# own YAML has no ``ropd`` section). preflight still checks the composed result (composed.check).
+REWARD_WIRING = {
+    "reward.reward_manager.source": "importlib",
+    "reward.reward_manager.name": "ROPDRewardManager",
+    "reward.reward_manager.module.path": "pkg://engine.verl_backend.reward_manager",
+}
+VERL_SEARCHPATH = "pkg://verl.trainer.config"
+
+
+def _searchpath(config_dir: Path, config_name: str) -> list[str]:
+    """verl's packaged configs plus whatever the YAML's own ``hydra.searchpath`` lists (a command-line
+    ``hydra.searchpath`` replaces the YAML's, so both are passed)."""
+    import yaml
+
+    paths: list[str] = []
+    try:
+        raw = yaml.safe_load((config_dir / f"{config_name}.yaml").read_text(encoding="utf-8")) or {}
+        paths = [str(p) for p in ((raw.get("hydra") or {}).get("searchpath") or [])]
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass
+    return paths if VERL_SEARCHPATH in paths else paths + [VERL_SEARCHPATH]
 
 
 def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_files: str, val_files: str,
-                  gatherer: str, resume_from: Path | None) -> list[str]:
-    """The ``main_ppo`` command line of one attempt (user overrides from ``verl.overrides`` come last)."""
+                  gatherer: str, resume_from: Path | None, extra: list[str] | None = None) -> list[str]:
+    """The ``main_ppo`` command line of one attempt: our per-run settings, then the user's
+    ``verl.overrides``, then what ROPD must have whatever those say (the reward wiring, the ``ropd.*``
+    keys, ``extra`` from :func:`engine.verl_backend.composed.derived_overrides`)."""
     config_dir, config_name = check_verl_settings(cfg)
     ov = {
         "actor_rollout_ref.model.path": cfg.verl.model_path,
@@ -178,11 +235,6 @@ def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_file
         "trainer.experiment_name": run_name,
         "trainer.default_local_dir": paths.checkpoints,
         "trainer.resume_mode": "resume_path" if resume_from else "disable",
-        "ropd.gatherer_name": gatherer,
-        "ropd.gatherer_namespace": GATHERER_NAMESPACE,
-        "ropd.group_timeout_s": cfg.verl.group_timeout_s,
-        "ropd.checker": cfg.task.checker,
-        "ropd.checker_timeout_s": cfg.task.checker_timeout_s,
         "hydra.run.dir": paths.hydra_dir,
         # the file logger lives in verl's TaskRunner actor, which may run on another node of an existing
         # cluster: the job's runtime env carries the path to it
@@ -190,25 +242,64 @@ def build_command(cfg: Config, *, run_name: str, paths: AttemptPaths, train_file
     }
     if resume_from:
         ov["trainer.resume_from_path"] = resume_from
+    forced = {f"++{k}": v for k, v in REWARD_WIRING.items()}
+    forced.update({
+        "++ropd.gatherer_name": gatherer,
+        "++ropd.gatherer_namespace": GATHERER_NAMESPACE,
+        "++ropd.group_timeout_s": cfg.verl.group_timeout_s,
+        "++ropd.checker": cfg.task.checker,
+        "++ropd.checker_timeout_s": cfg.task.checker_timeout_s,
+    })
     # verl's main_ppo loads our plugin (engine.verl_backend): started through our entrypoint so that a
     # folder named engine/ (or verl/) in the working directory cannot shadow it
     main = shlex.split(os.environ[MAIN_CMD_ENV]) if os.environ.get(MAIN_CMD_ENV) else module_argv(MAIN_MODULE)
     argv = main + ["--config-path", str(config_dir), "--config-name", config_name]
+    argv.append("hydra.searchpath=[" + ",".join(_searchpath(config_dir, config_name)) + "]")
     argv += [f"{k}={hydra_value(v)}" for k, v in ov.items()]
     argv += list(cfg.verl.overrides)
+    argv += [f"{k}={hydra_value(v)}" for k, v in forced.items()]
     # main_ppo always joins the cluster the launcher connected to (RAY_ADDRESS), and ray.init refuses
     # num_cpus when joining; a user's ray_kwargs.ray_init.num_cpus sizes the launcher's local cluster.
     argv.append("ray_kwargs.ray_init.num_cpus=null")
+    argv += list(extra or [])
     return argv
+
+
+def resolve_command(cfg: Config, **kw: Any) -> tuple[list[str], Any, list[str]]:
+    """(argv, composed config, notes): :func:`build_command` plus the derived overrides, composed as verl
+    will compose it and checked (ConfigError when it would not train on ROPD rewards). Without verl in
+    this interpreter (``ROPD_VERL_MAIN_CMD`` running another environment) the command is not composed."""
+    import importlib.util
+
+    argv = build_command(cfg, **kw)
+    if importlib.util.find_spec("verl") is None:
+        return argv, None, ["verl config: not composed here (verl is not installed in this interpreter)"]
+    from engine.verl_backend import composed
+
+    c = composed.compose(argv)
+    extra = composed.derived_overrides(c)
+    if extra:
+        argv = build_command(cfg, **kw, extra=extra)
+        c = composed.compose(argv)
+    notes = composed.check(c)
+    notes += [f"verl config: {e} (added by ropd-tui)" for e in extra]
+    return argv, c, notes
+
+
+def override_value(cfg: Config, key: str) -> str | None:
+    """The value ``verl.overrides`` sets for ``key`` (the last one wins, quotes removed), else None."""
+    found = None
+    for ov in cfg.verl.overrides:
+        k, sep, value = ov.lstrip("+").partition("=")
+        if sep and k.strip() == key:
+            found = value.strip().strip("'\"")
+    return found
 
 
 def local_num_cpus(cfg: Config) -> int | None:
     """``ray_kwargs.ray_init.num_cpus=N`` from ``verl.overrides`` (for the local cluster), else None."""
-    for ov in cfg.verl.overrides:
-        key, _, value = ov.lstrip("+").partition("=")
-        if key.strip() == "ray_kwargs.ray_init.num_cpus" and value.strip().isdigit():
-            return int(value)
-    return None
+    value = override_value(cfg, "ray_kwargs.ray_init.num_cpus")
+    return int(value) if value and value.isdigit() else None
 
 
 def _absolute_paths(cfg: Config) -> dict[str, Any]:
@@ -232,6 +323,34 @@ def _absolute_paths(cfg: Config) -> dict[str, Any]:
     fix("task", "train_file")
     fix("task", "val_file")
     return d
+
+
+def scrubbed_argv(argv: list[str]) -> list[str]:
+    """The command line as it may be shown or stored: secret values (``...WANDB_API_KEY=...``, key-like
+    strings) replaced by ``***``."""
+    from engine.store.scrub import scrub_text
+
+    return [scrub_text(a) for a in argv]
+
+
+def run_folders(cfg: Config, run) -> tuple[Path, Path]:
+    """(verl folder parent, checkpoints dir) of a run: the run's folder next to the store, or
+    ``<verl.shared_dir>/<run name>`` when set (a path every node of a multi-node cluster sees: verl's
+    TaskRunner reads the data and writes metrics there, every FSDP rank writes its checkpoint shards
+    there, and resume reads them back from there)."""
+    own = override_value(cfg, "trainer.default_local_dir")
+    if cfg.verl.shared_dir:
+        base = Path(cfg.verl.shared_dir).expanduser().resolve() / str(run.name)
+        base.mkdir(parents=True, exist_ok=True)
+        owner, mine = base / ".ropd-owner", str(Path(run.run_dir).resolve())
+        if owner.exists() and owner.read_text(encoding="utf-8").strip() != mine:
+            raise ConfigError(f"verl.shared_dir: {base} belongs to another run ({owner.read_text().strip()})",
+                              hint="give this run another name (run.name=...) or use another verl.shared_dir")
+        owner.write_text(mine + "\n", encoding="utf-8")
+        return base, Path(own).expanduser().resolve() if own else base / "checkpoints"
+    if own:  # the user's own checkpoint location: verl writes there, so resume looks there
+        return Path(run.run_dir), Path(own).expanduser().resolve()
+    return Path(run.run_dir), Path(getattr(run, "checkpoints_dir", Path(run.run_dir) / "checkpoints"))
 
 
 def _connect_ray(cfg: Config) -> str:
@@ -284,13 +403,14 @@ def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
 
 def run(cfg: Config, store, run, resume: bool) -> int:
     """Run (or resume) one verl training run; returns the process exit code for the train worker."""
-    preflight(cfg)
+    for note in preflight(cfg):
+        _log(note)
     from engine.judging.cost import EXIT_BUDGET, run_budget_reason
     from engine.tracking.mirror import TrackerMirror
 
     mirror = TrackerMirror.for_run(cfg, store, run, log=_log)  # a missing tracker package: ConfigError
     run_id = run.id
-    paths = AttemptPaths.new(run.run_dir, getattr(run, "checkpoints_dir", None))
+    paths = AttemptPaths.new(*run_folders(cfg, run))
     resume_from, start_step = None, 0
     if resume:
         found = latest_checkpoint(paths.checkpoints)
@@ -303,10 +423,11 @@ def run(cfg: Config, store, run, resume: bool) -> int:
         _log(f"{reason}; not starting verl (resume with --budget-usd to raise the budget)")
         return EXIT_BUDGET
     train_files, val_files = _prepare_data(cfg, paths)
-    name = gatherer_name(f"{run_id}_{paths.attempt}")
-    argv = build_command(cfg, run_name=str(run.name), paths=paths, train_files=train_files, val_files=val_files,
-                         gatherer=name, resume_from=resume_from)
-    (paths.attempt_dir / "command.txt").write_text(" ".join(argv) + "\n", encoding="utf-8")
+    name = gatherer_name(run_id, paths.attempt)
+    argv, _, _ = resolve_command(cfg, run_name=str(run.name), paths=paths, train_files=train_files,
+                                 val_files=val_files, gatherer=name, resume_from=resume_from)
+    shown = scrubbed_argv(argv)
+    (paths.attempt_dir / "command.txt").write_text(" ".join(shown) + "\n", encoding="utf-8")
 
     import ray
 
@@ -326,15 +447,21 @@ def run(cfg: Config, store, run, resume: bool) -> int:
         ray_address = _connect_ray(cfg)
         # after ray.init, which installs its own driver handlers
         old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        from engine.verl_backend.nodes import require_shared_folder
+
+        n_nodes = require_shared_folder(paths.root.parent, model_path=cfg.verl.model_path)
+        if n_nodes > 1:
+            _log(f"{n_nodes} nodes: every one sees {paths.root.parent}, the model and ROPD's reward manager")
         # the handle must stay referenced: a non-detached actor dies with its last handle
         gatherer = start_gatherer(_absolute_paths(cfg), str(paths.groups), name=name, namespace=GATHERER_NAMESPACE,
-                                  group_timeout_s=cfg.verl.group_timeout_s)
+                                  group_timeout_s=cfg.verl.group_timeout_s,
+                                  straggler_warn_s=cfg.verl.straggler_warn_s)
         env = dict(os.environ, RAY_ADDRESS=ray_address, VERL_FILE_LOGGER_PATH=str(paths.metrics),
-                   PYTHONUNBUFFERED="1")
-        _log(f"attempt {paths.attempt}: {' '.join(argv)}")
+                   PYTHONUNBUFFERED="1", PYTHONPATH=_same_engine_path())
+        _log(f"attempt {paths.attempt}: {' '.join(shown)}")
         store.add_event(run_id, "resumed" if resume_from else "started",
                         f"verl attempt {paths.attempt}" + (f" from {resume_from.name}" if resume_from else ""),
-                        step=start_step or None, data={"argv": argv, "ray_address": ray_address})
+                        step=start_step or None, data={"argv": shown, "ray_address": ray_address})
         if stop.requested:  # stopped while starting up
             return 130 if stop.signum == signal.SIGINT else 143
         proc = subprocess.Popen(argv, env=env, cwd=str(paths.attempt_dir))
@@ -345,6 +472,9 @@ def run(cfg: Config, store, run, resume: bool) -> int:
             templates.step = ingest.last_step + 1
             done = proc.poll() is not None
             reports = ingest.flush() if done else ingest.poll()
+            for ev in ingest.new_events:
+                _log(f"{ev.get('kind', 'warning')}: {ev.get('message', '')}")
+            ingest.new_events.clear()
             for r in reports:
                 _log(_describe(r))
                 if r.failure_rate is not None and r.failure_rate > threshold:
@@ -396,6 +526,15 @@ def run(cfg: Config, store, run, resume: bool) -> int:
             signal.signal(sig, handler)
         templates.stop()
         ray.shutdown()
+
+
+def _same_engine_path() -> str:
+    """PYTHONPATH for main_ppo: this checkout first, so verl's driver (and the Ray workers it starts, which
+    get the driver's sys.path) import the same ``engine`` as this launcher and its gatherer actor; an actor
+    handle used across two versions of one class calls the wrong methods."""
+    root = str(Path(__file__).resolve().parents[2])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return os.pathsep.join([root, *rest])
 
 
 def _gatherer_stats(gatherer) -> str:

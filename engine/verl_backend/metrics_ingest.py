@@ -102,6 +102,7 @@ class StepIngestor:
         self._step_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # step -> [groups, failed]
         self.metric_lines = 0  # verl lines read (0 while the file logger writes elsewhere)
         self.max_group_step = int(start_step)
+        self.new_events: list[dict[str, Any]] = []  # gatherer events written since the caller last cleared it
 
     def poll(self) -> list[StepReport]:
         # Every group of a step is appended before verl logs that step, so groups are read both before
@@ -133,6 +134,12 @@ class StepIngestor:
 
     def _read_groups(self) -> None:
         for rec in self.groups.read():
+            if rec.get("type") == "event":
+                step = rec.get("step") if isinstance(rec.get("step"), int) else None
+                self.store.add_event(self.run_id, str(rec.get("kind") or "warning"), str(rec.get("message", "")),
+                                     step=step)
+                self.new_events.append(rec)
+                continue
             if rec.get("type") != "group" or not isinstance(rec.get("group"), dict):
                 continue
             step = rec.get("step")

@@ -13,11 +13,15 @@ Wiring (configs/verl/ropd_grpo.yaml)::
 ``ropd.gatherer_namespace``), which replies once the whole group of ``actor_rollout_ref.rollout.n``
 rollouts of that ``uid`` is scored.
 
-Validation rollouts are recognised by ``extra_info.split`` (one of ``ropd.val_splits``: our data writer
-sets ``split: val`` on every validation row; verl does not tell a reward manager it is validating). With a
-ground truth they get their correctness as their reward, decided by the task's checker (``ropd.checker``,
-set from ``task.checker``; off the event loop, ``ropd.checker_timeout_s`` per answer), without one they
-are rubric-scored like training groups (group size ``rollout.val_kwargs.n``).
+Validation rollouts are recognised by ``extra_info.ropd_split == "val"``: the launcher writes that marker
+on every row of the validation file verl reads, whatever its source (verl does not tell a reward manager
+it is validating). They never reach the gatherer: each is scored where it arrives, rule-based against its
+ground truth, with no judge call and no teacher index - by verl's ``default_compute_score`` for the data
+sources verl knows (``openai/gsm8k``, ``lighteval/MATH``, ``math_dapo``, ``aime*``, ...; so accuracy matches
+standard verl numbers), by ``reward.custom_reward_function`` when one is configured, and by
+the task's checker otherwise (``ropd.checker``, set from ``task.checker``; in
+checker worker processes, ``ropd.checker_timeout_s`` per answer, off the event loop). Validation groups therefore need no sizing and never mix into a
+training step's rows in the run store.
 
 ``reward_extra_info`` has the same scalar keys for every sample:
 ``acc`` (correctness when a ground truth exists, else the reward; validation accuracy appears as
@@ -28,8 +32,10 @@ whose reward is 0), ``teacher_mean`` (mean rubric score of the teacher answers o
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -39,7 +45,8 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 log = logging.getLogger(__name__)
 
 EXTRA_KEYS = ("acc", "rubric_reward", "group_failed", "teacher_mean")
-DEFAULT_VAL_SPLITS = ("val", "validation", "test")
+SPLIT_KEY = "ropd_split"  # engine.verl_backend.data.SPLIT_KEY (not imported: keeps this module light)
+VAL_SPLIT = "val"
 
 
 def _plain(x: Any) -> Any:
@@ -79,12 +86,13 @@ class ROPDRewardManager(RewardManagerBase):
         self.gatherer_name = _cfg_get(config, "ropd.gatherer_name")
         self.gatherer_namespace = _cfg_get(config, "ropd.gatherer_namespace", "ropd")
         self.group_timeout_s = float(_cfg_get(config, "ropd.group_timeout_s", 600.0))
-        self.val_splits = {str(s) for s in _cfg_get(config, "ropd.val_splits", DEFAULT_VAL_SPLITS)}
         self.n_train = int(_cfg_get(config, "actor_rollout_ref.rollout.n", 1))
-        self.n_val = int(_cfg_get(config, "actor_rollout_ref.rollout.val_kwargs.n", 1))
         self.checker_spec = str(_cfg_get(config, "ropd.checker", "math_verify"))
         self.checker_timeout_s = float(_cfg_get(config, "ropd.checker_timeout_s", 5.0))
         self._gatherer = None
+        self._worker_id = f"{os.uname().nodename}:{os.getpid()}"  # the gatherer counts waiting calls per worker
+        # data sources verl's default_compute_score does not know (scored by check_answer instead)
+        self._unknown_sources: set[str] = set()
 
     # -- gatherer handle ---------------------------------------------------------------------------
     def _lookup_gatherer(self, wait_s: float = 60.0):
@@ -125,14 +133,12 @@ class ROPDRewardManager(RewardManagerBase):
         reward_model = _plain(nt.get("reward_model")) or {}
         ground_truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
         ground_truth = None if ground_truth is None else str(ground_truth)
-        validating = str(info.get("split", "")) in self.val_splits
+        validating = str(info.get(SPLIT_KEY, "")) == VAL_SPLIT
 
-        if validating and ground_truth is not None:
-            from engine.tasks.checker_pool import get_pool
-
-            (verdict,) = await get_pool(self.checker_spec, self.checker_timeout_s).acheck_many([(text, ground_truth)])
-            ok = float(bool(verdict.correct))
-            return {"reward_score": ok, "reward_extra_info": extra_info(ok, 0.0, False, 0.0)}
+        if validating:
+            source = str(info.get("ropd_data_source") or _plain(nt.get("data_source", "")) or "")
+            score, acc = await self._validation_score(source, text, ground_truth, info)
+            return {"reward_score": score, "reward_extra_info": extra_info(acc, 0.0, False, 0.0)}
 
         uid = nt.get("uid")
         if uid is None:
@@ -153,10 +159,11 @@ class ROPDRewardManager(RewardManagerBase):
             "text": text,
             "prompt": prompt,
             "ground_truth": ground_truth,
-            "n": self.n_val if validating else self.n_train,
+            "n": self.n_train,
             "step": int(_plain(step)) if step is not None else None,
-            "meta": {"data_source": str(_plain(nt.get("data_source", ""))), "split": "val" if validating else "train",
+            "meta": {"data_source": str(_plain(nt.get("data_source", ""))), "split": "train",
                      "index": info.get("index")},
+            "worker": self._worker_id,
         }
         gatherer = await self._get_gatherer()
         # The gatherer fails a group itself after group_timeout_s (arrival) + group_timeout_s (scoring);
@@ -164,3 +171,37 @@ class ROPDRewardManager(RewardManagerBase):
         out = await asyncio.wait_for(gatherer.submit.remote(sample), timeout=2 * self.group_timeout_s + 60)
         return {"reward_score": float(out["reward"]),
                 "reward_extra_info": extra_info(out["acc"], out["rubric_reward"], out["failed"], out["teacher_mean"])}
+
+    # -- validation: rule-based, here, no judge --------------------------------------------------------
+    async def _validation_score(self, source: str, text: str, ground_truth: str | None,
+                                info: dict[str, Any]) -> tuple[float, float]:
+        """(reward, accuracy) of one validation rollout."""
+        if ground_truth is None:  # preflight refuses such rows; a reward of 0 rather than a crash mid-run
+            log.warning("validation sample of %r has no ground truth; scored 0", source)
+            return 0.0, 0.0
+        fn = self.compute_score
+        if fn is not None and source not in self._unknown_sources:
+            try:
+                if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "func", None)):
+                    res = await fn(data_source=source, solution_str=text, ground_truth=ground_truth, extra_info=info)
+                else:
+                    res = await self.loop.run_in_executor(None, lambda: fn(
+                        data_source=source, solution_str=text, ground_truth=ground_truth, extra_info=info))
+                return _score_and_acc(res)
+            except NotImplementedError:  # verl's default_compute_score: "not implemented for data_source"
+                self._unknown_sources.add(source)
+        from engine.tasks.checker_pool import get_pool
+
+        (verdict,) = await get_pool(self.checker_spec, self.checker_timeout_s).acheck_many([(text, ground_truth)])
+        ok = float(bool(verdict.correct))
+        return ok, ok
+
+
+def _score_and_acc(res: Any) -> tuple[float, float]:
+    """verl's compute_score result (a number, or a dict with ``score`` and maybe ``acc``) -> (reward, acc)."""
+    if isinstance(res, dict):
+        score = float(res.get("score", 0.0))
+        acc = res.get("acc", score)
+        return score, float(acc)
+    score = float(res)
+    return score, score

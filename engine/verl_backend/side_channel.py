@@ -1,5 +1,5 @@
-"""The scored-groups side channel: one JSON line per GroupResult, appended by the group gatherer on
-the launch node and tailed by the launcher, which writes the groups into the run store.
+"""The scored-groups side channel: one JSON line per GroupResult (and per gatherer event), appended by
+the group gatherer on the launch node and tailed by the launcher, which writes them into the run store.
 
 A file (not Ray object transfer) keeps the store writer independent of Ray: groups survive a launcher
 restart and the ingest logic is testable without a cluster.
@@ -17,6 +17,11 @@ from engine.types import AnswerResult, Criterion, GroupResult, JudgeCall, Rubric
 
 def group_to_record(group: GroupResult, *, step: int | None) -> dict[str, Any]:
     return {"type": "group", "step": step, "group": to_jsonable(group)}
+
+
+def event_record(kind: str, message: str, *, step: int | None) -> dict[str, Any]:
+    """A run event (e.g. a ``warning``) for the run store's event list."""
+    return {"type": "event", "kind": kind, "message": message, "step": step}
 
 
 def group_from_dict(d: dict[str, Any]) -> GroupResult:

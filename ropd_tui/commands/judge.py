@@ -80,7 +80,7 @@ def build_command(args) -> list[str]:
         if importlib.util.find_spec("vllm") is None:
             raise JudgeError(
                 f"vLLM is not installed in this environment ({sys.executable})",
-                hint="install it on a CUDA GPU machine (pip install vllm, or pip install -e '.[gpu]'), or run "
+                hint="install it on a CUDA GPU machine (pip install -e '.[gpu]': the vLLM verl 0.9.1 pins), or run "
                      "vLLM from another environment with --vllm-cmd '/path/to/python -m " + VLLM_MODULE + "'")
         prefix = [sys.executable, "-m", VLLM_MODULE]
     extra = list(args.vllm_args or [])
