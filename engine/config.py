@@ -140,6 +140,9 @@ class SupervisorConfig:
     stall_after_start_s: float = 1800.0  # no first step within this -> stalled
     stall_between_steps_s: float = 1800.0  # no new step within this since the last -> stalled
     stop_grace_s: float = 15.0
+    # a phase inside a step (generating, scoring, updating, ...) whose progress has not moved for this
+    # long is shown as "no progress" by train, status and the UI (0: never)
+    no_progress_after_s: float = 300.0
 
 
 @dataclass

@@ -310,6 +310,39 @@ async def test_new_run_validates_config_and_overrides(store, tmp_path):
         assert "judge: offline" in screen_text(app)
 
 
+async def test_new_run_check_shows_the_exact_name_a_launch_creates(store, tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "a.yaml").write_text("run:\n  name: demo-baseline\n")  # taken in the fixture store
+    app = make_app(store, configs_dir=configs)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_screen(pilot, RunsScreen)
+        await pilot.press("n")
+        screen = await wait_screen(pilot, NewRunScreen)
+
+        def result() -> str:
+            return str(screen.query_one("#new-run-result").content)
+
+        # the config's name is a default: taken, so the launch creates the first free NAME-2
+        await pilot.press("ctrl+r")
+        text = result()
+        assert "creates run 'demo-baseline-2'" in text
+        assert "run name 'demo-baseline' is taken (finished at step 11)" in text
+        assert "select demo-baseline on the Runs screen, press r" in text
+        assert screen.run_name.name == "demo-baseline-2"
+        # a name typed in the form must be free: the check says so, before any launch
+        screen.query_one("#new-run-name").value = "verl-k1"
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        text = result()
+        assert "a run named 'verl-k1' already exists (running at step 8)" in text and "resume it" in text
+        assert screen.valid_cfg is None
+        screen.query_one("#new-run-name").value = "fresh"
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        assert "creates run 'fresh'" in result() and "is taken" not in result()
+
+
 async def test_launch_failure_is_shown_and_the_form_kept(store, tmp_path):
     configs = tmp_path / "configs"
     configs.mkdir()

@@ -12,7 +12,8 @@ from typing import Any, Iterator
 
 METRIC_FIELDS = ["step", "key", "value", "wall_time"]
 ANSWER_FIELDS = ["step", "group_index", "uid", "group_status", "answer_id", "kind", "index", "pool_position",
-                 "reward", "correct", "truncated", "judge_score", "verdicts", "question", "ground_truth", "text"]
+                 "reward", "correct", "clipped", "judge_truncated", "judge_score", "verdicts", "question",
+                 "ground_truth", "text"]
 VERDICT_FIELDS = ["step", "group_index", "answer_id", "kind", "index", "pool_position", "criterion_position",
                   "points", "category", "passed", "criterion"]
 
@@ -21,7 +22,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a run's metrics, answers or verdicts as CSV or JSONL",
                               description="Export one run (current attempt unless --attempt) to CSV or JSONL: "
                               "metrics (one row per step and key), answers (student rollouts and teacher answers "
-                              "with reward, correctness and verdicts) or verdicts (one row per answer x criterion).")
+                              "with reward, correctness, verdicts, `clipped` = cut at the token limit and "
+                              "`judge_truncated` = cut to the judge's character budget) or verdicts (one row per "
+                              "answer x criterion).")
     p.add_argument("run", metavar="RUN", help="run name or numeric id")
     p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl", help="output format (default jsonl)")
     p.add_argument("--what", choices=("metrics", "answers", "verdicts"), default="metrics",
@@ -42,6 +45,9 @@ def _answer_rows(store, run_id: int, attempt: int | None, fmt: str) -> Iterator[
         for a in store.answers(run_id, [s["step"]], attempt=attempt, include_verdicts=True):
             a.pop("prompt", None)
             a.pop("group_id", None)
+            # clipped: the rollout hit max_new_tokens (None: not known, e.g. teacher answers);
+            # judge_truncated: the judge saw it cut to scorer.answer_char_budget characters
+            a["judge_truncated"] = a.pop("truncated", None)
             if fmt == "csv":
                 a["verdicts"] = "" if a["verdicts"] is None else "".join("1" if v else "0" for v in a["verdicts"])
             yield {k: a.get(k) for k in ANSWER_FIELDS} if fmt == "csv" else a

@@ -22,15 +22,19 @@ def register(subparsers) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    from engine.runs.heartbeat import describe, phase_times
     from engine.runs.supervisor import Supervisor
 
     with open_store(args) as store:
         rec = Supervisor(store).refresh(args.run)
         latest = store.latest_metrics([rec.id]).get(rec.id, {})
         events = store.events(rec.id)[-max(0, args.events):] if args.events else []
+        progress = store.progress([rec.id]).get(rec.id)
+    now = describe(progress) if rec.active else None
     if args.json:
         d = rec.to_dict()
-        d.update(log_path=str(rec.log_path), latest_metrics=latest, events=events)
+        d.update(log_path=str(rec.log_path), latest_metrics=latest, events=events, progress=progress,
+                 now=None if now is None else {"text": now.text, "phase": now.phase, "no_progress": now.quiet})
         print_json(d)
         return 0
     rows = [
@@ -41,6 +45,8 @@ def handler(args: argparse.Namespace) -> int:
         ("started", fmt_time(rec.started_at)),
         ("ended", fmt_time(rec.ended_at)),
         ("last step", "" if rec.last_step is None else f"{rec.last_step} ({fmt_age(rec.last_step_at)})"),
+        ("now", "" if now is None else now.text),
+        ("time per phase", "" if rec.active else phase_times((progress or {}).get("totals"))),
         ("exit", "" if rec.exit_code is None and rec.exit_signal is None else
          f"code {rec.exit_code}" + (f", signal {rec.exit_signal}" if rec.exit_signal else "")),
         ("log", str(rec.log_path)),

@@ -24,7 +24,9 @@ def register(subparsers) -> None:
         description="Start a training run (embedded trainer or verl) from a config file plus key=value "
                     "overrides, and stream its progress until it ends.")
     p.add_argument("--config", "-c", help="run config YAML (e.g. configs/demo.yaml); defaults when omitted")
-    p.add_argument("--name", help="run name (default: run.name from the config, made unique with -2, -3, ...)")
+    p.add_argument("--name", help="run name; it must be free (default: run.name from the config; when that is "
+                                  "taken, the first free NAME-2, NAME-3, ... and a note on how to resume the "
+                                  "existing run instead)")
     p.add_argument("--detach", action="store_true", help="return right after the launch; follow with `status`/`logs`")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.steps=5")
     p.set_defaults(func=handle)
@@ -33,7 +35,7 @@ def register(subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.errors import ConfigError
-    from engine.runs.launch import launch_run, unique_run_name
+    from engine.runs.launch import choose_run_name, launch_run
     from engine.store import open_store
     from engine.trainers.preflight import preflight
 
@@ -44,10 +46,13 @@ def handle(args: argparse.Namespace) -> int:
     if args.name:
         overrides.append(f"run.name={args.name}")
     cfg = load_config(args.config, overrides)
+    store = open_store(args.store, cfg)
+    choice = choose_run_name(store, cfg.run.name, args.name)  # a taken --name stops here, before the preflight
     for note in preflight(cfg):
         print(note)
-    store = open_store(args.store, cfg)
-    name = args.name or unique_run_name(store, cfg.run.name)
+    if choice.note():
+        print(choice.note())
+    name = choice.name
     store_file = Path(store.path).resolve()
     from engine.runs.supervisor import Supervisor
 
@@ -84,6 +89,8 @@ class _Follower:
     def __init__(self, store, run):
         from engine.store import ACCURACY_KEYS, REWARD_KEYS
 
+        from ._train_progress import ProgressPrinter
+
         self.store = store
         self.run = run
         self.reward_keys, self.acc_keys = REWARD_KEYS, ACCURACY_KEYS
@@ -94,6 +101,7 @@ class _Follower:
         self.started = time.time()
         self.first_step_at: float | None = None
         self.printed_val_step = 0
+        self.progress = ProgressPrinter(store, run)
 
     def step_metrics(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -130,6 +138,7 @@ class _Follower:
                   f"accuracy {_fmt(_first(m, self.acc_keys))}  judge failures {n_failed}/{n_groups}  "
                   f"{_fmt(sps, '.1f')} s/step", flush=True)
         self.poll_validation()
+        self.progress.poll()
 
     def poll_validation(self) -> None:
         """Held-out accuracy lands after its step's row (the evaluation runs after the step is stored)."""
@@ -180,9 +189,14 @@ def follow(store, sup, run) -> int:
 
 
 def _outcome(cur, f: _Follower, *, interrupted: bool) -> int:
+    from engine.wording import plural
+
     took = time.time() - f.started
+    times = f.progress.phase_times()
+    if times:
+        print(times)
     if cur.status == "finished":
-        print(f"run {cur.name} finished: {cur.last_step or f.printed_step} steps in {took:.0f} s. "
+        print(f"run {cur.name} finished: {plural(cur.last_step or f.printed_step, 'step')} in {took:.0f} s. "
               f"Inspect it with: ropd-tui (UI) or ropd-tui --headless metrics {cur.name}")
         return 0
     if cur.status == "stopped":

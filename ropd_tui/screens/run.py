@@ -115,6 +115,7 @@ class RunScreen(LiveScreen):
     # -- data ---------------------------------------------------------------------------------------
     def load(self, store: Any) -> RunData:
         info = run_info(store, self.run_id)
+        info["progress"] = store.progress([self.run_id]).get(self.run_id)
         keys = list(store.metric_keys(self.run_id))
         series = [panel_lines(store, self.run_id, keys, p, self.run_name) for p in PANELS]
         events = list(store.events(self.run_id))
@@ -175,6 +176,10 @@ class RunScreen(LiveScreen):
         summary.append(f"  {row.status}", style="bold green" if row.status in ACTIVE else "bold")
         summary.append(f" {row.backend} step {fmt_num(row.step)} {elapsed}"
                        f" · smooth {self.smoothing:g} · x {self.x_axis}")
+        line = row.now(self.app.clock())
+        if line is not None:  # inside a step: what the trainer is doing (its heartbeat in the store)
+            summary.append("\nnow: ", style="bold")
+            summary.append_text(plain(line.text, "bold yellow" if line.quiet else ""))
         self.query_one("#run-summary", Static).update(summary)
 
     def _tick(self) -> None:

@@ -39,6 +39,15 @@ class RunRow:
     started_at: float | None
     ended_at: float | None
     exit_cause: str | None = None
+    progress: dict[str, Any] | None = None  # the trainer's heartbeat row (engine.runs.heartbeat)
+
+    def now(self, clock: float) -> Any:
+        """What an active run's trainer is doing (a ProgressLine), or None."""
+        if self.status not in ACTIVE or not self.progress:
+            return None
+        from engine.runs.heartbeat import describe
+
+        return describe(self.progress, clock)
 
     def elapsed(self, now: float) -> float | None:
         if not self.started_at:
@@ -61,6 +70,7 @@ def run_row(d: dict[str, Any]) -> RunRow:
         started_at=_first(merged, "started_at", "start_time", "created_at"),
         ended_at=_first(merged, "ended_at", "end_time", "finished_at"),
         exit_cause=_first(merged, "exit_cause", "cause"),
+        progress=d.get("progress") if isinstance(d.get("progress"), dict) else None,
     )
 
 
