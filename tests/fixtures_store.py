@@ -106,6 +106,7 @@ def make_group(step: int, group_index: int, *, seed: int = 0, n_students: int = 
             if kind == "student":
                 rollouts.append(text)
             answers.append(AnswerResult(kind=kind, index=i, text=text, truncated=(kind == "student" and i == 3),
+                                        clipped=(i == 2) if kind == "student" else None,
                                         pool_position=pool[len(answers)], verdicts=verdicts,
                                         reward=round(reward, 4), correct=correct))
     calls = [JudgeCall(role="rubricator", model="offline", status="ok", latency_s=0.5 + 0.01 * group_index,

@@ -216,6 +216,18 @@ async def test_inspector_steps_prompts_sort_filter_and_run_wide(store):
         assert insp.group.group_index == target.group_index
 
 
+async def test_inspector_tells_a_clipped_rollout_from_one_cut_for_the_judge(store):
+    app = make_app(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_run(pilot, "demo-baseline")
+        await pilot.press("i")
+        insp = await wait_screen(pilot, InspectorScreen)
+        cards = {c.answer.key: c.render().plain.splitlines()[0] for c in insp.query(AnswerCard)}
+        assert "hit token limit" in cards["student:2"] and "cut for judge" not in cards["student:2"]
+        assert "cut for judge" in cards["student:3"] and "token limit" not in cards["student:3"]
+        assert "token limit" not in cards["teacher:0"] and "cut" not in cards["student:0"]
+
+
 async def test_model_output_markup_is_shown_literally(store):
     """A rollout, criterion, question, stderr and log containing markup must render as typed."""
     app = make_app(store)

@@ -249,7 +249,7 @@ def group_view(step: int, g: dict[str, Any]) -> GroupView:
             kind=str(a.get("kind", "student")), index=int(_first(a, "index", "answer_index", default=0)),
             text=str(_first(a, "text", default="")), reward=a.get("reward"),
             correct=None if a.get("correct") is None else bool(a.get("correct")),
-            truncated=bool(a.get("truncated")),
+            truncated=bool(a.get("truncated")), clipped=a.get("clipped"),
             verdicts=[None if v is None else bool(v) for v in (verdicts or [])]))
     question = _first(g, "question", default=None)
     if question is None:
