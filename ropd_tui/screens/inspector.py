@@ -182,6 +182,8 @@ class InspectorScreen(LiveScreen):
             if self.failed_criterion is not None and g and self.failed_criterion < len(g.criteria):
                 t.append(" · failing ")
                 t.append_text(plain(g.criteria[self.failed_criterion].id))
+                if not any(a.failed(self.failed_criterion) for a in g.answers):
+                    t.append(" (no answer fails it; F: next criterion)", style="yellow")
             if self.follow_latest:
                 t.append(" · following latest", style="dim")
         self.query_one("#insp-status", Static).update(t)
@@ -233,6 +235,9 @@ class InspectorScreen(LiveScreen):
         t.append(f"\n  showing {len(rw.top)} of {rw.n_matching} · {rw.verdict or 'all verdicts'} (v: filter)", style="bold")
         if rw.cursor is not None:
             t.append(" · + for more", style="bold")
+        if not rw.top:
+            t.append("\n  no criterion of this run " + (f"is '{rw.verdict}'; v shows the next verdict" if rw.verdict
+                                                        else "has verdicts yet"), style="yellow")
         for cat in rw.categories:
             t.append("\n  ")
             t.append_text(one_line(cat.get("category") or "(no category)", 30))
@@ -255,8 +260,10 @@ class InspectorScreen(LiveScreen):
     # -- events and actions ---------------------------------------------------------------------------
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "insp-matrix" and event.row_key is not None and event.row_key.value:
-            scroll = time.monotonic() > self._quiet_until
-            self.query_one("#insp-answers", AnswerPanes).select(event.row_key.value, scroll=scroll)
+            panes = self.query_one("#insp-answers", AnswerPanes)
+            # a re-render highlights the row already selected: only a cursor move scrolls to its card
+            scroll = event.row_key.value != panes.selected_key and time.monotonic() > self._quiet_until
+            panes.select(event.row_key.value, scroll=scroll)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "runwide-table" and self.run_wide:
@@ -268,6 +275,8 @@ class InspectorScreen(LiveScreen):
                 self.reload()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        # the tab's own table takes the keys at once (no Tab presses into a hidden widget's focus)
+        self.query_one("#runwide-table" if event.pane.id == "runwide" else "#insp-matrix").focus(scroll_visible=False)
         if event.pane.id == "runwide" and not self._want_run_wide:
             self._want_run_wide = True
             self.query_one("#runwide-summary", Static).update(Text("loading…", style="dim"))

@@ -299,10 +299,14 @@ class RunScreen(LiveScreen):
         self.query_one("#log-search", Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter runs the search and hands the keys back to the log (n/N/f work at once); the term and
+        its matches stay in the status line, / opens the bar again."""
         view = self.query_one(LogView)
         if view.search != event.value:
             view.search = event.value
         view.next_match()
+        self.query_one("#log-searchbar").add_class("-hidden")
+        view.focus()
         self._log_status()
 
     def action_back(self) -> None:

@@ -295,10 +295,8 @@ class RunsScreen(LiveScreen):
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("New run", "Pick a config, edit overrides, launch", self.action_new_run)
         run = self.selected()
-        if run:
+        if run:  # "Open run X" / "Inspect rubrics of X" come from the app's RunsProvider, for every run
             name = run.name
-            yield SystemCommand(f"Open run {name}", "Curves, config, log", self.action_open_run)
-            yield SystemCommand(f"Inspect rubrics of {name}", "Rubric inspector", self.action_inspect)
             yield SystemCommand(f"Stop {name}", "Stop the selected run", self.action_stop)
             yield SystemCommand(f"Resume {name}", "Resume from the latest checkpoint", self.action_resume)
             yield SystemCommand(f"Restart {name}", "Start over from scratch", self.action_restart)

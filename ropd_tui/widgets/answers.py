@@ -65,7 +65,10 @@ class AnswerPanes(Horizontal):
             if cards:
                 await pane.mount_all(cards)
 
+    selected_key: str | None = None
+
     def select(self, key: str, *, scroll: bool = True) -> None:
+        self.selected_key = key
         for card in self.query(AnswerCard):
             selected = card.answer.key == key
             card.set_class(selected, "-selected")
