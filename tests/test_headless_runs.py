@@ -86,9 +86,19 @@ def test_status_shows_metrics_and_events(finished, capsys):
     assert [e["kind"] for e in d["events"]][-1] == "finished"
 
 
-def test_metrics_table_keys_and_json(finished, capsys):
+def test_metrics_table_keys_and_json(finished, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "metrics", "demo")
     assert rc == 0 and "reward/mean" in out and "loss" in out
+    header = out.splitlines()[0].split()
+    assert "score/student_reward_mean" not in header  # one key per concept: reward/mean stands for it
+    assert header[:3] == ["STEP", "reward/mean", "accuracy"] or header[:2] == ["STEP", "reward/mean"]
+    # the default table fits the terminal and says what it left out
+    monkeypatch.setenv("COLUMNS", "40")
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "metrics", "demo")
+    table = [ln for ln in out.splitlines() if not ln.startswith("(")]
+    assert rc == 0 and max(map(len, table)) <= 40 and table[0].split()[:2] == ["STEP", "reward/mean"]
+    assert "did not fit" in out and "--keys" in out
     rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "metrics", "demo", "--keys", "loss", "--json")
     rows = json.loads(out)
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[0]["loss"] == pytest.approx(1.0)
@@ -105,6 +115,18 @@ def test_logs(finished, capsys):
     assert len(out.strip().splitlines()) == 1
     rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "logs", "demo", "-f")
     assert rc == 0 and "run ended: finished" in out
+    assert "run ended: finished (" not in out  # the status is not repeated as its own cause
+    # tqdm bars the trainer's libraries wrote are left out (--raw shows them)
+    with RunStore(finished) as s:
+        log = s.get_run("demo").log_path
+    bar = "Map: 100%|██████████| 4/4 [00:00<00:00, 431.02 examples/s]"
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\rMap:   0%|          | 0/4 [00:00<?, ? examples/s]\r{bar}\nafter the bar\n")
+    for extra in ((), ("-n", "3")):
+        rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "logs", "demo", *extra)
+        assert rc == 0 and "after the bar" in out and "examples/s" not in out
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "logs", "demo", "--raw")
+    assert bar in out
 
 
 @pytest.mark.parametrize("what", ["metrics", "answers", "verdicts"])

@@ -442,3 +442,12 @@ async def test_palette_opens_any_run_by_name(store):
         await pilot.press("enter")
         run = await wait_screen(pilot, RunScreen)
         assert run.run_name == "demo-stopped"
+
+
+def test_the_log_tab_leaves_progress_bars_out(tmp_path):
+    from ropd_tui.widgets.log_view import LogTail
+
+    path = tmp_path / "run.log"
+    path.write_text("loading\nMap: 100%|██████████| 64/64 [00:00<00:00, 2000.1 examples/s]\nstep 1 reward 0.5\n",
+                    encoding="utf-8")
+    assert LogTail(path).read().lines == ["loading", "step 1 reward 0.5"]

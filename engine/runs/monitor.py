@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     run = store.get_run(run.id)
     tail = log_tail(run.log_path)
     status, cause, code, sig = classify_exit(rc, stop_requested=run.stop_requested, oom=oom and rc != 0, tail=tail)
-    note(f"run ended: {status} ({cause})")
+    note(f"run ended: {status}" + (f" ({cause})" if cause and cause != status else ""))
     record_end(store, run.id, status=status, cause=cause, exit_code=code, exit_signal=sig, tail=tail)
     store.close()
     return 0

@@ -22,6 +22,7 @@ trainer continues from the latest checkpoint in ``<run dir>/checkpoints``).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -86,8 +87,17 @@ def supervisor_settings(run: RunRecord) -> SupervisorConfig:
     return base
 
 
+_PROGRESS_BAR_RE = re.compile(r"\d{1,3}%\|[^|]*\|\s*[\d.]+[kMG]?/[\d.?]+[kMG]?")
+
+
+def is_progress_bar(line: str) -> bool:
+    """A tqdm-style progress bar (``Map: 100%|████| 4/4 [00:00<00:00, ...]``, possibly several redrawn
+    with carriage returns): noise in a log, left out of what ``logs``, the UI and failure tails show."""
+    return bool(_PROGRESS_BAR_RE.search(line))
+
+
 def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last lines of a log file (monitor notes excluded)."""
+    """The last lines of a log file (monitor notes and progress bars excluded)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -96,7 +106,8 @@ def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[st
             data = f.read().decode("utf-8", "replace")
     except OSError:
         return []
-    rows = [ln for ln in data.splitlines() if ln.strip() and not ln.startswith("[ropd-tui]")]
+    rows = [ln for ln in data.splitlines()
+            if ln.strip() and not ln.startswith("[ropd-tui]") and not is_progress_bar(ln)]
     return rows[-lines:]
 
 

@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     b.set_defaults(func=build_handler)
     s = sub.add_parser("show", help="summarise an index file")
     s.add_argument("path", help="index file (JSONL)")
+    s.add_argument("--json", action="store_true", help="machine-readable JSON output")
     s.set_defaults(func=show_handler)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -68,11 +69,30 @@ def show_handler(args: argparse.Namespace) -> int:
 
     from engine.teacher.index import TeacherIndex
 
+    import json
+
+    from engine.wording import plural
+
+    from ._output import print_json
+
     idx = TeacherIndex.load(args.path)
     counts = Counter(len(r["answers"]) for r in idx.rows.values())
-    print(f"{args.path}: {len(idx)} prompts")
-    print("  answers per prompt: " + ", ".join(f"{k}: {v} prompts" for k, v in sorted(counts.items())))
-    print(f"  settings: {idx.settings}")
+    settings = idx.settings
+    other = sum(1 for r in idx.rows.values() if (r.get("settings") or {}) != settings)
+    if getattr(args, "json", False):
+        print_json({"path": str(args.path), "prompts": len(idx), "answers_per_prompt": dict(sorted(counts.items())),
+                    "settings": settings, "rows_with_other_settings": other, "warnings": idx.warnings})
+        return 0
+    print(f"{args.path}: {plural(len(idx), 'prompt')}")
+    print("  answers per prompt: " + (", ".join(f"{k} ({plural(v, 'prompt')})" for k, v in sorted(counts.items()))
+                                      or "-"))
+    if settings:
+        print("  built with: " + ", ".join(f"{k} {v if isinstance(v, str) else json.dumps(v)}"
+                                           for k, v in settings.items()))
+    else:
+        print("  built with: (no settings recorded)")
+    if other:
+        print(f"  {plural(other, 'row')} built with other settings")
     for w in idx.warnings:
         print(f"  warning: {w}")
     return 0

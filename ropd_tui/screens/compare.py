@@ -140,9 +140,9 @@ class CompareScreen(LiveScreen):
     def _plot(self) -> None:
         if not self.data:
             return
-        for i, series in enumerate(self.data.panels):
+        for i, (panel, series) in enumerate(zip(PANELS, self.data.panels)):
             self.query_one(f"#cmp-curve-{i}", CurvePlot).set_data(series, [], smoothing=self.smoothing,
-                                                                  x_axis=self.x_axis)
+                                                                  x_axis=self.x_axis, bounds=panel.bounds)
 
     async def action_smoothing(self) -> None:
         i = SMOOTHING_STEPS.index(self.smoothing) if self.smoothing in SMOOTHING_STEPS else 0

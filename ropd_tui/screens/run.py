@@ -17,7 +17,7 @@ from ..widgets.curves import CurvePlot, Series, fit_grid
 from ..widgets.log_view import LogChunk, LogTail, LogView
 from ..widgets.safe import plain
 from .base import LiveScreen
-from .views import ACTIVE, PANELS, event_markers, fmt_duration, fmt_num, panel_lines, run_row
+from .views import ACTIVE, PANELS, empty_text, event_markers, fmt_duration, fmt_num, panel_lines, run_judge, run_row
 
 SMOOTHING_STEPS = [0.0, 0.6, 0.9]
 
@@ -162,9 +162,11 @@ class RunScreen(LiveScreen):
     def _apply_curves(self) -> None:
         if not self.data:
             return
-        for i, s in enumerate(self.data.series):
+        judge = run_judge(self.data.events)
+        for i, (panel, s) in enumerate(zip(PANELS, self.data.series)):
             plot = self.query_one(f"#curve-{i}", CurvePlot)
-            plot.set_data(s, self.data.markers, smoothing=self.smoothing, x_axis=self.x_axis)
+            plot.set_data(s, self.data.markers, smoothing=self.smoothing, x_axis=self.x_axis, bounds=panel.bounds,
+                          empty_text=empty_text(panel, judge))
 
     def _render_summary(self) -> None:
         if self.data is None:

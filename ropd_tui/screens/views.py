@@ -108,6 +108,7 @@ class Panel:
     companion: tuple[str, ...] = ()  # a second line on the same panel (e.g. the teacher's reward)
     companion_label: str = ""
     main_label: str = ""  # the main line's legend when a companion is drawn
+    bounds: tuple[float | None, float | None] = (None, None)  # the metric's range: the y axis stays inside
 
 
 PANELS: list[Panel] = [
@@ -116,15 +117,33 @@ PANELS: list[Panel] = [
           low=("reward/min", "critic/score/min"), high=("reward/max", "critic/score/max"),
           std=("reward/std", "ropd/reward_std", "reward_std"),
           companion=("teacher_score/mean", "score/teacher_reward_mean", "ropd/teacher_mean"),
-          companion_label="teacher"),
+          companion_label="teacher", bounds=(0.0, 1.0)),
     Panel("accuracy", ("accuracy", "score/student_accuracy", "ropd/train_accuracy", "accuracy/mean"),
-          companion=("val/accuracy",), companion_label="val", main_label="train"),
-    Panel("judge failure rate", ("judge/failure_rate", "score/group_failure_rate", "ropd/failure_rate")),
-    Panel("judge latency (s)", ("judge/latency_s", "judge/latency_mean_s", "ropd/group_wall_s")),
+          companion=("val/accuracy",), companion_label="val", main_label="train", bounds=(0.0, 1.0)),
+    Panel("judge failure rate", ("judge/failure_rate", "score/group_failure_rate", "ropd/failure_rate"),
+          bounds=(0.0, 1.0)),
+    Panel("judge latency (s)", ("judge/latency_s", "judge/latency_mean_s", "ropd/group_wall_s"), bounds=(0.0, None)),
     Panel("judge tokens (prompt, completion)", ("judge/prompt_tokens", "judge/tokens", "judge/total_tokens"),
-          companion=("judge/completion_tokens",), companion_label="completion"),
-    Panel("response length", ("response_length/mean", "completions/mean_length")),
+          companion=("judge/completion_tokens",), companion_label="completion", bounds=(0.0, None)),
+    Panel("response length", ("response_length/mean", "completions/mean_length"), bounds=(0.0, None)),
 ]
+TOKENS_PANEL = "judge tokens (prompt, completion)"
+
+
+def empty_text(panel: Panel, judge: str | None) -> str:
+    """What an empty panel says: an offline judge makes no judge calls that count tokens."""
+    if panel.title == TOKENS_PANEL and judge == "offline":
+        return "offline judge: no tokens"
+    return "no data yet"
+
+
+def run_judge(events: list[dict[str, Any]]) -> str | None:
+    """"offline" / "llm": the judge the trainer said it used (its start event), None when unknown."""
+    for e in reversed(events):
+        data = e.get("data") or {}
+        if e.get("kind") in ("trainer_started", "checkpoint_loaded") and data.get("judge"):
+            return str(data["judge"])
+    return None
 
 
 def pick_key(keys: Iterable[str], candidates: tuple[str, ...]) -> str | None:
