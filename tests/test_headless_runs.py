@@ -156,6 +156,31 @@ def test_export_csv_and_jsonl(finished, capsys, tmp_path, what):
         assert {r["criterion"] for r in rows} == {"criterion 0", "criterion 1"}
 
 
+def test_status_reports_checkpoint_size_and_delete_checkpoints_frees_it(finished, capsys):
+    with RunStore(finished) as s:
+        rec = s.get_run("demo")
+    for folder, step in ((rec.checkpoints_dir, 3), (rec.run_dir / "attempts" / "1" / "checkpoints", 2)):
+        ckpt = folder / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "model.safetensors").write_bytes(b"\0" * 1_500_000)
+        (ckpt / "trainer_state.json").write_text("{}")
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "status", "demo")
+    line = next(ln for ln in out.splitlines() if ln.startswith("checkpoints"))
+    assert "3.0 MB in 2 checkpoints" in line and "delete demo --checkpoints --yes" in line
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "status", "demo", "--json")
+    assert json.loads(out)["checkpoints"]["count"] == 2 and json.loads(out)["checkpoints"]["bytes"] > 3_000_000
+    rc, _, err = run_cli(capsys, "--headless", "--store", str(finished), "delete", "demo", "--checkpoints")
+    assert rc == 2 and "3.0 MB" in err and "--yes" in err and rec.checkpoints_dir.joinpath("checkpoint-3").exists()
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "delete", "demo", "--checkpoints", "--yes")
+    assert rc == 0 and "deleted 2 checkpoint(s) of run demo (3.0 MB freed)" in out
+    assert not list(rec.run_dir.rglob("checkpoint-*")) and rec.log_path.exists()
+    with RunStore(finished) as s:  # the run, its steps and verdicts stay
+        assert [st["step"] for st in s.steps(s.get_run("demo").id)] == [1, 2, 3]
+        assert s.events(rec.id)[-1]["kind"] == "checkpoints_deleted"
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "status", "demo")
+    assert next(ln for ln in out.splitlines() if ln.startswith("checkpoints")).split()[-1] == "none"
+
+
 def test_stop_resume_restart_delete_cycle(finished, capsys):
     rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "stop", "demo")
     assert rc == 0 and "nothing to stop" in out

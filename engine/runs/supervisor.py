@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -130,6 +131,45 @@ def check_stall(store: RunStore, run: RunRecord, now: float | None = None) -> Ru
                             data={"idle_s": round(idle, 1), "limit_s": limit})
         return store.get_run(run.id)
     return run
+
+
+@dataclass
+class CheckpointUsage:
+    """The disk a run's checkpoints take (current attempt and the older attempts restart kept)."""
+
+    bytes: int
+    count: int
+    folders: list[Path]
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def checkpoint_usage(run: RunRecord) -> CheckpointUsage:
+    """Size and number of the run's checkpoints (``checkpoints/`` and ``attempts/*/checkpoints``)."""
+    folders = [run.checkpoints_dir]
+    attempts = run.run_dir / "attempts"
+    if attempts.is_dir():
+        folders += sorted(p / "checkpoints" for p in attempts.iterdir() if (p / "checkpoints").is_dir())
+    folders = [f for f in folders if f.is_dir()]
+    count = sum(1 for f in folders for p in f.iterdir() if p.is_dir() and p.name.startswith("checkpoint-"))
+    return CheckpointUsage(bytes=sum(_tree_bytes(f) for f in folders), count=count, folders=folders)
+
+
+def fmt_bytes(n: int) -> str:
+    """``1.6 GB``, ``420 MB``, ``12 kB`` (decimal units, as ``du -h --si``)."""
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def run_processes(run: RunRecord) -> list[procinfo.ProcStat]:
@@ -413,6 +453,24 @@ class Supervisor:
         ckpt.mkdir(parents=True, exist_ok=True)
         self.store.start_attempt(run.id)
         return self.launch(run.id, run.argv, env=env, resume=False, event="started")
+
+    def delete_checkpoints(self, run: RunRecord | str | int) -> "CheckpointUsage":
+        """Remove the run's checkpoints (current and older attempts) and nothing else; refuses while it
+        runs. Returns what was freed. A later resume starts from step 1 (its steps stay in the store)."""
+        run = self.refresh(run)
+        if run.active:
+            raise StoreError(f"run {run.name!r} is {run.status}; stop it before deleting its checkpoints",
+                             hint=f"ropd-tui --headless stop {run.name}")
+        usage = checkpoint_usage(run)
+        for folder in usage.folders:
+            if folder.resolve().is_relative_to(run.run_dir.resolve()):
+                shutil.rmtree(folder, ignore_errors=True)
+        run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        if usage.count:
+            self.store.add_event(run.id, "checkpoints_deleted",
+                                 f"deleted {usage.count} checkpoint(s), {fmt_bytes(usage.bytes)}",
+                                 data={"bytes": usage.bytes, "count": usage.count})
+        return usage
 
     def delete(self, run: RunRecord | str | int) -> None:
         """Delete the run's rows and folder; refuses while it runs."""

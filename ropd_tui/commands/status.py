@@ -23,7 +23,8 @@ def register(subparsers) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     from engine.runs.heartbeat import describe, phase_times
-    from engine.runs.supervisor import Supervisor
+    from engine.runs.supervisor import Supervisor, checkpoint_usage, fmt_bytes
+    from engine.wording import plural
 
     with open_store(args) as store:
         rec = Supervisor(store).refresh(args.run)
@@ -31,9 +32,16 @@ def handler(args: argparse.Namespace) -> int:
         events = store.events(rec.id)[-max(0, args.events):] if args.events else []
         progress = store.progress([rec.id]).get(rec.id)
     now = describe(progress) if rec.active else None
+    disk = checkpoint_usage(rec)
+    checkpoints = "none"
+    if disk.count:
+        checkpoints = f"{fmt_bytes(disk.bytes)} in {plural(disk.count, 'checkpoint')} under {rec.run_dir}"
+        if not rec.active:
+            checkpoints += f"  (free it: ropd-tui --headless delete {rec.name} --checkpoints --yes)"
     if args.json:
         d = rec.to_dict()
         d.update(log_path=str(rec.log_path), latest_metrics=latest, events=events, progress=progress,
+                 checkpoints={"bytes": disk.bytes, "count": disk.count, "folders": [str(f) for f in disk.folders]},
                  now=None if now is None else {"text": now.text, "phase": now.phase, "no_progress": now.quiet})
         print_json(d)
         return 0
@@ -50,6 +58,7 @@ def handler(args: argparse.Namespace) -> int:
         ("exit", "" if rec.exit_code is None and rec.exit_signal is None else
          f"code {rec.exit_code}" + (f", signal {rec.exit_signal}" if rec.exit_signal else "")),
         ("log", str(rec.log_path)),
+        ("checkpoints", checkpoints),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
