@@ -45,3 +45,23 @@ async def test_a_finished_run_shows_no_progress_line(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         await open_run(pilot, "done")
         assert "now:" not in screen_text(app)
+
+
+async def test_a_heartbeat_alone_does_not_re_read_the_curves(tmp_path):
+    from engine.store import RunStore
+    from tui_pilot import wait_for
+
+    path = tmp_path / "ropd.db"
+    ids = build_store(path, [FixtureRun("busy", "running", 3)])
+    app = RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False, configs_dir=ROOT / "configs")  # live polling
+    async with app.run_test(size=(120, 30)) as pilot:
+        run = await open_run(pilot, "busy")
+        series = run.data.series
+        with RunStore(path) as s:
+            s.write_progress(ids["busy"], phase="update", step=3, phase_started=FROZEN_NOW - 5,
+                             progress_at=FROZEN_NOW - 5)
+        await wait_for(pilot, lambda: "updating" in screen_text(app), what="the new phase")
+        assert run.data.series is series  # same curves, not re-read
+        with RunStore(path) as s:
+            s.write_metrics(ids["busy"], 3, {"reward/mean": 0.9})
+        await wait_for(pilot, lambda: run.data.series is not series, what="the new step's curves")

@@ -37,6 +37,9 @@ PHASE_TOTAL_LABELS: dict[str, str] = {
     "startup": "start-up", "generate": "generating", "score": "scoring", "update": "updating",
     "save": "saving checkpoints", "eval": "evaluating",
 }
+# Seconds between writes at most: every write moves the store's data_version, which makes open UI
+# screens re-read; phase changes still show within this.
+INTERVAL_S = 2.0
 NO_PROGRESS_AFTER_S = 300.0  # engine.config.SupervisorConfig.no_progress_after_s
 
 
@@ -47,7 +50,7 @@ class Heartbeat:
     ``store=None`` keeps everything in memory (tests, and a trainer without a store)."""
 
     def __init__(self, store: Any, run_id: int | None, *, total_steps: int | None = None,
-                 no_progress_after_s: float | None = None, interval_s: float = 1.0,
+                 no_progress_after_s: float | None = None, interval_s: float = INTERVAL_S,
                  clock: Callable[[], float] = time.time):
         self.store = store
         self.run_id = run_id

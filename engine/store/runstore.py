@@ -543,6 +543,14 @@ class RunStore:
                               (int(run_id), after_seq, limit))
         return [q.call_dict(r) for r in rows]
 
+    def last_seq(self, table: str, run_id: int) -> int:
+        """The newest ``seq`` of a run's rows in an append-only table (0: none): a cheap "did anything
+        of this run change" check for readers that poll."""
+        if table not in q.CURSOR_TABLES:
+            raise ValueError(f"last_seq: table must be one of {q.CURSOR_TABLES}, not {table!r}")
+        rows = self._db.query(f"SELECT MAX(seq) FROM {table} WHERE run_id=?", (int(run_id),))
+        return int(rows[0][0] or 0)
+
     def rows_newer(self, table: str, cursor: int, *, run_id: int | None = None, limit: int = 10_000
                    ) -> tuple[list[dict[str, Any]], int]:
         """Rows of an append-only table with ``seq > cursor`` (oldest first) and the new cursor."""

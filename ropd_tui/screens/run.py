@@ -80,6 +80,7 @@ class RunScreen(LiveScreen):
         self.x_axis = "step"
         self.data: RunData | None = None
         self._tail: LogTail | None = None
+        self._curves_sig: tuple | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -116,6 +117,14 @@ class RunScreen(LiveScreen):
     def load(self, store: Any) -> RunData:
         info = run_info(store, self.run_id)
         info["progress"] = store.progress([self.run_id]).get(self.run_id)
+        # the trainer's heartbeat moves the store every few seconds: re-read the curves only when the
+        # run's metrics or events did
+        sig = (info.get("attempt"), store.last_seq("metrics", self.run_id), store.last_seq("events", self.run_id))
+        if self.data is not None and sig == self._curves_sig:
+            d = self.data
+            return RunData(info=info, series=d.series, markers=d.markers, events=d.events, keys=d.keys,
+                           latest=d.latest, log=self._tail.read() if self._tail is not None else None)
+        self._curves_sig = sig
         keys = list(store.metric_keys(self.run_id))
         series = [panel_lines(store, self.run_id, keys, p, self.run_name) for p in PANELS]
         events = list(store.events(self.run_id))
@@ -141,8 +150,10 @@ class RunScreen(LiveScreen):
             self._apply_log(data)
             return
         self._announce_rejections(data.events)
+        same_curves = self.data is not None and data.series is self.data.series
         self.data = data
-        self._apply_curves()
+        if not same_curves:  # only the run's state or its step's progress moved: no replot
+            self._apply_curves()
         self._apply_overview()
         if data.log is not None:
             self._apply_log(data.log)
