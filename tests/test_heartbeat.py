@@ -147,3 +147,12 @@ def test_status_shows_what_a_running_step_is_doing(tmp_path, capsys, monkeypatch
         assert d["progress"]["done"] == 1 and d["progress"]["total"] == 4
     finally:
         assert main(["--headless", "--store", str(path), "stop", "busy", "--grace", "1"]) == 0
+
+
+def test_entering_the_phase_it_is_in_keeps_its_start():
+    clock = Clock()
+    hb = Heartbeat(None, None, clock=clock)
+    hb.phase("update", step=1)
+    clock.t += 30
+    hb.phase("update")
+    assert hb.phase_started == 1000.0 and hb.snapshot()["totals"]["update"] == 30.0

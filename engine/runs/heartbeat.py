@@ -88,6 +88,8 @@ class Heartbeat:
               detail: str | None = None) -> None:
         """Enter ``name`` (a key of :data:`PHASES`); the time spent in the previous phase is added up."""
         with self._lock:
+            if name == self.name and (step is None or step == self.step) and total is None and detail is None:
+                return  # already in it (a phase entered twice keeps its start time)
             now = self.clock()
             self._account(now)
             self.name = name
