@@ -156,6 +156,9 @@ class SupervisorConfig:
     stall_after_start_s: float = 1800.0  # no first step within this -> stalled
     stall_between_steps_s: float = 1800.0  # no new step within this since the last -> stalled
     stop_grace_s: float = 15.0
+    # a phase inside a step (generating, scoring, updating, ...) whose progress has not moved for this
+    # long is shown as "no progress" by train, status and the UI (0: never)
+    no_progress_after_s: float = 300.0
 
 
 @dataclass
@@ -496,9 +499,11 @@ RANGES: dict[str, Range] = {
     "verl.nnodes": _AT_LEAST_1,
     "verl.n_gpus_per_node": _AT_LEAST_1,
     "verl.group_timeout_s": _POSITIVE,
+    "verl.straggler_warn_s": _POSITIVE,
     "supervisor.stall_after_start_s": Range(0, note="0 = never flag a stall"),
     "supervisor.stall_between_steps_s": Range(0, note="0 = never flag a stall"),
     "supervisor.stop_grace_s": _NON_NEGATIVE,
+    "supervisor.no_progress_after_s": Range(0, note="0 = never flag a phase without progress"),
 }
 _ROLES = ("rubricator", "verifier", "teacher")
 

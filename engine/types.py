@@ -54,6 +54,7 @@ class GroupInput:
     teacher_answers: list[str] | None = None  # None: look them up in the teacher index
     uid: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    clipped: list[bool | None] | None = None  # per rollout: cut at the token limit (None: unknown)
 
 
 @dataclass
@@ -105,7 +106,8 @@ class AnswerResult:
     kind: AnswerKind
     index: int  # position among answers of its kind (rollout i, teacher answer k)
     text: str  # the text as judged (reasoning stripped, truncated)
-    truncated: bool = False
+    truncated: bool = False  # cut to the judge's character budget (scorer.answer_char_budget)
+    clipped: bool | None = None  # the rollout was cut at the token limit (max_new_tokens); None: unknown
     pool_position: int | None = None  # 1-based position in the shuffled verifier pool
     verdicts: list[bool] | None = None  # one per criterion, in rubric order
     reward: float | None = None  # recomputed weighted pass rate in [0, 1]

@@ -108,6 +108,7 @@ def make_group(step: int, group_index: int, *, seed: int = 0, n_students: int = 
             if kind == "student":
                 rollouts.append(text)
             answers.append(AnswerResult(kind=kind, index=i, text=text, truncated=(kind == "student" and i == 3),
+                                        clipped=(i == 2) if kind == "student" else None,
                                         pool_position=pool[len(answers)], verdicts=verdicts,
                                         reward=round(reward, 4), correct=correct))
     calls = [JudgeCall(role="rubricator", model="offline", status="ok", latency_s=0.5 + 0.01 * group_index,
@@ -189,6 +190,7 @@ def build_store(path: str | Path, runs: Sequence[FixtureRun] = DEFAULT_RUNS, *, 
                           stderr_tail=fr.stderr_tail)
             if fr.status in ("running", "stalled", "starting"):
                 fields["pid"] = os.getpid()
+                _progress(store, rec.id, fr)
             else:
                 fields["ended_at"] = BASE_TIME + fr.steps * STEP_SECONDS
             store.update_run(rec.id, **fields)
@@ -202,6 +204,18 @@ def build_store(path: str | Path, runs: Sequence[FixtureRun] = DEFAULT_RUNS, *, 
     finally:
         store.close()
     return ids
+
+
+def _progress(store: RunStore, run_id: int, fr: FixtureRun) -> None:
+    """The trainer's heartbeat of a live fixture run (relative to the tests' frozen clock, 400 s after
+    BASE_TIME): a running run is scoring its next step, 2 of 3 groups done 12 s ago; a stalled one
+    has been updating with no progress for 10 minutes."""
+    now = BASE_TIME + 400
+    if fr.status == "stalled":
+        store.write_progress(run_id, phase="update", step=fr.steps, phase_started=now - 600, progress_at=now - 600)
+    else:
+        store.write_progress(run_id, phase="score", step=fr.steps, done=2, total=3, unit="groups",
+                             phase_started=now - 30, progress_at=now - 12)
 
 
 def _event(store: RunStore, run_id: int, kind: str, step: int, message: str) -> None:

@@ -86,9 +86,19 @@ def test_status_shows_metrics_and_events(finished, capsys):
     assert [e["kind"] for e in d["events"]][-1] == "finished"
 
 
-def test_metrics_table_keys_and_json(finished, capsys):
+def test_metrics_table_keys_and_json(finished, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "metrics", "demo")
     assert rc == 0 and "reward/mean" in out and "loss" in out
+    header = out.splitlines()[0].split()
+    assert "score/student_reward_mean" not in header  # one key per concept: reward/mean stands for it
+    assert header[:3] == ["STEP", "reward/mean", "accuracy"] or header[:2] == ["STEP", "reward/mean"]
+    # the default table fits the terminal and says what it left out
+    monkeypatch.setenv("COLUMNS", "40")
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "metrics", "demo")
+    table = [ln for ln in out.splitlines() if not ln.startswith("(")]
+    assert rc == 0 and max(map(len, table)) <= 40 and table[0].split()[:2] == ["STEP", "reward/mean"]
+    assert "did not fit" in out and "--keys" in out
     rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "metrics", "demo", "--keys", "loss", "--json")
     rows = json.loads(out)
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[0]["loss"] == pytest.approx(1.0)
@@ -105,6 +115,18 @@ def test_logs(finished, capsys):
     assert len(out.strip().splitlines()) == 1
     rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "logs", "demo", "-f")
     assert rc == 0 and "run ended: finished" in out
+    assert "run ended: finished (" not in out  # the status is not repeated as its own cause
+    # tqdm bars the trainer's libraries wrote are left out (--raw shows them)
+    with RunStore(finished) as s:
+        log = s.get_run("demo").log_path
+    bar = "Map: 100%|██████████| 4/4 [00:00<00:00, 431.02 examples/s]"
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\rMap:   0%|          | 0/4 [00:00<?, ? examples/s]\r{bar}\nafter the bar\n")
+    for extra in ((), ("-n", "3")):
+        rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "logs", "demo", *extra)
+        assert rc == 0 and "after the bar" in out and "examples/s" not in out
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "logs", "demo", "--raw")
+    assert bar in out
 
 
 @pytest.mark.parametrize("what", ["metrics", "answers", "verdicts"])
@@ -126,9 +148,37 @@ def test_export_csv_and_jsonl(finished, capsys, tmp_path, what):
         assert len(rows) == 9  # 3 steps x (2 rollouts + 1 teacher answer)
         assert rows[0]["verdicts"] == [True, True] and rows[1]["verdicts"] == [True, False]
         assert csv_rows[1]["verdicts"] == "10" and csv_rows[0]["kind"] == "student"
+        # the two kinds of cut are told apart: at the token limit (unknown for this trainer) and for the judge
+        assert rows[0]["clipped"] is None and rows[0]["judge_truncated"] is False and "truncated" not in rows[0]
+        assert list(csv_rows[0])[10:12] == ["clipped", "judge_truncated"]
     else:
         assert len(rows) == 3 * 3 * 2
         assert {r["criterion"] for r in rows} == {"criterion 0", "criterion 1"}
+
+
+def test_status_reports_checkpoint_size_and_delete_checkpoints_frees_it(finished, capsys):
+    with RunStore(finished) as s:
+        rec = s.get_run("demo")
+    for folder, step in ((rec.checkpoints_dir, 3), (rec.run_dir / "attempts" / "1" / "checkpoints", 2)):
+        ckpt = folder / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "model.safetensors").write_bytes(b"\0" * 1_500_000)
+        (ckpt / "trainer_state.json").write_text("{}")
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "status", "demo")
+    line = next(ln for ln in out.splitlines() if ln.startswith("checkpoints"))
+    assert "3.0 MB in 2 checkpoints" in line and "delete demo --checkpoints --yes" in line
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "status", "demo", "--json")
+    assert json.loads(out)["checkpoints"]["count"] == 2 and json.loads(out)["checkpoints"]["bytes"] > 3_000_000
+    rc, _, err = run_cli(capsys, "--headless", "--store", str(finished), "delete", "demo", "--checkpoints")
+    assert rc == 2 and "3.0 MB" in err and "--yes" in err and rec.checkpoints_dir.joinpath("checkpoint-3").exists()
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "delete", "demo", "--checkpoints", "--yes")
+    assert rc == 0 and "deleted 2 checkpoint(s) of run demo (3.0 MB freed)" in out
+    assert not list(rec.run_dir.rglob("checkpoint-*")) and rec.log_path.exists()
+    with RunStore(finished) as s:  # the run, its steps and verdicts stay
+        assert [st["step"] for st in s.steps(s.get_run("demo").id)] == [1, 2, 3]
+        assert s.events(rec.id)[-1]["kind"] == "checkpoints_deleted"
+    rc, out, _ = run_cli(capsys, "--headless", "--store", str(finished), "status", "demo")
+    assert next(ln for ln in out.splitlines() if ln.startswith("checkpoints")).split()[-1] == "none"
 
 
 def test_stop_resume_restart_delete_cycle(finished, capsys):

@@ -58,7 +58,9 @@ def test_rubric_shape_and_ranking_of_answers():
     ideal, bare, wrong, bad_work, rambling, cut = r[:6]
     assert all(t == 1.0 for t in r[6:])  # teachers pass everything they share
     assert ideal == 1.0
-    assert ideal > bare > wrong
+    # the question asks for just the number: the bare correct answer is exactly that, it does not lose
+    # to the teachers' working
+    assert bare == ideal > wrong
     assert bad_work < ideal and bad_work > wrong
     assert rambling < bare and cut < bare
     assert len(set(round(x, 3) for x in r[:6])) >= 4  # rewards vary across the group
@@ -161,3 +163,57 @@ def test_truncation_marker_is_not_read_as_the_answer():
     rubric = judge.build_rubric(QUESTION, TEACHERS, STUDENTS, "4")
     cut = "9 - 5 = 4\n4" + TRUNCATION_MARKER.format(n=1234)
     assert judge.judge_matrix(rubric, [cut])[0][0] is True  # "The final answer is 4." still holds
+
+
+# -- answers with no result, and the requested format ----------------------------------------------
+
+FREE_QUESTION = "Sam has 9 apples. Sam gives away 5 apples. How many apples does Sam have left?"
+NO_RESULT = ["I cannot provide that answer.", "", "   ", "I'm sorry, I can't help with apples."]
+
+
+def test_result_criteria_fail_when_there_is_no_result():
+    judge = OfflineJudge()
+    rubric = judge.build_rubric(QUESTION, TEACHERS, STUDENTS + NO_RESULT, "4")
+    result_criteria = [i for i, c in enumerate(rubric.criteria)
+                       if c.text.startswith(("The final answer", "The answer gives no result", "Every number",
+                                             "The answer writes the final value", "The answer ends with a line"))]
+    assert len(result_criteria) >= 3
+    matrix = judge.judge_matrix(rubric, NO_RESULT)
+    for row in matrix:
+        assert not any(row[i] for i in result_criteria), row
+    r, _, _ = rewards(judge, rubric, STUDENTS + NO_RESULT)
+    correct = [r[0], r[1]]
+    refusal, empty, blank, apology = r[len(STUDENTS):]
+    assert empty == blank == 0.0  # an empty answer earns nothing, not even for brevity
+    assert max(refusal, apology) <= 0.25 < min(correct) - 0.5
+    # the consistency criterion itself: no number at all is not "no result other than 4"
+    consistent = criterion_check("The answer gives no result other than 4: its final number and every value "
+                                 "after '=' or 'answer is' equal 4.")
+    assert not consistent("I cannot provide that answer.") and consistent("9 - 5 = 4\n4")
+
+
+def test_working_is_rewarded_only_when_the_format_was_not_prescribed():
+    judge = OfflineJudge()
+    free = judge.build_rubric(FREE_QUESTION, TEACHERS, STUDENTS, "4")
+    bare_asked = judge.build_rubric(QUESTION, TEACHERS, STUDENTS, "4")
+    assert any("quantity" in c.text or "intermediate" in c.text for c in free.criteria)
+    assert not any("quantity" in c.text or "intermediate" in c.text for c in bare_asked.criteria)
+    r, _, _ = rewards(judge, free, STUDENTS)
+    assert r[0] > r[1]  # nobody asked for the bare number: the teachers' working counts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_demo_problems_bare_correct_answers_are_not_beaten_by_verbosity(seed):
+    judge = OfflineJudge()
+    for p in demo_math.make_problems(8, seed=seed):
+        gt = int(p["ground_truth"])
+        q = prompt_text(p["prompt"])
+        teachers = demo_math.teacher_answers(p, 4)
+        students = [str(gt), teachers[-1], f"The answer is {gt}.", str(gt + 1), "I cannot provide that answer.", ""]
+        rubric, _ = run(judge.rubricate(q, teachers, students, ground_truth=p["ground_truth"]))
+        matrix, scores, _ = run(judge.verify(q, rubric, students))
+        r = [s / rubric.total_points for s in scores]
+        bare, verbose, sentence, wrong, refusal, empty = r
+        assert bare >= verbose and bare >= sentence, (q, r)
+        assert min(bare, verbose) > max(wrong, refusal, empty), (q, r)
+        assert empty == 0.0 and refusal < 0.3, (q, r)

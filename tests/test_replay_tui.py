@@ -63,11 +63,21 @@ async def test_template_editor_validates_saves_diffs_and_reverts(store, tmp_path
         text = screen_text(app)
         assert "valid verifier template" in text and MARKUP in text
         assert "the running run rejected the last edit" in text and "'{x}' [red]" in text
-        # an invalid edit is not saved
-        editor.focus()
+        # the editor has the keys as soon as the screen opens; the Check pane follows what is typed
+        assert app.focused is editor
         editor.move_cursor((0, 0))
         await pilot.press(*"{bogus} ")
         assert any(h[2] == "ropd.bad_placeholder" for h in editor._highlights[0])
+        problems = scr.query_one("#tpl-problems")
+        await wait_for(pilot, lambda: "unknown placeholder '{bogus}'" in str(problems.render()), what="the check")
+        for _ in range(len("{bogus} ")):  # undo the bad edit (the TextArea may batch keystrokes in several undos)
+            if editor.text == original:
+                break
+            await pilot.press("ctrl+z")
+        assert editor.text == original
+        # ... and the check says valid again, without f5
+        await wait_for(pilot, lambda: "valid verifier template" in str(problems.render()), what="the check")
+        await pilot.press(*"{bogus} ")
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert vfile.read_text(encoding="utf-8") == original
@@ -137,3 +147,18 @@ async def test_replay_screen_cancel(store):
             await pilot.press("ctrl+x")
             await wait_for(pilot, lambda: not scr.running, timeout=30, what="the replay to stop")
             assert scr.report is not None and scr.report.status == "cancelled"
+
+
+async def test_replay_form_labels_are_whole_at_80_columns(store):
+    from textual.widgets import Label
+
+    app = make_app(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        scr = await open_screen(pilot, "replay", ReplayScreen)
+        form = scr.query_one("#rp-form")
+        labels = list(form.query(Label))
+        assert len(labels) >= 8
+        for label in labels:
+            text = str(label.render())
+            assert label.size.width <= form.scrollable_content_region.width
+            assert label.size.width * label.size.height >= len(text), text  # wrapped, never cut off

@@ -39,9 +39,12 @@ def test_demo_data_offline_end_to_end(tmp_path):
     proc = run_cli(["--input", str(DEMO), "--out", "scores.jsonl"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "judge: offline" in proc.stdout and "stand-in" in proc.stderr
-    assert "added deterministic demo teacher answers" in proc.stderr
-    index_file = tmp_path / "runs" / "teacher_index" / "demo_math.jsonl"  # the configured default, built on demand
-    assert len(TeacherIndex.load(index_file)) == sum("teacher_answers" not in g for g in demo_groups)
+    # scoring never modifies a teacher index unless asked, and says how to
+    index_file = tmp_path / "runs" / "teacher_index" / "demo_math.jsonl"  # the configured default
+    missing = sum("teacher_answers" not in g for g in demo_groups)
+    assert not index_file.exists()
+    assert (f"{missing} prompt(s) are not in the teacher index" in proc.stderr
+            and "the index is unchanged; --add-to-index stores them" in proc.stderr)
 
     out = read_out(tmp_path / "scores.jsonl")
     assert len(out) == len(demo_groups)
@@ -66,10 +69,15 @@ def test_demo_data_offline_end_to_end(tmp_path):
             (right if ok else wrong).append(reward)
     assert sum(right) / len(right) > sum(wrong) / len(wrong) + 0.3
 
-    # a second run reuses the index it built
-    proc = run_cli(["--input", str(DEMO), "--out", "again.jsonl"], cwd=tmp_path)
-    assert proc.returncode == 0 and "added deterministic" not in proc.stderr
-    assert [r["rewards"] for r in read_out(tmp_path / "again.jsonl")] == [r["rewards"] for r in out]
+    # asked to, it adds them; a second run then reuses the index (same answers: same rewards)
+    proc = run_cli(["--input", str(DEMO), "--out", "again.jsonl", "--add-to-index"], cwd=tmp_path)
+    assert proc.returncode == 0 and f"added deterministic demo teacher answers for {missing}" in proc.stderr
+    assert len(TeacherIndex.load(index_file)) == missing
+    proc = run_cli(["--input", str(DEMO), "--out", "third.jsonl"], cwd=tmp_path)
+    assert proc.returncode == 0 and "not in the teacher index" not in proc.stderr and "added" not in proc.stderr
+    assert len(TeacherIndex.load(index_file)) == missing
+    for again in ("again.jsonl", "third.jsonl"):
+        assert [r["rewards"] for r in read_out(tmp_path / again)] == [r["rewards"] for r in out]
 
 
 def test_llm_judge_selected_by_openai_base_url(tmp_path):

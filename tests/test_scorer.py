@@ -413,6 +413,17 @@ def test_offline_judge_when_no_llm_is_configured():
         assert g.student_rewards[0] > g.student_rewards[1]
 
 
+def test_progress_is_reported_as_each_group_finishes_and_clipped_flags_reach_the_answers():
+    cfg = load_config(None, ["scorer.k=2"])
+    groups = make_groups(3)
+    groups[0].clipped = [True, False, False, True]
+    seen: list[tuple[int, int]] = []
+    batch = Scorer(cfg).score_batch_sync(groups, on_group_done=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert [a.clipped for a in batch.groups[0].student_answers] == [True, False, False, True]
+    assert all(a.clipped is None for a in batch.groups[1].answers)  # not known: not guessed
+
+
 def test_preflight_names_a_dead_judge(judge_server):
     from engine.errors import JudgeError
 

@@ -210,7 +210,12 @@ def test_cli_index_build_and_show(tmp_path, server, capsys):
     assert "4 distinct, 0 already answered, 4 built, 0 failed" in captured.out
     assert len(TeacherIndex.load(out)) == 4
     rc = cli_main(["--headless", "index", "show", str(out)])
-    assert rc == 0 and "4 prompts" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert rc == 0 and "4 prompts" in shown and "answers per prompt: 2 (4 prompts)" in shown
+    assert "built with: " in shown and "loopback-judge" in shown and "{" not in shown  # no Python dict repr
+    rc = cli_main(["--headless", "index", "show", str(out), "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert d["prompts"] == 4 and d["answers_per_prompt"] == {"2": 4} and d["rows_with_other_settings"] == 0
     rc = cli_main(["--headless", "index", "build", "--prompts", str(tmp_path / "missing.jsonl"), "--out", str(out),
                    "--teacher-model", "m", "--base-url", server.base_url])
     assert rc == 2 and "prompts file not found" in capsys.readouterr().err

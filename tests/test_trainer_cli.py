@@ -81,7 +81,11 @@ def test_train_runs_to_the_end_and_streams_progress(tmp_path, tiny_model):
     out = res.stdout
     assert "step 1/2  reward" in out and "step 2/2  reward" in out
     assert "judge failures 0/2" in out and "s/step" in out
-    assert "run demo finished" in out
+    assert "run demo finished: 2 steps in" in out
+    # the measured time per phase, from the trainer's heartbeat
+    times = next(line for line in out.splitlines() if line.startswith("time per phase: "))
+    for phase in ("start-up", "generating", "scoring", "updating", "saving checkpoints"):
+        assert phase in times, times
     with RunStore(store) as s:
         runs = s.list_runs()
         assert [(r["name"], r["status"], r["last_step"]) for r in runs] == [("demo", "finished", 2)]
@@ -93,12 +97,21 @@ def test_train_runs_to_the_end_and_streams_progress(tmp_path, tiny_model):
                 "judge.mode=offline", cwd=tmp_path)
     assert res2.returncode == 0, res2.stdout + res2.stderr
     assert "run demo-2 started" in res2.stdout
+    # ... and says so before it starts, with how to continue the existing one instead
+    assert ("run name 'demo' is taken (finished at step 2): this creates a new run 'demo-2'. "
+            "To continue 'demo' instead: ropd-tui --headless resume demo") in res2.stdout
     from engine.store import RunStore as RS
     from engine.runs.supervisor import Supervisor
 
     with RS(store) as s:
         rec = Supervisor(s).wait("demo-2", timeout=240)
         assert rec.status == "finished", (rec.cause, rec.stderr_tail)
+    # an explicit --name must be free: nothing is created, and the message says how to resume it
+    res3 = ropd("--store", str(store), "train", "--config", str(ROOT / "configs" / "demo.yaml"), "--name", "demo",
+                f"trainer.model={tiny_model}", cwd=tmp_path)
+    assert res3.returncode == 2
+    assert "a run named 'demo' already exists (finished at step 2)" in res3.stderr
+    assert "ropd-tui --headless resume demo" in res3.stderr
 
 
 def test_ctrl_c_stops_the_run_and_says_how_to_resume(tmp_path, tiny_model):

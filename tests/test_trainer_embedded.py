@@ -85,6 +85,17 @@ def test_two_steps_land_in_the_store_with_rubrics_and_verdicts(tmp_path, tiny_mo
     snap = read_snapshot(run.run_dir / PROGRESS_FILE)
     assert snap.label == "step 2 judging" and snap.finished
     assert (snap.groups_total, snap.groups_done, snap.groups_failed) == (2, 2, 0)
+    # the heartbeat went through every phase of a step and ended "done", with seconds per phase
+    progress = store.progress([run.id])[run.id]
+    assert progress["phase"] == "done" and progress["step"] == 2 and progress["total_steps"] == 2
+    assert progress["no_progress_after_s"] == cfg.supervisor.no_progress_after_s
+    assert set(progress["totals"]) == {"startup", "generate", "score", "update", "save"}
+    # rollouts know whether they hit max_new_tokens (6 tokens: a random model never stops that early
+    # for all of them); teacher answers have no token limit
+    for g in groups:
+        students = [a for a in g["answers"] if a["kind"] == "student"]
+        assert all(a["clipped"] is not None for a in students) and any(a["clipped"] for a in students)
+        assert all(a["clipped"] is None for a in g["answers"] if a["kind"] == "teacher")
 
 
 def _eos_likely(monkeypatch) -> None:

@@ -135,6 +135,12 @@ def test_evaluate_is_greedy_batched_and_checks_answers(tiny_model):
     m = one_batch.metrics()
     assert 0.0 <= m["val/accuracy"] <= 1.0 and m["val/response_length"] == sum(one_batch.lengths) / 5
     assert m["time/eval"] >= 0.0
+    # progress: tokens of the running batch, then prompts done after each batch
+    seen: list[tuple[int, int]] = []
+    evaluate(model, tok, problems, system_prompt=None, max_new_tokens=6, batch_size=2,
+             progress=lambda done, tokens: seen.append((done, tokens)))
+    assert [d for d, t in seen if t == 0] == [2, 4, 5]
+    assert (0, 1) in seen and all(t <= 6 for _, t in seen)
 
 
 # -- in training ----------------------------------------------------------------------------------
@@ -155,6 +161,7 @@ def test_validation_runs_every_n_steps_and_at_the_last(tmp_path, tiny_model, sto
     assert [s["step"] for s in store.steps(run.id)] == [1, 2, 3]
     evals = [ln for ln in lines if ln.startswith("eval after step")]
     assert len(evals) == 2 and "/3 held-out prompts" in evals[0]
+    assert "eval" in store.progress([run.id])[run.id]["totals"]  # evaluating is timed as its own phase
 
 
 def test_no_validation_metrics_when_eval_is_off(tmp_path, tiny_model, store):

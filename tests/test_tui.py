@@ -10,6 +10,7 @@ import pytest
 from fixtures_store import INJECTION, build_store
 from tui_pilot import FROZEN_NOW, open_run, screen_text, wait_for, wait_screen
 
+from engine.scoring.criterion_stats import VERDICT_ORDER
 from engine.store import RunStore
 from ropd_tui.app import RopdApp
 from ropd_tui.screens.compare import CompareScreen
@@ -80,6 +81,11 @@ async def test_compare_overlays_runs_and_diffs_configs(store):
         assert "trainer.learning_rate" in diff and "run.name" in diff
         assert "scorer.k" not in diff  # equal values are not shown
         assert runs.marked
+        # it opens on the curves; d shows the diff, whose table then has the keys
+        assert cmp.query_one("#cmp-tabs").active == "cmp-curves"
+        await pilot.press("d")
+        await pilot.pause()
+        assert cmp.query_one("#cmp-tabs").active == "cmp-diff" and app.focused is cmp.query_one("#cmp-diff-table")
 
 
 async def test_compare_needs_two_marked_runs(store):
@@ -144,13 +150,19 @@ async def test_log_follow_pause_and_search(store):
         assert log.search == "step 1"
         assert log.matches() == [1, 10, 11]
         assert log.current_match == 1 and not log.follow  # searching pauses following
-        await pilot.press("escape")  # closes the search bar, stays on the screen
-        assert isinstance(app.screen, RunScreen)
+        # enter hands the keys back to the log: n, N and f act on it instead of being typed
+        assert app.focused is log and run.query_one("#log-searchbar").has_class("-hidden")
         await pilot.press("n")
         assert log.current_match == 10
         await pilot.press("N")
         assert log.current_match == 1
         assert "3 matches" in screen_text(app)
+        await pilot.press("f")
+        assert log.follow and run.query_one("#log-search").value == "step 1"
+        await pilot.press("slash")  # the bar opens again with the term; escape closes it, stays on the screen
+        assert app.focused is run.query_one("#log-search")
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunScreen) and app.focused is log
 
 
 async def test_inspector_steps_prompts_sort_filter_and_run_wide(store):
@@ -216,6 +228,42 @@ async def test_inspector_steps_prompts_sort_filter_and_run_wide(store):
         assert insp.group.group_index == target.group_index
 
 
+async def test_inspector_run_wide_tab_has_the_keys_and_empty_filters_say_so(store):
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_run(pilot, "demo-baseline")
+        await pilot.press("i")
+        insp = await wait_screen(pilot, InspectorScreen)
+        assert app.focused is insp.query_one("#insp-matrix")
+        await pilot.press("w")
+        await wait_for(pilot, lambda: insp.run_wide is not None, what="run-wide stats")
+        table = insp.query_one("#runwide-table")
+        assert app.focused is table  # no Tab presses needed
+        await pilot.press("down")
+        assert table.cursor_row == 1
+        # a verdict nobody has: the table is empty and the summary says so
+        empty = next(v for v in (None, *VERDICT_ORDER) if v and not insp.run_wide.counts.get(v))
+        for _ in range((None, *VERDICT_ORDER).index(empty)):
+            await pilot.press("v")
+        await wait_for(pilot, lambda: insp.run_wide.verdict == empty, what="the empty verdict filter")
+        assert table.row_count == 0
+        assert f"no criterion of this run is '{empty}'" in str(insp.query_one("#runwide-summary").content)
+        await pilot.press("w")
+        assert app.focused is insp.query_one("#insp-matrix")
+
+
+async def test_inspector_tells_a_clipped_rollout_from_one_cut_for_the_judge(store):
+    app = make_app(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_run(pilot, "demo-baseline")
+        await pilot.press("i")
+        insp = await wait_screen(pilot, InspectorScreen)
+        cards = {c.answer.key: c.render().plain.splitlines()[0] for c in insp.query(AnswerCard)}
+        assert "hit token limit" in cards["student:2"] and "cut for judge" not in cards["student:2"]
+        assert "cut for judge" in cards["student:3"] and "token limit" not in cards["student:3"]
+        assert "token limit" not in cards["teacher:0"] and "cut" not in cards["student:0"]
+
+
 async def test_model_output_markup_is_shown_literally(store):
     """A rollout, criterion, question, stderr and log containing markup must render as typed."""
     app = make_app(store)
@@ -245,10 +293,13 @@ async def test_help_and_palette(store):
         assert "Rubric inspector" in screen_text(app)
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), what="back to runs")
-        titles = [c.title for c in app.get_system_commands(runs)]
-        for t in ("New run", "Open run demo-baseline", "Stop demo-baseline", "Delete demo-baseline",
-                  "Compare marked runs", "Toggle light/dark theme"):
+        from ropd_tui.app import RunsProvider
+
+        titles = [c.title for c in app.get_system_commands(runs)] + [t for t, _, _ in RunsProvider(runs)._commands()]
+        for t in ("New run", "Open run demo-baseline", "Inspect rubrics of verl-k1", "Stop demo-baseline",
+                  "Delete demo-baseline", "Compare marked runs", "Toggle light/dark theme"):
             assert t in titles
+        assert len(titles) == len(set(titles)), sorted(t for t in titles if titles.count(t) > 1)  # each once
         theme = app.theme
         await pilot.press("ctrl+t")
         assert app.theme != theme
@@ -310,6 +361,39 @@ async def test_new_run_validates_config_and_overrides(store, tmp_path):
         assert "judge: offline" in screen_text(app)
 
 
+async def test_new_run_check_shows_the_exact_name_a_launch_creates(store, tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "a.yaml").write_text("run:\n  name: demo-baseline\n")  # taken in the fixture store
+    app = make_app(store, configs_dir=configs)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_screen(pilot, RunsScreen)
+        await pilot.press("n")
+        screen = await wait_screen(pilot, NewRunScreen)
+
+        def result() -> str:
+            return str(screen.query_one("#new-run-result").content)
+
+        # the config's name is a default: taken, so the launch creates the first free NAME-2
+        await pilot.press("ctrl+r")
+        text = result()
+        assert "creates run 'demo-baseline-2'" in text
+        assert "run name 'demo-baseline' is taken (finished at step 11)" in text
+        assert "select demo-baseline on the Runs screen, press r" in text
+        assert screen.run_name.name == "demo-baseline-2"
+        # a name typed in the form must be free: the check says so, before any launch
+        screen.query_one("#new-run-name").value = "verl-k1"
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        text = result()
+        assert "a run named 'verl-k1' already exists (running at step 8)" in text and "resume it" in text
+        assert screen.valid_cfg is None
+        screen.query_one("#new-run-name").value = "fresh"
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        assert "creates run 'fresh'" in result() and "is taken" not in result()
+
+
 async def test_launch_failure_is_shown_and_the_form_kept(store, tmp_path):
     configs = tmp_path / "configs"
     configs.mkdir()
@@ -358,3 +442,12 @@ async def test_palette_opens_any_run_by_name(store):
         await pilot.press("enter")
         run = await wait_screen(pilot, RunScreen)
         assert run.run_name == "demo-stopped"
+
+
+def test_the_log_tab_leaves_progress_bars_out(tmp_path):
+    from ropd_tui.widgets.log_view import LogTail
+
+    path = tmp_path / "run.log"
+    path.write_text("loading\nMap: 100%|██████████| 64/64 [00:00<00:00, 2000.1 examples/s]\nstep 1 reward 0.5\n",
+                    encoding="utf-8")
+    assert LogTail(path).read().lines == ["loading", "step 1 reward 0.5"]

@@ -13,12 +13,19 @@ How it imitates the method:
   ``scorer.min_criteria`` remain. Candidates, with points:
 
   - 5  the final answer is V (V = ground truth if known, else the teachers' majority final answer)
-  - 4  no result other than V: the final number and every value after "=" / "answer is" equal V
-  - 4/2  each quantity every teacher answer mentions: an intermediate value (4) or a given one (2)
-  - 2  every number in the answer comes from the question or is V (no invented numbers)
+  - 4  no result other than V: the answer has a final number, and it and every value after "=" /
+       "answer is" equal V
+  - 4/2  each quantity every teacher answer mentions: an intermediate value (4) or a given one (2);
+       not when the question asks for the bare answer ("Answer with just the number."): showing
+       working is then not what was asked, and a correct bare answer must not lose to verbosity
+  - 2  the answer has a number and every number in it comes from the question or is V (no invented
+       numbers)
   - 2  the answer ends with a line holding only the number (the answer format)
   - 1  V is written in digits; at most N words (brevity, N from the teacher answers); no repeated
        line or sentence; the answer does not stop mid-sentence
+
+  Criteria about the result fail when an answer gives no result (a refusal, an empty answer), and
+  the quality checks (brevity, no repetition, completeness) fail for an empty answer.
 
 * **Verify**: each criterion's text is canonical, so the check is recovered from the text itself (a
   rubric read back from the run store verifies the same way). "The final answer is V" is decided by
@@ -104,9 +111,24 @@ def _stated_results(text: str) -> list[Fraction]:
 
 
 def _consistent(text: str, value: Fraction | None) -> bool:
-    """No conflicting result: the final number (if any) and every stated result equal ``value``."""
+    """No conflicting result: there is a final number, and it and every stated result equal ``value``
+    (an answer with no result has nothing consistent about it)."""
     final = final_number(text)
-    return (final is None or final == value) and all(x == value for x in _stated_results(text))
+    return final is not None and final == value and all(x == value for x in _stated_results(text))
+
+
+def _said_something(text: str) -> bool:
+    return bool(strip_reasoning(text).strip())
+
+
+_BARE_ANSWER_RE = re.compile(
+    r"\b(?:(?:with|give|write|reply with|respond with|answer with|return)\s+)?(?:just|only)\s+(?:the\s+)?"
+    r"(?:final\s+)?(?:number|answer|result|value)\b|\banswer\s+only\b|\bnothing\s+else\b", re.IGNORECASE)
+
+
+def asks_for_bare_answer(question: str) -> bool:
+    """The question asks for the bare result ("Answer with just the number.", "only the final answer")."""
+    return bool(_BARE_ANSWER_RE.search(question or ""))
 
 
 def _word_count(text: str) -> int:
@@ -162,6 +184,13 @@ def final_value(criterion_text: str) -> str | None:
     """V of the canonical "The final answer is V." criterion, else None."""
     m = _FINAL_RE.match(criterion_text.strip())
     return m.group(1) if m else None
+def _only_numbers(allowed: set[Fraction]) -> Callable[[str], bool]:
+    """The answer has numbers and all of them are ``allowed`` (no numbers: no result, fails)."""
+    def check(a: str) -> bool:
+        found = _num_set(strip_reasoning(a))
+        return bool(found) and found <= allowed
+
+    return check
 
 
 def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], Callable[[str], bool]]]]:
@@ -178,14 +207,15 @@ def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], Callable[[str], bool
         (re.compile(rf"^The answer (?:works out the intermediate value|uses the quantity) {num}(?: from the question)?\.$"),
          lambda m: (lambda v: (lambda a: v in _num_set(strip_reasoning(a))))(parse_number(m.group(1)))),
         (re.compile(r"^Every number in the answer is one of: (.+)\.$"),
-         lambda m: (lambda allowed: (lambda a: _num_set(strip_reasoning(a)) <= allowed))(nums_of(m.group(1)))),
+         lambda m: _only_numbers(nums_of(m.group(1)))),
         (re.compile(r"^The answer ends with a line that holds only the final number\.$"),
          lambda m: _ends_with_bare_number),
         (re.compile(rf"^The answer writes the final value {num} in digits\.$"),
          lambda m: (lambda v: (lambda a: v in _num_set(strip_reasoning(a))))(parse_number(m.group(1)))),
         (re.compile(r"^The answer is at most (\d+) words long\.$"),
-         lambda m: (lambda n: (lambda a: _word_count(a) <= n))(int(m.group(1)))),
-        (re.compile(r"^The answer does not repeat any sentence or line\.$"), lambda m: (lambda a: not _has_repeats(a))),
+         lambda m: (lambda n: (lambda a: _said_something(a) and _word_count(a) <= n))(int(m.group(1)))),
+        (re.compile(r"^The answer does not repeat any sentence or line\.$"),
+         lambda m: (lambda a: _said_something(a) and not _has_repeats(a))),
         (re.compile(r"^The answer is complete: it does not stop in the middle of a sentence\.$"),
          lambda m: _is_complete),
     ]
@@ -292,7 +322,7 @@ class OfflineJudge:
         if num is not None:
             add("consistent", f"The answer gives no result other than {_fmt(num)}: its final number and every value "
                 f"after '=' or 'answer is' equal {_fmt(num)}.", 4, CAT_REASONING)
-            if teacher_answers:
+            if teacher_answers and not asks_for_bare_answer(question):
                 shared = set.intersection(*[_num_set(strip_reasoning(t)) for t in teacher_answers]) - {num}
                 # intermediate values (not given in the question) first, then given quantities
                 ranked = sorted(shared, key=lambda v: (v in q_nums, v))
@@ -399,7 +429,7 @@ class OfflineJudge:
                 score += 6
             if _ends_with_bare_number(a):
                 score += 2
-            if _word_count(a) <= 40:
+            if _said_something(a) and _word_count(a) <= 40:
                 score += 1
             if value is not None and _consistent(a, value):
                 score += 1

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     status, cause, code, sig = classify_exit(rc, stop_requested=run.stop_requested, oom=oom and rc != 0, tail=tail)
     if status == "failed":
         cause = disk_full_cause(run, tail) or cause
-    note(f"run ended: {status} ({cause})")
+    note(f"run ended: {status}" + (f" ({cause})" if cause and cause != status else ""))
     record_end_when_possible(store, run.id, status=status, cause=cause, exit_code=code, exit_signal=sig, tail=tail)
     store.close()
     return 0

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -88,8 +90,17 @@ def supervisor_settings(run: RunRecord) -> SupervisorConfig:
     return base
 
 
+_PROGRESS_BAR_RE = re.compile(r"\d{1,3}%\|[^|]*\|\s*[\d.]+[kMG]?/[\d.?]+[kMG]?")
+
+
+def is_progress_bar(line: str) -> bool:
+    """A tqdm-style progress bar (``Map: 100%|████| 4/4 [00:00<00:00, ...]``, possibly several redrawn
+    with carriage returns): noise in a log, left out of what ``logs``, the UI and failure tails show."""
+    return bool(_PROGRESS_BAR_RE.search(line))
+
+
 def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last lines of a log file (monitor notes excluded)."""
+    """The last lines of a log file (monitor notes and progress bars excluded)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -98,7 +109,8 @@ def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[st
             data = f.read().decode("utf-8", "replace")
     except OSError:
         return []
-    rows = [ln for ln in data.splitlines() if ln.strip() and not ln.startswith("[ropd-tui]")]
+    rows = [ln for ln in data.splitlines()
+            if ln.strip() and not ln.startswith("[ropd-tui]") and not is_progress_bar(ln)]
     return rows[-lines:]
 
 
@@ -124,6 +136,45 @@ def check_stall(store: RunStore, run: RunRecord, now: float | None = None) -> Ru
             return dataclasses.replace(run, status="stalled", cause=cause)
         return store.get_run(run.id)
     return run
+
+
+@dataclass
+class CheckpointUsage:
+    """The disk a run's checkpoints take (current attempt and the older attempts restart kept)."""
+
+    bytes: int
+    count: int
+    folders: list[Path]
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def checkpoint_usage(run: RunRecord) -> CheckpointUsage:
+    """Size and number of the run's checkpoints (``checkpoints/`` and ``attempts/*/checkpoints``)."""
+    folders = [run.checkpoints_dir]
+    attempts = run.run_dir / "attempts"
+    if attempts.is_dir():
+        folders += sorted(p / "checkpoints" for p in attempts.iterdir() if (p / "checkpoints").is_dir())
+    folders = [f for f in folders if f.is_dir()]
+    count = sum(1 for f in folders for p in f.iterdir() if p.is_dir() and p.name.startswith("checkpoint-"))
+    return CheckpointUsage(bytes=sum(_tree_bytes(f) for f in folders), count=count, folders=folders)
+
+
+def fmt_bytes(n: int) -> str:
+    """``1.6 GB``, ``420 MB``, ``12 kB`` (decimal units, as ``du -h --si``)."""
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def run_processes(run: RunRecord) -> list[procinfo.ProcStat]:
@@ -449,6 +500,24 @@ class Supervisor:
         ckpt.mkdir(parents=True, exist_ok=True)
         self.store.start_attempt(run.id)
         return self.launch(run.id, run.argv, env=env, resume=False, event="started")
+
+    def delete_checkpoints(self, run: RunRecord | str | int) -> "CheckpointUsage":
+        """Remove the run's checkpoints (current and older attempts) and nothing else; refuses while it
+        runs. Returns what was freed. A later resume starts from step 1 (its steps stay in the store)."""
+        run = self.refresh(run)
+        if run.active:
+            raise StoreError(f"run {run.name!r} is {run.status}; stop it before deleting its checkpoints",
+                             hint=f"ropd-tui --headless stop {run.name}")
+        usage = checkpoint_usage(run)
+        for folder in usage.folders:
+            if folder.resolve().is_relative_to(run.run_dir.resolve()):
+                shutil.rmtree(folder, ignore_errors=True)
+        run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        if usage.count:
+            self.store.add_event(run.id, "checkpoints_deleted",
+                                 f"deleted {usage.count} checkpoint(s), {fmt_bytes(usage.bytes)}",
+                                 data={"bytes": usage.bytes, "count": usage.count})
+        return usage
 
     def delete(self, run: RunRecord | str | int) -> None:
         """Delete the run's rows and folder; refuses while it runs."""

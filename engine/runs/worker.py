@@ -105,6 +105,9 @@ def run_worker(store_path: str, run_ref: str, resume: bool, *, stop=None) -> int
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            # one progress line per step is ours (and the heartbeat): no tqdm bars in the run log
+            os.environ.setdefault("TQDM_DISABLE", "1")
+            os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
             from engine.trainers import embedded
 
             result = embedded.run(cfg, store, run, resume, stop=stop, log=_log)

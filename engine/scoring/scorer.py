@@ -42,7 +42,7 @@ import inspect
 import logging
 import random
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from engine import progress
 from engine.config import Config
@@ -219,15 +219,30 @@ class Scorer:
 
     # -- batch -----------------------------------------------------------------------------------
 
-    async def score_batch(self, groups: Sequence[GroupInput]) -> BatchResult:
-        """Score every group concurrently; each runs its own rubricate -> verify pipeline."""
+    async def score_batch(self, groups: Sequence[GroupInput], *,
+                          on_group_done: Callable[[int, int], None] | None = None) -> BatchResult:
+        """Score every group concurrently; each runs its own rubricate -> verify pipeline.
+        ``on_group_done(done, total)`` is called as each group finishes (progress; it must be cheap)."""
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(self.score_group(g, i) for i, g in enumerate(groups)))
+        finished = [0]
+
+        async def one(g: GroupInput, i: int) -> GroupResult:
+            res = await self.score_group(g, i)
+            finished[0] += 1
+            if on_group_done is not None:
+                try:
+                    on_group_done(finished[0], len(groups))
+                except Exception:  # noqa: BLE001 - progress reporting never fails a batch
+                    log.exception("on_group_done failed")
+            return res
+
+        results = await asyncio.gather(*(one(g, i) for i, g in enumerate(groups)))
         return BatchResult(groups=list(results), wall_s=time.perf_counter() - t0)
 
-    def score_batch_sync(self, groups: Sequence[GroupInput]) -> BatchResult:
+    def score_batch_sync(self, groups: Sequence[GroupInput], *,
+                         on_group_done: Callable[[int, int], None] | None = None) -> BatchResult:
         """:meth:`score_batch` from synchronous code (a thread with or without a running event loop)."""
-        return run_sync(lambda: self.score_batch(groups))
+        return run_sync(lambda: self.score_batch(groups, on_group_done=on_group_done))
 
     def check_failure_rate(self, batch: BatchResult) -> float:
         """The batch's failure rate; ScoringFailureRateError when it passes ``scorer.failure_threshold``."""
@@ -292,6 +307,8 @@ class Scorer:
         # the rollouts first: their correctness is checked (in other processes) while the judge works,
         # and is known even when the teacher lookup fails
         students = [self._prepare(t, "student", i, full) for i, t in enumerate(group.rollouts)]
+        for a, clipped in zip(students, group.clipped or []):
+            a.clipped = clipped
         res.answers = list(students)
         self._start_checks(group.ground_truth, full[:len(students)], checks)
         teachers_raw, source = self.teacher_answers_for(group)

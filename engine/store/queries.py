@@ -44,6 +44,28 @@ def latest_metrics(c: sqlite3.Connection, run_ids: Iterable[int] | None) -> dict
     return out
 
 
+_PROGRESS_COLS = ("run_id", "attempt", "step", "total_steps", "phase", "done", "total", "unit", "detail",
+                  "phase_started", "progress_at", "updated_at", "no_progress_after_s", "totals_json")
+
+
+def progress_rows(c: sqlite3.Connection, run_ids: Iterable[int] | None) -> dict[int, dict[str, Any]]:
+    """{run_id: progress row} for runs whose row belongs to their current attempt."""
+    sql = (f"SELECT {', '.join('p.' + k for k in _PROGRESS_COLS)} FROM run_progress p"
+           " JOIN runs r ON r.id = p.run_id AND r.attempt = p.attempt")
+    params: list[int] = []
+    if run_ids is not None:
+        params = [int(r) for r in run_ids]
+        if not params:
+            return {}
+        sql += f" WHERE p.run_id IN ({_marks(len(params))})"
+    out: dict[int, dict[str, Any]] = {}
+    for row in c.execute(sql, params).fetchall():
+        d = dict(zip(_PROGRESS_COLS, row))
+        d["totals"] = _loads(d.pop("totals_json"), {}) or {}
+        out[d["run_id"]] = d
+    return out
+
+
 def headline(latest: dict[str, float], keys: tuple[str, ...]) -> float | None:
     for k in keys:
         if latest.get(k) is not None:
@@ -103,12 +125,13 @@ def load_groups(c: sqlite3.Connection, group_rows: list[sqlite3.Row], *, include
             "template_sha": r[7], "student_pass_rate": r[8], "teacher_pass_rate": r[9]})
     answers: dict[int, list[dict]] = {}
     for r in c.execute(f"SELECT id, group_id, kind, idx, pool_position, text, raw_text, truncated, reward,"
-                       f" judge_score, correct, checker FROM answers WHERE group_id IN ({marks}) ORDER BY group_id, id",
-                       ids):
+                       f" judge_score, correct, checker, clipped FROM answers WHERE group_id IN ({marks})"
+                       f" ORDER BY group_id, id", ids):
         answers.setdefault(r[1], []).append({
             "id": r[0], "kind": r[2], "index": r[3], "pool_position": r[4], "text": r[5],
             "raw_text": r[6] if include_raw else None, "truncated": bool(r[7]), "reward": r[8],
-            "judge_score": r[9], "correct": None if r[10] is None else bool(r[10]), "checker": r[11]})
+            "judge_score": r[9], "correct": None if r[10] is None else bool(r[10]), "checker": r[11],
+            "clipped": None if r[12] is None else bool(r[12])})
     verdicts: dict[int, dict[tuple[int, int], bool]] = {}
     for gid, aid, cid, passed in c.execute(
             f"SELECT group_id, answer_id, criterion_id, passed FROM verdicts WHERE group_id IN ({marks})", ids):
@@ -193,7 +216,7 @@ def answer_rows(c: sqlite3.Connection, run_id: int, attempt: int, steps: list[in
                 include_verdicts: bool) -> list[dict[str, Any]]:
     sql = ("SELECT g.step, g.group_index, g.seq, g.uid, p.question, g.ground_truth, g.status, a.id, a.kind, a.idx,"
            " a.pool_position, a.text, a.raw_text, a.truncated, a.reward, a.judge_score, a.correct, p.prompt_json,"
-           " a.checker"
+           " a.checker, a.clipped"
            " FROM groups g JOIN answers a ON a.group_id = g.seq JOIN prompts p ON p.hash = g.prompt_hash"
            " WHERE g.run_id=? AND g.attempt=?")
     params: list[Any] = [run_id, attempt]
@@ -211,7 +234,7 @@ def answer_rows(c: sqlite3.Connection, run_id: int, attempt: int, steps: list[in
             "ground_truth": r[5], "group_status": r[6], "answer_id": r[7], "kind": r[8], "index": r[9],
             "pool_position": r[10], "text": r[11], "raw_text": r[12], "truncated": bool(r[13]), "reward": r[14],
             "judge_score": r[15], "correct": None if r[16] is None else bool(r[16]), "checker": r[18],
-            "prompt": _loads(r[17])}
+            "prompt": _loads(r[17]), "clipped": None if r[19] is None else bool(r[19])}
            for r in rows]
     if include_verdicts and out:
         gids = sorted({a["group_id"] for a in out})

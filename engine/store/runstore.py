@@ -241,10 +241,12 @@ class RunStore:
                              " last_step, last_step_at, created_at, started_at, ended_at, config_json FROM runs"
                              " ORDER BY id").fetchall()
             latest = q.latest_metrics(c, None)
+            progress = q.progress_rows(c, None)
         out = []
         for r in rows:
             d = dict(r)
             config = q._loads(d.pop("config_json"), {})
+            d["progress"] = progress.get(r["id"])
             lm = latest.get(r["id"], {})
             d["reward"] = q.headline(lm, q.REWARD_KEYS)
             d["accuracy"] = q.headline(lm, q.ACCURACY_KEYS)
@@ -301,6 +303,7 @@ class RunStore:
             c.execute("UPDATE runs SET attempt=?, last_step=NULL, last_step_at=NULL, exit_code=NULL, exit_signal=NULL,"
                       " stderr_tail=NULL, cause=NULL, updated_at=? WHERE id=?", (attempt, now, int(run_id)))
             c.execute("DELETE FROM latest_metrics WHERE run_id=?", (int(run_id),))
+            c.execute("DELETE FROM run_progress WHERE run_id=?", (int(run_id),))
             c.execute("INSERT INTO events(run_id, ts, kind, step, message, data_json) VALUES (?,?,?,?,?,?)",
                       (int(run_id), now, "restarted", None,
                        message or f"restarted from scratch as attempt {attempt} (attempt {row[0]} kept, last step {row[1]})",
@@ -316,7 +319,8 @@ class RunStore:
             rep = [r[0] for r in c.execute("SELECT id FROM replays WHERE run_id=?", (rid,)).fetchall()]
             for replay_id in rep:
                 self._delete_replay_rows(c, replay_id)
-            for table in ("judge_calls", "metrics", "latest_metrics", "steps", "events", "run_templates", "tracker_state"):
+            for table in ("judge_calls", "metrics", "latest_metrics", "steps", "events", "run_templates", "tracker_state",
+                          "run_progress"):
                 c.execute(f"DELETE FROM {table} WHERE run_id=?", (rid,))
             c.execute("DELETE FROM runs WHERE id=?", (rid,))
         if rec.run_dir.exists() and rec.run_dir.resolve().parent == self.root.resolve():
@@ -341,6 +345,29 @@ class RunStore:
         rows = self._db.query(sql + " ORDER BY seq", params)
         return [{**{k: r[k] for k in ("seq", "run_id", "ts", "kind", "step", "message")},
                  "data": q._loads(r["data_json"])} for r in rows]
+
+    # -- progress inside a step (the trainer's heartbeat, engine.runs.heartbeat) ------------------------
+    def write_progress(self, run_id: int, *, phase: str, phase_started: float, progress_at: float,
+                       step: int | None = None, total_steps: int | None = None, done: int | None = None,
+                       total: int | None = None, unit: str | None = None, detail: str | None = None,
+                       no_progress_after_s: float | None = None, totals: Mapping[str, float] | None = None) -> None:
+        """Overwrite the run's progress row in one short transaction of its own."""
+        now = time.time()
+        with self._db.write() as c:
+            row = c.execute("SELECT attempt FROM runs WHERE id=?", (int(run_id),)).fetchone()
+            if row is None:
+                return  # the run was deleted: nobody is left to read its progress
+            c.execute("INSERT OR REPLACE INTO run_progress(run_id, attempt, step, total_steps, phase, done, total,"
+                      " unit, detail, phase_started, progress_at, updated_at, no_progress_after_s, totals_json)"
+                      " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                      (int(run_id), row[0], step, total_steps, phase, done, total, unit,
+                       None if detail is None else scrub_text(str(detail)), float(phase_started),
+                       float(progress_at), now, no_progress_after_s, json.dumps(dict(totals)) if totals else None))
+
+    def progress(self, run_ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+        """{run_id: progress row} of the current attempt (the phase, k of n, since when, seconds per phase)."""
+        with self._db.read() as c:
+            return q.progress_rows(c, run_ids)
 
     # -- steps (the trainer's write path) ------------------------------------------------------------
     def write_step(self, run_id: int, step: int, metrics: Mapping[str, float] | None = None,
@@ -581,6 +608,14 @@ class RunStore:
         rows = self._db.query("SELECT * FROM judge_calls WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?",
                               (int(run_id), after_seq, limit))
         return [q.call_dict(r) for r in rows]
+
+    def last_seq(self, table: str, run_id: int) -> int:
+        """The newest ``seq`` of a run's rows in an append-only table (0: none): a cheap "did anything
+        of this run change" check for readers that poll."""
+        if table not in q.CURSOR_TABLES:
+            raise ValueError(f"last_seq: table must be one of {q.CURSOR_TABLES}, not {table!r}")
+        rows = self._db.query(f"SELECT MAX(seq) FROM {table} WHERE run_id=?", (int(run_id),))
+        return int(rows[0][0] or 0)
 
     def rows_newer(self, table: str, cursor: int, *, run_id: int | None = None, limit: int = 10_000
                    ) -> tuple[list[dict[str, Any]], int]:

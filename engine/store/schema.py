@@ -442,9 +442,38 @@ def _v10_criterion_rollups(conn: sqlite3.Connection) -> None:
                  " GROUP BY 1, 2, 3, 4")
 
 
+def _v11_run_progress(conn: sqlite3.Connection) -> None:
+    """What a run's trainer is doing right now (engine.runs.heartbeat): one row per run, overwritten in
+    its own short transaction a few times a second at most; seconds per phase so far in ``totals_json``."""
+    conn.execute("""CREATE TABLE run_progress (
+        run_id INTEGER PRIMARY KEY,
+        attempt INTEGER NOT NULL,
+        step INTEGER,
+        total_steps INTEGER,
+        phase TEXT NOT NULL,
+        done INTEGER,
+        total INTEGER,
+        unit TEXT,
+        detail TEXT,
+        phase_started REAL NOT NULL,
+        progress_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        no_progress_after_s REAL,
+        totals_json TEXT
+    )""")
+
+
+def _v12_answer_clipped(conn: sqlite3.Connection) -> None:
+    """``answers.clipped``: the rollout was cut at the token limit (max_new_tokens); NULL when unknown
+    (teacher answers, scored groups without token counts). ``answers.truncated`` stays the judge's
+    character budget (``scorer.answer_char_budget``)."""
+    conn.execute("ALTER TABLE answers ADD COLUMN clipped INTEGER")
+
+
 MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_judge_call_finish_reason,
                                _v5_full_text_search, _v6_sql_views, _v7_answer_checker,
-                               _v8_cached_prompt_tokens, _v9_tracker_state, _v10_criterion_rollups]
+                               _v8_cached_prompt_tokens, _v9_tracker_state, _v10_criterion_rollups,
+                               _v11_run_progress, _v12_answer_clipped]
 
 
 def schema_version() -> int:

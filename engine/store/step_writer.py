@@ -144,13 +144,14 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
             aid = ids.take("answers", "id")
             answer_rows.append((aid, gid, a.kind, a.index, a.pool_position, a.text or "", raw, int(bool(a.truncated)),
                                 _num(a.reward), _num(a.judge_score),
-                                None if a.correct is None else int(bool(a.correct)), a.checker))
+                                None if a.correct is None else int(bool(a.correct)), a.checker,
+                                None if a.clipped is None else int(bool(a.clipped))))
             if a.verdicts and crit_ids:
                 verdict_rows.extend((gid, aid, cid, int(bool(v))) for cid, v in zip(crit_ids, a.verdicts))
         if not g.answers and g.rollouts_raw:  # failed before any answer was judged: keep the rollouts
             for i, text in enumerate(g.rollouts_raw):
                 answer_rows.append((ids.take("answers", "id"), gid, "student", i, None, text, None, 0, None, None, None,
-                                    None))
+                                    None, None))
         call_rows.extend(_call_row(k, run_id, gid, None, now) for k in g.calls)
         for role, sha in (g.template_versions or {}).items():
             if sha:
@@ -167,7 +168,7 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
                   " student_pass_rate, teacher_pass_rate) VALUES (?,?,?,?,?,?,?,?,?,?)", crit_rows)
     rollup.write(c)
     c.executemany("INSERT INTO answers(id, group_id, kind, idx, pool_position, text, raw_text, truncated, reward,"
-                  " judge_score, correct, checker) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", answer_rows)
+                  " judge_score, correct, checker, clipped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", answer_rows)
     c.executemany("INSERT INTO verdicts(group_id, answer_id, criterion_id, passed) VALUES (?,?,?,?)", verdict_rows)
     if call_rows:
         c.executemany(_CALL_SQL, call_rows)

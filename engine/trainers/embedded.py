@@ -53,11 +53,14 @@ from typing import Any, Callable
 from engine.config import Config
 from engine.errors import ConfigError, ScoringFailureRateError
 from engine.scoring.signal import learning_signal
+from engine.runs.heartbeat import Heartbeat
+from engine.wording import plural
 from engine.types import BatchResult, GroupInput, prompt_hash
 from engine.trainers import data as task_data
 from engine.trainers.evaluate import evaluate
 from engine.trainers.model_cache import load_model_and_tokenizer, resolve_model_dir
 from engine.trainers.trl_compat import check_trl
+from engine.trainers.token_progress import counting_forwards
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -407,10 +410,14 @@ def _make_trainer_class():
         ropd: "EmbeddedRun"
 
         def _generate(self, prompts):
-            self.ropd.stop.set_phase("generate")
+            ropd = self.ropd
+            ropd.heartbeat.phase("generate", step=ropd._current_step(), total=ropd.cfg.trainer.max_new_tokens,
+                                 unit="tokens", detail=f"{len(prompts)} rollouts")
+            ropd.stop.set_phase("generate")
             t0, c0 = time.perf_counter(), time.process_time()
             try:
-                return super()._generate(prompts)
+                with counting_forwards(self.accelerator.unwrap_model(self.model), ropd.heartbeat.advance):
+                    return super()._generate(prompts)
             finally:
                 timing = self.ropd.record.timing
                 timing["generate"] += time.perf_counter() - t0
@@ -431,6 +438,7 @@ def _make_trainer_class():
             # (EmbeddedRun checks it at start); this keeps the step correct if that ever changes.
             out["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
             out["advantages"] = out["advantages"] * keep.to(out["advantages"].dtype)
+            self.ropd.heartbeat.phase("update")
             self.ropd.stop.set_phase("update")
             return out
 
@@ -478,6 +486,8 @@ class EmbeddedRun:
         self._progress_writer = None  # judge progress -> <run dir>/progress.json (for `train`)
         self.budget_reason: str | None = None
         self.mirror = None  # engine.tracking.mirror.TrackerMirror when tracking.backends names any
+        self.heartbeat = Heartbeat(store, getattr(run, "id", None), total_steps=cfg.trainer.steps,
+                                   no_progress_after_s=cfg.supervisor.no_progress_after_s)
 
     # -- setup --------------------------------------------------------------------------------------
     def _setup_torch(self) -> None:
@@ -577,12 +587,12 @@ class EmbeddedRun:
 
     # -- reward ---------------------------------------------------------------------------------------
     def reward_fn(self) -> Callable[..., list[float | None]]:
-        def ropd_rubric_reward(prompts, completions, uid=None, **_kw) -> list[float | None]:
-            return self._score(completions, uid)
+        def ropd_rubric_reward(prompts, completions, uid=None, completion_ids=None, **_kw) -> list[float | None]:
+            return self._score(completions, uid, completion_ids)
 
         return ropd_rubric_reward
 
-    def _score_tracked(self, groups: list[GroupInput]):
+    def _score_tracked(self, groups: list[GroupInput], on_group_done=None):
         """Score the step's groups with judge progress counted and written to the run folder
         (``progress.json``, read by ``ropd-tui --headless train``)."""
         from engine.progress import PROGRESS_FILE, JudgeProgress, SnapshotWriter, tracking
@@ -595,19 +605,34 @@ class EmbeddedRun:
             self._progress_writer.watch(prog)
         try:
             with tracking(prog):
-                return self.scorer.score_batch_sync(groups)
+                return self.scorer.score_batch_sync(groups, on_group_done=on_group_done)
         finally:
             prog.finish()
             if self._progress_writer is not None:
                 self._progress_writer.watch(prog)
 
-    def _score(self, completions: list[Any], uids: list[str] | None) -> list[float | None]:
-        self.stop.set_phase("score")
+    def _clipped(self, completion_ids: list[Any] | None, n_texts: int) -> list[bool | None]:
+        """Per completion: cut at ``max_new_tokens`` (no EOS before the limit); None when unknown."""
+        if not completion_ids or len(completion_ids) != n_texts:
+            return [None] * n_texts
+        limit = self.cfg.trainer.max_new_tokens
+        eos = set(getattr(self.trainer, "eos_token_ids", None) or [])
+        out: list[bool | None] = []
+        for ids in completion_ids:
+            ids = list(ids.tolist() if hasattr(ids, "tolist") else ids)
+            out.append(len(ids) >= limit and (not eos or ids[-1] not in eos))
+        return out
+
+    def _score(self, completions: list[Any], uids: list[str] | None,
+               completion_ids: list[Any] | None = None) -> list[float | None]:
         n = self.cfg.trainer.rollouts
         texts = [_completion_text(c) for c in completions]
+        self.heartbeat.phase("score", step=self._current_step(), total=len(texts) // max(1, n), unit="groups")
+        self.stop.set_phase("score")
         if not uids or len(uids) != len(texts) or len(texts) % n:
             raise RuntimeError(f"reward batch has {len(texts)} completions and {len(uids or [])} uids; "
                                f"expected a multiple of trainer.rollouts={n}")
+        clipped = self._clipped(completion_ids, len(texts))
         groups: list[GroupInput] = []
         for start in range(0, len(texts), n):
             uid = uids[start]
@@ -616,12 +641,13 @@ class EmbeddedRun:
             prob = self.problems[uid]
             groups.append(GroupInput(prompt=prob["prompt"], rollouts=texts[start:start + n],
                                      ground_truth=prob.get("ground_truth"), uid=uid,
+                                     clipped=clipped[start:start + n],
                                      meta={"data_source": prob.get("data_source"),
                                            "step": self._current_step()}))
         if self.templates is not None:
             self.templates.step = self._current_step()
         t0 = time.perf_counter()
-        batch = self._score_tracked(groups)
+        batch = self._score_tracked(groups, on_group_done=lambda done, _total: self.heartbeat.advance(done))
         self.record.timing["score"] += time.perf_counter() - t0
         rewards = row_rewards(batch, n)
         self.record.batch = batch
@@ -635,6 +661,7 @@ class EmbeddedRun:
         except ScoringFailureRateError:
             self._write_aborted_step(batch)
             raise
+        self.heartbeat.phase("update")
         self.stop.set_phase("update")
         return rewards
 
@@ -678,6 +705,7 @@ class EmbeddedRun:
 
         class _StoreCallback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
+                run.heartbeat.phase("generate", step=state.global_step + 1)
                 run.stop.set_phase("step")
                 if run.stop.requested:
                     raise StopRequested()
@@ -705,6 +733,8 @@ class EmbeddedRun:
                 if state.global_step < state.max_steps and run._check_budget(state.global_step):
                     control.should_save = True  # checkpointed right after this log, then training stops
                     control.should_training_stop = True
+                if control.should_save:  # the Trainer saves right after this log
+                    run.heartbeat.phase("save", step=state.global_step)
 
             def on_save(self, args, state, control, **kw):
                 run.last_saved_step = state.global_step
@@ -763,11 +793,18 @@ class EmbeddedRun:
     def _evaluate(self, step: int) -> None:
         """Greedy validation accuracy of the policy after ``step``, added to the step's metrics."""
         tr, t = self.trainer, self.cfg.trainer
+        hb = self.heartbeat
+        hb.phase("eval", step=step, total=len(self.val_problems), unit="prompts")
         self.stop.set_phase("eval")
+
+        def progress(done: int, tokens: int) -> None:
+            hb.advance(done, detail=f"token {tokens}/{t.max_new_tokens}" if tokens else "")
+
         result = evaluate(tr.accelerator.unwrap_model(tr.model), tr.processing_class, self.val_problems,
                           system_prompt=self.cfg.task.system_prompt, max_new_tokens=t.max_new_tokens,
                           batch_size=t.prompts_per_step * t.rollouts,
-                          eos_token_ids=getattr(tr, "eos_token_ids", None), checker=self._checker())
+                          eos_token_ids=getattr(tr, "eos_token_ids", None), checker=self._checker(),
+                          progress=progress)
         self.stop.set_phase("log")
         metrics = result.metrics()
         self.store.write_metrics(self.run.id, step, metrics)
@@ -793,6 +830,7 @@ class EmbeddedRun:
     def train(self) -> TrainResult:
         """Train until ``trainer.steps`` (or a stop request). Raises UserError subclasses for user
         problems and :class:`StopRequested` only from inside; a stop returns status "stopped"."""
+        self.heartbeat.start()
         try:
             return self._train()
         except StopRequested:
@@ -802,6 +840,7 @@ class EmbeddedRun:
             return TrainResult("stopped", step, f"stopped after step {step}")
         finally:
             self.stop.close()
+            self.heartbeat.close()
             if self.templates is not None:
                 try:
                     self.templates.stop()
@@ -865,7 +904,8 @@ class EmbeddedRun:
         # (the supervisor records "started"/"resumed" itself; these say what the trainer actually did)
         self.store.add_event(
             self.run.id, "checkpoint_loaded" if resume_from is not None else "trainer_started",
-            f"embedded trainer: {t.steps} steps of {t.prompts_per_step} prompts x {t.rollouts} rollouts"
+            f"embedded trainer: {plural(t.steps, 'step')} of {plural(t.prompts_per_step, 'prompt')} x "
+            f"{plural(t.rollouts, 'rollout')}"
             + (f", continuing from {resume_from.name}" if resume_from is not None else ""),
             step=self.last_saved_step or None,
             data={"model": str(model_dir), "checkpoints": str(ckpt_root), "judge": "llm" if self.cfg.judge_is_llm() else "offline"})
@@ -876,7 +916,7 @@ class EmbeddedRun:
             return TrainResult("stopped", step, f"stopped after step {step}")
         if self.budget_reason is not None:
             return TrainResult("budget", step, self.budget_reason)
-        return TrainResult("finished", step, f"finished {step} steps")
+        return TrainResult("finished", step, f"finished {plural(step, 'step')}")
 
     def _save_after_stop(self) -> None:
         """After an aborted step the weights are those of the last completed step: checkpoint them if
@@ -885,6 +925,7 @@ class EmbeddedRun:
         if tr is None or tr.state.global_step <= self.last_saved_step or self.stop.phase not in StopControl.ABORTABLE | {"step"}:
             return
         self.stop.phase = "save"
+        self.heartbeat.phase("save", step=tr.state.global_step)
         try:
             tr._save_checkpoint(tr.model, trial=None)
             step = self.last_saved_step = tr.state.global_step

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from engine.trainers.data import chat_messages
 
@@ -33,11 +33,16 @@ class EvalResult:
 
 
 def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, system_prompt: str | None,
-                   max_new_tokens: int, batch_size: int, eos_token_ids: Sequence[int] | None = None
-                   ) -> tuple[list[str], list[int]]:
-    """Greedy completions (texts and token lengths) of ``prompts`` (strings or chat messages)."""
+                   max_new_tokens: int, batch_size: int, eos_token_ids: Sequence[int] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[list[str], list[int]]:
+    """Greedy completions (texts and token lengths) of ``prompts`` (strings or chat messages).
+    ``progress(prompts_done, tokens_of_the_running_batch)`` reports progress as it goes."""
     import torch
     from transformers import GenerationConfig
+
+    from engine.trainers.token_progress import counting_forwards
+
+    report = progress or (lambda _done, _tokens: None)
 
     eos = list(eos_token_ids or [tokenizer.eos_token_id])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -55,12 +60,14 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, system
                                                           add_generation_prompt=True) for p in chunk]
                 enc = tokenizer(rendered, return_tensors="pt", padding=True, padding_side="left",
                                 add_special_tokens=False).to(model.device)
-                out = model.generate(**enc, generation_config=gen_cfg)
+                with counting_forwards(model, lambda n, done=len(texts): report(done, n)):
+                    out = model.generate(**enc, generation_config=gen_cfg)
                 completions = out[:, enc["input_ids"].shape[1]:].cpu()
                 for row in completions.tolist():
                     n = next((i + 1 for i, tok in enumerate(row) if tok in eos), len(row))
                     lengths.append(n)
                     texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+                report(len(texts), 0)
     finally:
         model.train(was_training)
     return texts, lengths
@@ -68,10 +75,10 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, system
 
 def evaluate(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], *, system_prompt: str | None,
              max_new_tokens: int, batch_size: int, eos_token_ids: Sequence[int] | None = None,
-             checker: Any = None) -> EvalResult:
+             checker: Any = None, progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Greedy accuracy of the policy on ``problems`` (each with ``prompt`` and ``ground_truth``), checked by
     ``checker`` (a :class:`~engine.tasks.checker_pool.CheckerPool`; default: the rule-based check). An
-    answer whose check times out or fails counts as wrong."""
+    answer whose check times out or fails counts as wrong. ``progress``: see :func:`greedy_answers`."""
     if checker is None:
         from engine.tasks.checker_pool import get_pool
 
@@ -79,7 +86,7 @@ def evaluate(model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]], *, 
     t0 = time.perf_counter()
     texts, lengths = greedy_answers(model, tokenizer, [p["prompt"] for p in problems], system_prompt=system_prompt,
                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                    eos_token_ids=eos_token_ids)
+                                    eos_token_ids=eos_token_ids, progress=progress)
     verdicts = checker.check_many([(text, p["ground_truth"]) for text, p in zip(texts, problems)])
     correct = [bool(v.correct) for v in verdicts]
     return EvalResult(texts=texts, lengths=lengths, correct=correct, seconds=time.perf_counter() - t0)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from engine.wording import plural
 from engine.config import Config
 from engine.errors import ConfigError, TeacherIndexError
 from engine.tracking.backends import check_tracking
@@ -33,8 +34,8 @@ def preflight(cfg: Config, env: Mapping[str, str] | None = None, *, live: bool =
         notes.append(check_trl())  # DependencyError naming the supported TRL range when a hook has changed
         notes.append(f"model: {check_model_spec(cfg.trainer.model)}")
         t = cfg.trainer
-        notes.append(f"trainer: embedded GRPO, {t.steps} steps x {t.prompts_per_step} prompts x {t.rollouts} "
-                     f"rollouts x {t.max_new_tokens} tokens, lr {t.learning_rate:g}")
+        notes.append(f"trainer: embedded GRPO, {plural(t.steps, 'step')} x {plural(t.prompts_per_step, 'prompt')} x "
+                     f"{plural(t.rollouts, 'rollout')} x {plural(t.max_new_tokens, 'token')}, lr {t.learning_rate:g}")
     notes.append(_check_judge(cfg, env))
     if live and cfg.judge_is_llm(env):
         notes.append(_check_judge_live(cfg))
@@ -198,7 +199,7 @@ def _check_task_and_index(cfg: Config) -> list[str]:
     if val:
         source = cfg.task.val_file or "held-out demo problems, disjoint from training"
         t = cfg.trainer
-        when = "after the last step" if t.eval_every >= t.steps else f"every {t.eval_every} steps and after the last"
+        when = "after the last step" if t.eval_every >= t.steps else f"every {plural(t.eval_every, 'step')} and after the last"
         notes.append(f"validation: greedy accuracy on {len(val)} prompts ({source}) {when}")
     if cfg.scorer.k == 0:
         return notes + ["teacher answers: none (scorer.k=0)"]

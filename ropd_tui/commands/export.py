@@ -15,8 +15,8 @@ from typing import Any, Iterator
 
 METRIC_FIELDS = ["step", "key", "value", "wall_time"]
 ANSWER_FIELDS = ["step", "group_index", "uid", "group_status", "answer_id", "kind", "index", "pool_position",
-                 "reward", "correct", "checker", "truncated", "judge_score", "verdicts", "question", "ground_truth",
-                 "text"]
+                 "reward", "correct", "checker", "clipped", "judge_truncated", "judge_score", "verdicts",
+                 "question", "ground_truth", "text"]
 COST_FIELDS = ["step", "role", "model", "calls", "cache_hits", "prompt_tokens", "cached_prompt_tokens",
                "completion_tokens", "usd"]
 VERDICT_FIELDS = ["step", "group_index", "answer_id", "kind", "index", "pool_position", "criterion_position",
@@ -27,9 +27,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a run's metrics, answers or verdicts as CSV or JSONL",
                               description="Export one run (current attempt unless --attempt) to CSV or JSONL: "
                               "metrics (one row per step and key, including the cost/* metrics), answers (student "
-                              "rollouts and teacher answers with reward, correctness and verdicts), verdicts (one row "
-                              "per answer x criterion) or cost (judge tokens and USD per step, role and model, by the "
-                              "run's judge.<role>.price_* settings; usd is empty where a role has no price).")
+                              "rollouts and teacher answers with reward, correctness, verdicts, `clipped` = cut at "
+                              "the token limit and `judge_truncated` = cut to the judge's character budget), verdicts "
+                              "(one row per answer x criterion) or cost (judge tokens and USD per step, role and "
+                              "model, by the run's judge.<role>.price_* settings; usd is empty where a role has no "
+                              "price).")
     p.add_argument("run", metavar="RUN", help="run name or numeric id")
     p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl", help="output format (default jsonl)")
     p.add_argument("--what", choices=("metrics", "answers", "verdicts", "cost"), default="metrics",
@@ -50,6 +52,9 @@ def _answer_rows(store, run_id: int, attempt: int | None, fmt: str) -> Iterator[
         for a in store.answers(run_id, [s["step"]], attempt=attempt, include_verdicts=True):
             a.pop("prompt", None)
             a.pop("group_id", None)
+            # clipped: the rollout hit max_new_tokens (None: not known, e.g. teacher answers);
+            # judge_truncated: the judge saw it cut to scorer.answer_char_budget characters
+            a["judge_truncated"] = a.pop("truncated", None)
             if fmt == "csv":
                 a["verdicts"] = "" if a["verdicts"] is None else "".join("1" if v else "0" for v in a["verdicts"])
             yield {k: a.get(k) for k in ANSWER_FIELDS} if fmt == "csv" else a

@@ -61,6 +61,7 @@ def register(subparsers) -> None:
     s = sub.add_parser("show", help="summarise an index file")
     s.add_argument("path", help="index file (JSONL)")
     s.add_argument("--k", type=int, default=4, help="report prompts with fewer than K answers (scorer.k, default 4)")
+    s.add_argument("--json", action="store_true", help="machine-readable JSON output")
     s.set_defaults(func=show_handler)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -122,16 +123,38 @@ def show_handler(args: argparse.Namespace) -> int:
     from engine.teacher.importer import short_answer_lines, short_prompts
     from engine.teacher.index import TeacherIndex, identical_answers_warning
 
+    import json
+
+    from engine.wording import plural
+
+    from ._output import print_json
+
     if args.k < 1:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
     idx = TeacherIndex.load(args.path)
     counts = Counter(len(r["answers"]) for r in idx.rows.values())
-    echo(f"{args.path}: {len(idx)} prompts")
-    echo("  answers per prompt: " + ", ".join(f"{k}: {v} prompts" for k, v in sorted(counts.items())))
-    echo(f"  settings: {idx.settings}")
-    for line in short_answer_lines(sorted(short_prompts(idx, args.k), key=lambda item: item[1]), args.k, of=len(idx)):
-        echo(line)
+    settings = idx.settings
+    other = sum(1 for r in idx.rows.values() if (r.get("settings") or {}) != settings)
+    short = sorted(short_prompts(idx, args.k), key=lambda item: item[1])
     identical = identical_answers_warning(idx.identical_answer_rows(), len(idx), args.path)
-    for w in idx.warnings + ([identical] if identical else []):
+    warnings = idx.warnings + ([identical] if identical else [])
+    if getattr(args, "json", False):
+        print_json({"path": str(args.path), "prompts": len(idx), "answers_per_prompt": dict(sorted(counts.items())),
+                    "settings": settings, "rows_with_other_settings": other, "k": args.k,
+                    "prompts_with_fewer_than_k": len(short), "warnings": warnings})
+        return 0
+    echo(f"{args.path}: {plural(len(idx), 'prompt')}")
+    echo("  answers per prompt: " + (", ".join(f"{k} ({plural(v, 'prompt')})" for k, v in sorted(counts.items()))
+                                     or "-"))
+    if settings:
+        echo("  built with: " + ", ".join(f"{k} {v if isinstance(v, str) else json.dumps(v)}"
+                                          for k, v in settings.items()))
+    else:
+        echo("  built with: (no settings recorded)")
+    if other:
+        echo(f"  {plural(other, 'row')} built with other settings")
+    for line in short_answer_lines(short, args.k, of=len(idx)):
+        echo(line)
+    for w in warnings:
         echo(f"  warning: {w}")
     return 0

@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 
 from ._output import add_json_flag, echo, print_json, print_table
 from ._runs_common import add_run_arg, open_store
 
-DEFAULT_KEYS = ("reward/mean", "teacher_score/mean", "accuracy", "val/accuracy", "loss", "score/student_reward_mean",
-                "score/teacher_reward_mean", "score/student_accuracy", "judge/failure_rate")
+# The default columns: one key per concept (the first one the run has), most important first; the
+# table keeps as many as fit the terminal.
+DEFAULT_CONCEPTS = (
+    ("reward/mean", "score/student_reward_mean", "critic/score/mean"),
+    ("accuracy", "score/student_accuracy"),
+    ("val/accuracy",),
+    ("teacher_score/mean", "score/teacher_reward_mean"),
+    ("loss",),
+    ("judge/failure_rate", "score/group_failure_rate"),
+    ("time/step", "timing_s/step"),
+)
+
+
+def default_keys(latest) -> list[str]:
+    keys = [next(k for k in concept if k in latest) for concept in DEFAULT_CONCEPTS if any(k in latest for k in concept)]
+    return keys or sorted(latest)[:6]
+
+
+def fitting(headers: list[str], rows: list[list], width: int, keep: int = 2) -> int:
+    """How many leading columns of the table fit in ``width`` characters (at least ``keep``)."""
+    from ._output import format_table
+
+    n = len(headers)
+    while n > keep and max(len(line) for line in format_table(headers[:n], [r[:n] for r in rows]).splitlines()) > width:
+        n -= 1
+    return n
 
 
 def register(subparsers) -> None:
@@ -44,7 +69,7 @@ def handler(args: argparse.Namespace) -> int:
                 raise UserError(f"run {rec.name!r} has no metric {', '.join(map(repr, missing))}",
                                 hint=f"list its keys with: ropd-tui --headless metrics {rec.name} --list-keys")
         else:
-            keys = [k for k in DEFAULT_KEYS if k in latest] or sorted(latest)[:6]
+            keys = default_keys(latest)
         series = {k: store.metric_series(rec.id, k, attempt=args.attempt) for k in keys}
     steps = sorted({s for pts in series.values() for s, _ in pts})
     if args.last is not None:
@@ -57,5 +82,11 @@ def handler(args: argparse.Namespace) -> int:
     if not rows:
         echo(f"run {rec.name} has no metrics yet")
         return 0
-    print_table(["STEP", *keys], [[r["step"], *[r[k] for k in keys]] for r in rows])
+    headers = ["STEP", *keys]
+    table = [[r["step"], *[r[k] for k in keys]] for r in rows]
+    n = len(headers) if args.keys else fitting(headers, table, shutil.get_terminal_size().columns)
+    print_table(headers[:n], [r[:n] for r in table])
+    if n < len(headers):
+        print(f"({len(headers) - n} more column(s) did not fit: {', '.join(headers[n:])}; choose with --keys, "
+              f"see all with --list-keys)")
     return 0

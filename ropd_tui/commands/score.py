@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="where to write the scored groups (JSONL)")
     p.add_argument("--config", help="config file (YAML)")
     p.add_argument("--full", action="store_true", help="also write each group's complete result (answers, calls, raw replies)")
+    p.add_argument("--add-to-index", action="store_true",
+                   help="store the demo teacher answers made for prompts missing from teacher.index in that index "
+                   "(default: use them for this command only and leave the index unchanged)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. scorer.k=2 judge.mode=offline")
     p.set_defaults(func=handler)
@@ -102,15 +105,17 @@ def _is_demo_math(group: Any, raw: dict[str, Any]) -> bool:
     return solve_question(prompt_text(group.prompt)) is not None
 
 
-def prepare_teacher_index(cfg: Any, groups: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, list[str]]:
+def prepare_teacher_index(cfg: Any, groups: list[tuple[Any, dict[str, Any]]], *,
+                          add_to_index: bool = False) -> tuple[Any, list[str]]:
     """The teacher index the groups need (None when every group brings its teacher answers), and notes.
 
-    Demo-math groups missing from the index are added with the deterministic demo teacher when
-    ``teacher.build_if_missing`` is on.
+    Demo-math groups missing from the index get deterministic demo teacher answers when
+    ``teacher.build_if_missing`` is on: for this command only (the index file is not touched), or
+    appended to the index with ``add_to_index``.
     """
     from engine.errors import TeacherIndexError
-    from engine.tasks.demo_math import ensure_teacher_index
-    from engine.teacher.index import TeacherIndex
+    from engine.tasks.demo_math import TEACHER_SETTINGS, ensure_teacher_index, teacher_answers
+    from engine.teacher.index import TeacherIndex, make_row
 
     notes: list[str] = []
     need = [(g, raw) for g, raw in groups if g.teacher_answers is None]
@@ -125,10 +130,19 @@ def prepare_teacher_index(cfg: Any, groups: list[tuple[Any, dict[str, Any]]]) ->
     if demo and cfg.teacher.build_if_missing:
         before = TeacherIndex.load(path) if Path(path).exists() else None
         missing = [g for g in demo if before is None or len(before.answers_for(g.prompt) or []) < cfg.scorer.k]
-        if missing:
-            ensure_teacher_index(path, [{"prompt": g.prompt, "ground_truth": g.ground_truth} for g in missing],
-                                 cfg.scorer.k)
+        problems = [{"prompt": g.prompt, "ground_truth": g.ground_truth} for g in missing]
+        if missing and add_to_index:
+            ensure_teacher_index(path, problems, cfg.scorer.k)
             notes.append(f"added deterministic demo teacher answers for {len(missing)} prompt(s) to {path}")
+        elif missing:
+            index = before if before is not None else TeacherIndex(path, {})
+            for p in problems:
+                row = make_row(p["prompt"], teacher_answers(p, max(cfg.scorer.k, 1)), TEACHER_SETTINGS)
+                index.rows[row["key"]] = row
+            notes.append(f"{len(missing)} prompt(s) are not in the teacher index {path}: scored with deterministic "
+                         f"demo teacher answers made for this command only (the index is unchanged; "
+                         f"--add-to-index stores them there)")
+            return index, notes
     return TeacherIndex.load(path), notes
 
 
@@ -304,7 +318,7 @@ def handler(args: argparse.Namespace) -> int:
         judge_line = ("judge: offline (rule-based stand-in for an LLM judge; set OPENAI_API_KEY or OPENAI_BASE_URL, "
                       "or judge.* in a config, to use an LLM judge)")
     warn(judge_line)
-    index, notes = prepare_teacher_index(cfg, groups)
+    index, notes = prepare_teacher_index(cfg, groups, add_to_index=args.add_to_index)
     for n in notes:
         warn(n)
     scorer = Scorer(cfg, judge=judge, teacher_index=index)

@@ -22,7 +22,9 @@ def register(subparsers) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from engine.runs.supervisor import Supervisor
+    from engine.runs.heartbeat import describe, phase_times
+    from engine.runs.supervisor import Supervisor, checkpoint_usage, fmt_bytes
+    from engine.wording import plural
 
     from engine.judging.cost import cost_summary, describe_run_cost
 
@@ -30,10 +32,20 @@ def handler(args: argparse.Namespace) -> int:
         rec = Supervisor(store).refresh(args.run)
         latest = store.latest_metrics([rec.id]).get(rec.id, {})
         events = store.events(rec.id)[-max(0, args.events):] if args.events else []
+        progress = store.progress([rec.id]).get(rec.id)
     cost = cost_summary(rec.config, latest)
+    now = describe(progress) if rec.active else None
+    disk = checkpoint_usage(rec)
+    checkpoints = "none"
+    if disk.count:
+        checkpoints = f"{fmt_bytes(disk.bytes)} in {plural(disk.count, 'checkpoint')} under {rec.run_dir}"
+        if not rec.active:
+            checkpoints += f"  (free it: ropd-tui --headless delete {rec.name} --checkpoints --yes)"
     if args.json:
         d = rec.to_dict()
-        d.update(log_path=str(rec.log_path), latest_metrics=latest, events=events, cost=cost)
+        d.update(log_path=str(rec.log_path), latest_metrics=latest, events=events, cost=cost, progress=progress,
+                 checkpoints={"bytes": disk.bytes, "count": disk.count, "folders": [str(f) for f in disk.folders]},
+                 now=None if now is None else {"text": now.text, "phase": now.phase, "no_progress": now.quiet})
         print_json(d)
         return 0
     rows = [
@@ -44,10 +56,13 @@ def handler(args: argparse.Namespace) -> int:
         ("started", fmt_time(rec.started_at)),
         ("ended", fmt_time(rec.ended_at)),
         ("last step", "" if rec.last_step is None else f"{rec.last_step} ({fmt_age(rec.last_step_at)})"),
+        ("now", "" if now is None else now.text),
+        ("time per phase", "" if rec.active else phase_times((progress or {}).get("totals"))),
         ("exit", "" if rec.exit_code is None and rec.exit_signal is None else
          f"code {rec.exit_code}" + (f", signal {rec.exit_signal}" if rec.exit_signal else "")),
         ("judge cost", describe_run_cost(cost)),
         ("log", str(rec.log_path)),
+        ("checkpoints", checkpoints),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

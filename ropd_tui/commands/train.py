@@ -26,7 +26,9 @@ def register(subparsers) -> None:
         description="Start a training run (embedded trainer or verl) from a config file plus key=value "
                     "overrides, and stream its progress until it ends.")
     p.add_argument("--config", "-c", help="run config YAML (e.g. configs/demo.yaml); defaults when omitted")
-    p.add_argument("--name", help="run name (default: run.name from the config, made unique with -2, -3, ...)")
+    p.add_argument("--name", help="run name; it must be free (default: run.name from the config; when that is "
+                                  "taken, the first free NAME-2, NAME-3, ... and a note on how to resume the "
+                                  "existing run instead)")
     p.add_argument("--detach", action="store_true", help="return right after the launch; follow with `status`/`logs`")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.steps=5")
     p.set_defaults(func=handle)
@@ -35,7 +37,7 @@ def register(subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.errors import ConfigError
-    from engine.runs.launch import launch_run, unique_run_name
+    from engine.runs.launch import choose_run_name, launch_run
     from engine.store import open_store
     from engine.trainers.preflight import preflight
 
@@ -51,10 +53,13 @@ def handle(args: argparse.Namespace) -> int:
         overrides.append(f"run.name={args.name}")
     cfg = load_config(args.config, overrides)
     check_run_name(str(cfg.run.name), "run.name")
+    store = open_store(args.store, cfg)
+    choice = choose_run_name(store, cfg.run.name, args.name)  # a taken --name stops here, before the preflight
     for note in preflight(cfg):
         echo(note)
-    store = open_store(args.store, cfg)
-    name = args.name or unique_run_name(store, cfg.run.name)
+    if choice.note():
+        echo(choice.note())
+    name = choice.name
     store_file = Path(store.path).resolve()
     from engine.runs.supervisor import Supervisor
 
@@ -91,6 +96,8 @@ class _Follower:
     def __init__(self, store, run):
         from engine.store import ACCURACY_KEYS, REWARD_KEYS
 
+        from ._train_progress import ProgressPrinter
+
         self.store = store
         self.run = run
         self.reward_keys, self.acc_keys = REWARD_KEYS, ACCURACY_KEYS
@@ -107,6 +114,8 @@ class _Follower:
 
         self.progress_path = Path(run.run_dir) / PROGRESS_FILE
         self.reporter = ProgressReporter()
+        # the trainer's heartbeat (engine.runs.heartbeat) as "now: ..." lines, through say()
+        self.progress = ProgressPrinter(store, run, echo=lambda line: self.say(line, flush=True))
 
     def say(self, text: str, **kw) -> None:
         """A line of output (the progress bar, if shown, is taken off first)."""
@@ -118,7 +127,9 @@ class _Follower:
         from engine.progress import read_snapshot
 
         snap = read_snapshot(self.progress_path)
-        if snap is not None and not snap.finished and time.time() - snap.wall_time < 10:
+        if snap is None or snap.finished or time.time() - snap.wall_time >= 10:
+            return
+        if snap.requests_done or snap.in_flight or snap.requests_failed:  # the offline judge sends no requests
             self.reporter.update(snap)
 
     def step_metrics(self, step: int) -> dict[str, float]:
@@ -156,6 +167,7 @@ class _Follower:
                   f"accuracy {_fmt(_first(m, self.acc_keys))}  judge failures {n_failed}/{n_groups}  "
                   f"{_fmt(sps, '.1f')} s/step", flush=True)
         self.poll_validation()
+        self.progress.poll()
         self.poll_progress()
 
     def poll_validation(self) -> None:
@@ -209,14 +221,18 @@ def follow(store, sup, run) -> int:
 
 def _outcome(cur, f: _Follower, *, interrupted: bool) -> int:
     from engine.judging.cost import EXIT_BUDGET
+    from engine.wording import plural
 
     took = time.time() - f.started
+    times = f.progress.phase_times()
+    if times:
+        echo(times)
     if cur.status == "finished":
-        echo(f"run {cur.name} finished: {cur.last_step or f.printed_step} steps in {took:.0f} s. "
+        echo(f"run {cur.name} finished: {plural(cur.last_step or f.printed_step, 'step')} in {took:.0f} s. "
               f"Inspect it with: ropd-tui (UI) or ropd-tui --headless metrics {cur.name}")
         return 0
     if cur.status == "stopped" and cur.exit_code == EXIT_BUDGET:
-        print(f"run {cur.name} stopped at its judge budget after step {cur.last_step or 0}: {cur.cause}")
+        echo(f"run {cur.name} stopped at its judge budget after step {cur.last_step or 0}: {cur.cause}")
         return EXIT_BUDGET
     if cur.status == "stopped":
         echo(f"run {cur.name} stopped after step {cur.last_step or 0}. Resume it with: "

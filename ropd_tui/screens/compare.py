@@ -37,6 +37,15 @@ def _config(info: dict[str, Any]) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _value(v: Any) -> str:
+    """A config value for the diff table: floats as people write them (1e-05, not 9.999999999999999e-06)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return json.dumps(v)
+
+
 def multi_diff(configs: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
     """Flattened keys where any run's config differs from the first one's, with every run's value."""
     keys: dict[str, None] = {}
@@ -104,7 +113,6 @@ class CompareScreen(LiveScreen):
         return CompareData(names=names, panels=panels, diff=multi_diff([_config(i) for i in infos]))
 
     async def apply(self, data: CompareData) -> None:
-        first = self.data is None
         self.data = data
         self._plot()
         legend = plain("")
@@ -119,18 +127,22 @@ class CompareScreen(LiveScreen):
         for name in data.names:
             table.add_column(plain(name))
         for key, values in data.diff:
-            table.add_row(plain(key), *[plain(json.dumps(v) if not isinstance(v, str) else v) for v in values])
+            table.add_row(plain(key), *[plain(_value(v)) for v in values])
         if not data.diff:
             table.add_row(plain("(the configs are identical)"), *["" for _ in data.names])
-        if first:
-            self.query_one("#cmp-diff-table").focus()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        # the diff table takes the keys only on its own tab: focusing it earlier would switch to it,
+        # and Compare opens on the curves
+        if event.pane.id == "cmp-diff":
+            self.query_one("#cmp-diff-table", DataTable).focus()
 
     def _plot(self) -> None:
         if not self.data:
             return
-        for i, series in enumerate(self.data.panels):
+        for i, (panel, series) in enumerate(zip(PANELS, self.data.panels)):
             self.query_one(f"#cmp-curve-{i}", CurvePlot).set_data(series, [], smoothing=self.smoothing,
-                                                                  x_axis=self.x_axis)
+                                                                  x_axis=self.x_axis, bounds=panel.bounds)
 
     async def action_smoothing(self) -> None:
         i = SMOOTHING_STEPS.index(self.smoothing) if self.smoothing in SMOOTHING_STEPS else 0

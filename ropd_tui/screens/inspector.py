@@ -181,6 +181,8 @@ class InspectorScreen(LiveScreen):
             if self.failed_criterion is not None and g and self.failed_criterion < len(g.criteria):
                 t.append(" · failing ")
                 t.append_text(plain(g.criteria[self.failed_criterion].id))
+                if not any(a.failed(self.failed_criterion) for a in g.answers):
+                    t.append(" (no answer fails it; F: next criterion)", style="yellow")
             if self.follow_latest:
                 t.append(" · following latest", style="dim")
         self.query_one("#insp-status", Static).update(t)
@@ -238,6 +240,9 @@ class InspectorScreen(LiveScreen):
         if rw.cursor is not None:
             t.append(" · + for more", style="bold")
         t.append(" · / searches every rubric, answer and judge reply of the run", style="dim")
+        if not rw.top:
+            t.append("\n  no criterion of this run " + (f"is '{rw.verdict}'; v shows the next verdict" if rw.verdict
+                                                        else "has verdicts yet"), style="yellow")
         for cat in rw.categories:
             t.append("\n  ")
             t.append_text(one_line(cat.get("category") or "(no category)", 30))
@@ -293,6 +298,8 @@ class InspectorScreen(LiveScreen):
         self.app.push_screen(SearchScreen(self.run_id, self.run_name, state=self.search_state), done)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        # the tab's own table takes the keys at once (no Tab presses into a hidden widget's focus)
+        self.query_one("#runwide-table" if event.pane.id == "runwide" else "#insp-matrix").focus(scroll_visible=False)
         if event.pane.id == "runwide" and not self._want_run_wide:
             self._want_run_wide = True
             self.query_one("#runwide-summary", Static).update(Text("loading…", style="dim"))

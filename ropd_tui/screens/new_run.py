@@ -57,11 +57,28 @@ def validate(config_path: Path, overrides: list[str], name: str) -> Any:
     return load_config(config_path, ovs)
 
 
+def resolve_name(cfg: Any, store_path: str, name: str) -> Any:
+    """The RunName a launch creates, by the same rule as ``ropd-tui --headless train``
+    (:func:`engine.runs.launch.choose_run_name`): ``name`` (the form's field) must be free, the
+    config's run.name gets a free -2, -3 ... suffix. Raises ConfigError for a taken ``name``."""
+    from engine.runs.launch import RunName, choose_run_name
+    from engine.store import RunStore
+
+    if not Path(store_path).exists():
+        return RunName(name=name or cfg.run.name, requested=name or cfg.run.name)
+    store = RunStore(store_path)
+    try:
+        return choose_run_name(store, cfg.run.name, name or None)
+    finally:
+        store.close()
+
+
 def launch(cfg: Any, store_path: str, name: str) -> tuple[str, list[str]]:
     """Check, create and start the run the way ``ropd-tui --headless train --detach`` does.
 
-    Returns (run name, preflight notes). Raises UserError (bad config, taken name, launch failure).
-    """
+    ``name`` is the exact name the check showed (:func:`resolve_name`); a run created under it in the
+    meantime fails the launch instead of getting another name. Returns (run name, preflight notes).
+    Raises UserError (bad config, taken name, launch failure)."""
     from engine.runs.launch import launch_run
     from engine.store import RunStore
     from engine.trainers.preflight import preflight
@@ -87,6 +104,7 @@ class NewRunScreen(Screen):
         super().__init__()
         self.configs: list[Path] = []
         self.valid_cfg: Any = None
+        self.run_name: Any = None  # the RunName the launch will create (set by a successful check)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -162,21 +180,29 @@ class NewRunScreen(Screen):
             return False
         try:
             cfg = validate(path, overrides, name)
+            run_name = resolve_name(cfg, self.app.store_path, name)
         except UserError as err:
             self.valid_cfg = None
             t = Text("✗ ", style="bold red")
             t.append_text(plain(str(err), "red"))
+            if err.hint:
+                t.append_text(plain(f"\n  {err.hint}", "dim"))
             self._result(t)
             return False
-        self.valid_cfg = cfg
+        self.valid_cfg, self.run_name = cfg, run_name
         self._result(self._valid_text(cfg, None))
         return True
 
-    @staticmethod
-    def _valid_text(cfg: Any, notes: list[str] | None) -> Text:
+    def _valid_text(self, cfg: Any, notes: list[str] | None) -> Text:
         t = Text("✓ valid: ", style="bold green")
-        t.append_text(plain(f"run {cfg.run.name!r}, backend {cfg.run.backend}, "
+        name = self.run_name.name if self.run_name is not None else cfg.run.name
+        t.append_text(plain(f"creates run {name!r}, backend {cfg.run.backend}, "
                             f"judge {'llm' if cfg.judge_is_llm() else 'offline'}"))
+        note = self.run_name.note(f"esc, select {self.run_name.requested} on the Runs screen, press r") \
+            if self.run_name is not None else None
+        if note:
+            t.append("\n  ")
+            t.append_text(plain(note, "yellow"))
         if notes is None:
             t.append("  (checking model, judge, templates…)", style="dim")
         for note in notes or []:
@@ -218,15 +244,15 @@ class NewRunScreen(Screen):
         if not self.action_validate():
             return
         path, overrides, name = self._inputs()
-        cfg = self.valid_cfg
-        self._result(Text(f"launching {cfg.run.name}…", style="cyan"))
+        cfg, run_name = self.valid_cfg, self.run_name.name
+        self._result(Text(f"launching {run_name}…", style="cyan"))
         self.query_one("#new-run-launch", Button).disabled = True
-        self._launch(cfg, path, overrides)
+        self._launch(cfg, run_name)
 
     @work(thread=True, exclusive=True, group="launch")
-    def _launch(self, cfg: Any, path: Path, overrides: list[str]) -> None:
+    def _launch(self, cfg: Any, run_name: str) -> None:
         try:
-            name, _notes = launch(cfg, self.app.store_path, cfg.run.name)
+            name, _notes = launch(cfg, self.app.store_path, run_name)
         except UserError as err:
             self.app.call_from_thread(self._launch_failed, str(err))
             return

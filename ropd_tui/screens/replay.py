@@ -39,7 +39,7 @@ class ReplayScreen(Screen):
     ReplayScreen #rp-main { height: 1fr; }
     ReplayScreen #rp-form { width: 44; padding: 0 1; border-right: solid $panel; }
     ReplayScreen #rp-form Input, ReplayScreen #rp-form Select { margin-bottom: 0; }
-    ReplayScreen #rp-form Label { margin-top: 1; color: $text-muted; }
+    ReplayScreen #rp-form Label { margin-top: 1; color: $text-muted; width: 100%; }  /* wraps at 80 columns */
     ReplayScreen #rp-buttons { height: 3; margin-top: 1; }
     ReplayScreen #rp-right { width: 1fr; }
     ReplayScreen #rp-progress-row { height: 2; padding: 0 1; }

@@ -17,7 +17,8 @@ from ..widgets.curves import CurvePlot, Series, fit_grid
 from ..widgets.log_view import LogChunk, LogTail, LogView
 from ..widgets.safe import plain
 from .base import LiveScreen
-from .views import ACTIVE, PANELS, SeriesCache, event_markers, fmt_duration, fmt_num, panel_lines, run_row
+from .views import (ACTIVE, PANELS, SeriesCache, empty_text, event_markers, fmt_duration, fmt_num, panel_lines,
+                    run_judge, run_row)
 
 SMOOTHING_STEPS = [0.0, 0.6, 0.9]
 
@@ -82,6 +83,7 @@ class RunScreen(LiveScreen):
         self.data: RunData | None = None
         self._tail: LogTail | None = None
         self._series_cache = SeriesCache()  # reader thread only: a new step reads only its new points
+        self._curves_sig: tuple | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -117,6 +119,15 @@ class RunScreen(LiveScreen):
     # -- data ---------------------------------------------------------------------------------------
     def load(self, store: Any) -> RunData:
         info = run_info(store, self.run_id)
+        info["progress"] = store.progress([self.run_id]).get(self.run_id)
+        # the trainer's heartbeat moves the store every few seconds: re-read the curves only when the
+        # run's metrics or events did
+        sig = (info.get("attempt"), store.last_seq("metrics", self.run_id), store.last_seq("events", self.run_id))
+        if self.data is not None and sig == self._curves_sig:
+            d = self.data
+            return RunData(info=info, series=d.series, markers=d.markers, events=d.events, keys=d.keys,
+                           latest=d.latest, log=self._tail.read() if self._tail is not None else None, cost=d.cost)
+        self._curves_sig = sig
         keys = list(store.metric_keys(self.run_id))
         self._series_cache.check(info.get("attempt"), info.get("last_step"))
         series = [panel_lines(store, self.run_id, keys, p, self.run_name, self._series_cache) for p in PANELS]
@@ -145,8 +156,10 @@ class RunScreen(LiveScreen):
             self._apply_log(data)
             return
         self._announce_rejections(data.events)
+        same_curves = self.data is not None and data.series is self.data.series
         self.data = data
-        self._apply_curves()
+        if not same_curves:  # only the run's state or its step's progress moved: no replot
+            self._apply_curves()
         self._apply_overview()
         if data.log is not None:
             self._apply_log(data.log)
@@ -166,9 +179,11 @@ class RunScreen(LiveScreen):
     def _apply_curves(self) -> None:
         if not self.data:
             return
-        for i, s in enumerate(self.data.series):
+        judge = run_judge(self.data.events)
+        for i, (panel, s) in enumerate(zip(PANELS, self.data.series)):
             plot = self.query_one(f"#curve-{i}", CurvePlot)
-            plot.set_data(s, self.data.markers, smoothing=self.smoothing, x_axis=self.x_axis)
+            plot.set_data(s, self.data.markers, smoothing=self.smoothing, x_axis=self.x_axis, bounds=panel.bounds,
+                          empty_text=empty_text(panel, judge))
 
     def _render_summary(self) -> None:
         if self.data is None:
@@ -182,6 +197,10 @@ class RunScreen(LiveScreen):
         if self.data.cost.get("total_usd") is not None:
             summary.append_text(plain(f" · judge {self.data.cost['text']}"))
         summary.append(f" · smooth {self.smoothing:g} · x {self.x_axis}")
+        line = row.now(self.app.clock())
+        if line is not None:  # inside a step: what the trainer is doing (its heartbeat in the store)
+            summary.append("\nnow: ", style="bold")
+            summary.append_text(plain(line.text, "bold yellow" if line.quiet else ""))
         self.query_one("#run-summary", Static).update(summary)
 
     def _tick(self) -> None:
@@ -305,10 +324,14 @@ class RunScreen(LiveScreen):
         self.query_one("#log-search", Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter runs the search and hands the keys back to the log (n/N/f work at once); the term and
+        its matches stay in the status line, / opens the bar again."""
         view = self.query_one(LogView)
         if view.search != event.value:
             view.search = event.value
         view.next_match()
+        self.query_one("#log-searchbar").add_class("-hidden")
+        view.focus()
         self._log_status()
 
     def action_back(self) -> None:

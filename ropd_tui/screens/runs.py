@@ -66,8 +66,8 @@ class RunsScreen(LiveScreen):
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         for key, label in (("mark", " "), ("name", "name"), ("status", "status"), ("backend", "backend"),
-                           ("step", "step"), ("reward", "reward"), ("acc", "accuracy"), ("cost", "judge $"),
-                           ("elapsed", "elapsed")):
+                           ("step", "step"), ("reward", "reward"), ("acc", "acc"), ("cost", "judge $"),
+                           ("elapsed", "time"), ("now", "now")):
             table.add_column(label, key=key)
         table.focus()
         self.set_interval(1.0, self._tick_elapsed)
@@ -120,21 +120,38 @@ class RunsScreen(LiveScreen):
                 Text("●" if r.id in self.marked else " ", style="bold magenta"),
                 plain(r.name, "bold"), status_text(r.status), plain(r.backend),
                 fmt_num(r.step), fmt_num(r.reward), fmt_num(r.accuracy), plain(r.cost), fmt_duration(r.elapsed(now)),
-                key=str(r.id))
+                self._now_cell(r, now), key=str(r.id))
         if current is not None:
             for i, r in enumerate(rows):
                 if r.id == current.id:
                     table.move_cursor(row=i)
                     break
+        self._render_status()
+
+    def _render_status(self) -> None:
+        rows = self.visible_rows()
+        current = self.selected()
+        now = self.app.clock()
         parts = [f"{len(rows)}/{len(self.rows)} runs"]
         if self.name_filter:
             parts.append(f"name ~ {self.name_filter!r}")
         parts.append(f"status: {self.status_filter}")
         if self.marked:
             parts.append(f"{len(self.marked)} marked for compare")
+        live = current.now(now) if current is not None else None
+        if live is not None:  # the selected run's step, in full (the "now" column is short)
+            parts.append(f"{current.name}: {live.text}")
         if not self.rows:
             parts = ["no runs yet: press n to start one (or ropd-tui --headless train --config configs/demo.yaml)"]
         self.query_one("#runs-status", Static).update(plain(" · ".join(parts)))
+
+    @staticmethod
+    def _now_cell(r: RunRow, clock: float) -> Text:
+        """What an active run's step is doing (the trainer's heartbeat), yellow when it stopped moving."""
+        line = r.now(clock)
+        if line is None:
+            return Text("")
+        return plain(line.short, "bold yellow" if line.quiet else "")
 
     def _tick_elapsed(self) -> None:
         if not any(r.status in ACTIVE for r in self.rows):
@@ -145,8 +162,10 @@ class RunsScreen(LiveScreen):
             if r.status in ACTIVE:
                 try:
                     table.update_cell(str(r.id), "elapsed", fmt_duration(r.elapsed(now)))
+                    table.update_cell(str(r.id), "now", self._now_cell(r, now))
                 except Exception:  # noqa: BLE001 - the row went away between polls
                     pass
+        self._render_status()
 
     def selected(self) -> RunRow | None:
         table = self.query_one(DataTable)
@@ -159,6 +178,9 @@ class RunsScreen(LiveScreen):
         return next((r for r in self.rows if str(r.id) == key), None)
 
     # -- actions --------------------------------------------------------------------------------------
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._render_status()
+
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_run()
 
@@ -273,10 +295,8 @@ class RunsScreen(LiveScreen):
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("New run", "Pick a config, edit overrides, launch", self.action_new_run)
         run = self.selected()
-        if run:
+        if run:  # "Open run X" / "Inspect rubrics of X" come from the app's RunsProvider, for every run
             name = run.name
-            yield SystemCommand(f"Open run {name}", "Curves, config, log", self.action_open_run)
-            yield SystemCommand(f"Inspect rubrics of {name}", "Rubric inspector", self.action_inspect)
             yield SystemCommand(f"Stop {name}", "Stop the selected run", self.action_stop)
             yield SystemCommand(f"Resume {name}", "Resume from the latest checkpoint", self.action_resume)
             yield SystemCommand(f"Restart {name}", "Start over from scratch", self.action_restart)

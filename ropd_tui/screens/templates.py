@@ -70,6 +70,8 @@ class TemplateEditor(TextArea):
 
 
 class TemplatesScreen(Screen):
+    AUTO_FOCUS = "#tpl-editor"  # typing right after opening goes into the template
+    CHECK_DELAY_S = 0.3  # the Check pane follows the editor's text this long after the last keystroke
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("ctrl+s", "save", "Save", priority=True),
@@ -105,6 +107,7 @@ class TemplatesScreen(Screen):
         self.run_events: list[dict[str, Any]] = []  # the run's template_changed / template_rejected events
         self.loaded = False
         self._confirm_overwrite = False
+        self._check_timer: Any = None
 
     # -- layout ------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -215,6 +218,7 @@ class TemplatesScreen(Screen):
         self.sub_title = f"{run_name} · templates" if run_name else "templates (prompts/)"
         self._show_role()
         self.loaded = True
+        self.editor.focus()
         if err_text:
             self.app.notify(f"template history unavailable: {err_text}", severity="warning", timeout=8)
 
@@ -255,6 +259,10 @@ class TemplatesScreen(Screen):
             self.buffers[self.role] = self.editor.text
             self._confirm_overwrite = False
             self._refresh_status()
+            # the Check pane always describes the text in the editor (an undo of a bad edit clears it)
+            if self._check_timer is not None:
+                self._check_timer.stop()
+            self._check_timer = self.set_timer(self.CHECK_DELAY_S, self.action_validate)
 
     # -- status, validation, preview ----------------------------------------------------------------
     @property

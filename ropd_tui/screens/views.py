@@ -40,6 +40,15 @@ class RunRow:
     ended_at: float | None
     exit_cause: str | None = None
     cost: str = "-"  # the judge cost as engine.judging.cost.describe_cost writes it ("-", "free", "$1.23")
+    progress: dict[str, Any] | None = None  # the trainer's heartbeat row (engine.runs.heartbeat)
+
+    def now(self, clock: float) -> Any:
+        """What an active run's trainer is doing (a ProgressLine), or None."""
+        if self.status not in ACTIVE or not self.progress:
+            return None
+        from engine.runs.heartbeat import describe
+
+        return describe(self.progress, clock)
 
     def elapsed(self, now: float) -> float | None:
         if not self.started_at:
@@ -63,6 +72,7 @@ def run_row(d: dict[str, Any]) -> RunRow:
         ended_at=_first(merged, "ended_at", "end_time", "finished_at"),
         exit_cause=_first(merged, "exit_cause", "cause"),
         cost=_short_cost(merged.get("cost")),
+        progress=d.get("progress") if isinstance(d.get("progress"), dict) else None,
     )
 
 
@@ -105,6 +115,7 @@ class Panel:
     companion: tuple[str, ...] = ()  # a second line on the same panel (e.g. the teacher's reward)
     companion_label: str = ""
     main_label: str = ""  # the main line's legend when a companion is drawn
+    bounds: tuple[float | None, float | None] = (None, None)  # the metric's range: the y axis stays inside
 
 
 PANELS: list[Panel] = [
@@ -113,17 +124,35 @@ PANELS: list[Panel] = [
           low=("reward/min", "critic/score/min"), high=("reward/max", "critic/score/max"),
           std=("reward/std", "ropd/reward_std", "reward_std"),
           companion=("teacher_score/mean", "score/teacher_reward_mean", "ropd/teacher_mean"),
-          companion_label="teacher"),
+          companion_label="teacher", bounds=(0.0, 1.0)),
     Panel("accuracy", ("accuracy", "score/student_accuracy", "ropd/train_accuracy", "accuracy/mean"),
-          companion=("val/accuracy",), companion_label="val", main_label="train"),
-    Panel("judge failure rate", ("judge/failure_rate", "score/group_failure_rate", "ropd/failure_rate")),
-    Panel("judge latency (s)", ("judge/latency_s", "judge/latency_mean_s", "ropd/group_wall_s")),
+          companion=("val/accuracy",), companion_label="val", main_label="train", bounds=(0.0, 1.0)),
+    Panel("judge failure rate", ("judge/failure_rate", "score/group_failure_rate", "ropd/failure_rate"),
+          bounds=(0.0, 1.0)),
+    Panel("judge latency (s)", ("judge/latency_s", "judge/latency_mean_s", "ropd/group_wall_s"), bounds=(0.0, None)),
     Panel("judge tokens (prompt, completion)", ("judge/prompt_tokens", "judge/tokens", "judge/total_tokens"),
-          companion=("judge/completion_tokens",), companion_label="completion"),
-    Panel("response length", ("response_length/mean", "completions/mean_length")),
+          companion=("judge/completion_tokens",), companion_label="completion", bounds=(0.0, None)),
+    Panel("response length", ("response_length/mean", "completions/mean_length"), bounds=(0.0, None)),
     Panel("judge cost (USD, run total)", ("cost/total_usd",), companion=("cost/step_usd",),
-          companion_label="per step", main_label="total"),
+          companion_label="per step", main_label="total", bounds=(0.0, None)),
 ]
+TOKENS_PANEL = "judge tokens (prompt, completion)"
+
+
+def empty_text(panel: Panel, judge: str | None) -> str:
+    """What an empty panel says: an offline judge makes no judge calls that count tokens."""
+    if panel.title == TOKENS_PANEL and judge == "offline":
+        return "offline judge: no tokens"
+    return "no data yet"
+
+
+def run_judge(events: list[dict[str, Any]]) -> str | None:
+    """"offline" / "llm": the judge the trainer said it used (its start event), None when unknown."""
+    for e in reversed(events):
+        data = e.get("data") or {}
+        if e.get("kind") in ("trainer_started", "checkpoint_loaded") and data.get("judge"):
+            return str(data["judge"])
+    return None
 
 
 def pick_key(keys: Iterable[str], candidates: tuple[str, ...]) -> str | None:
@@ -280,7 +309,7 @@ def group_view(step: int, g: dict[str, Any]) -> GroupView:
             kind=str(a.get("kind", "student")), index=int(_first(a, "index", "answer_index", default=0)),
             text=str(_first(a, "text", default="")), reward=a.get("reward"),
             correct=None if a.get("correct") is None else bool(a.get("correct")),
-            truncated=bool(a.get("truncated")),
+            truncated=bool(a.get("truncated")), clipped=a.get("clipped"),
             verdicts=[None if v is None else bool(v) for v in (verdicts or [])]))
     question = _first(g, "question", default=None)
     if question is None:

@@ -19,8 +19,10 @@ def answer_header(a: AnswerView, n_criteria: int) -> Text:
     head.append(f"  {passed}/{n_criteria} criteria")
     if a.correct is not None:
         head.append("  correct" if a.correct else "  wrong", style="green" if a.correct else "red")
+    if a.clipped:
+        head.append("  hit token limit", style="yellow")
     if a.truncated:
-        head.append("  truncated", style="yellow")
+        head.append("  cut for judge", style="yellow")
     return head
 
 

@@ -68,7 +68,10 @@ class LogTail:
         self._partial = parts.pop()
         if skip_first and parts:
             parts = parts[1:]  # started mid-line
-        return LogChunk([p.decode("utf-8", "replace") for p in parts], reset=reset)
+        from engine.runs.supervisor import is_progress_bar
+
+        lines = [p.decode("utf-8", "replace") for p in parts]
+        return LogChunk([ln for ln in lines if not is_progress_bar(ln)], reset=reset)
 
 
 class LogView(ScrollView, can_focus=True):

@@ -29,7 +29,8 @@ class AnswerView:
     text: str
     reward: float | None = None
     correct: bool | None = None
-    truncated: bool = False
+    truncated: bool = False  # the judge saw it cut to scorer.answer_char_budget characters
+    clipped: bool | None = None  # generation hit max_new_tokens (None: not known)
     verdicts: list[bool | None] = field(default_factory=list)
 
     @property
