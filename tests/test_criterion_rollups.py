@@ -80,9 +80,12 @@ def test_migration_backfills_an_old_store(tmp_path):
         for step in range(1, 4):
             s.write_step(rec.id, step, {}, _groups(step, 3))
     conn = sqlite3.connect(path)  # turn it into a store written before the rollups existed
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    conn.executescript("DROP TABLE criterion_order; DROP TABLE criterion_summary;")
-    conn.execute(f"PRAGMA user_version={version - 1}")
+    from engine.store.schema import MIGRATIONS, _v10_criterion_rollups
+
+    # undo the rollups migration and every later one (a store of the version before the rollups)
+    conn.executescript("DROP TABLE criterion_order; DROP TABLE criterion_summary; DROP TABLE run_progress;"
+                       " ALTER TABLE answers DROP COLUMN clipped;")
+    conn.execute(f"PRAGMA user_version={MIGRATIONS.index(_v10_criterion_rollups)}")
     conn.commit()
     conn.close()
     with RunStore(path) as s:

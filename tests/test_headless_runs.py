@@ -150,7 +150,7 @@ def test_export_csv_and_jsonl(finished, capsys, tmp_path, what):
         assert csv_rows[1]["verdicts"] == "10" and csv_rows[0]["kind"] == "student"
         # the two kinds of cut are told apart: at the token limit (unknown for this trainer) and for the judge
         assert rows[0]["clipped"] is None and rows[0]["judge_truncated"] is False and "truncated" not in rows[0]
-        assert list(csv_rows[0])[10:12] == ["clipped", "judge_truncated"]
+        assert list(csv_rows[0])[10:13] == ["checker", "clipped", "judge_truncated"]
     else:
         assert len(rows) == 3 * 3 * 2
         assert {r["criterion"] for r in rows} == {"criterion 0", "criterion 1"}

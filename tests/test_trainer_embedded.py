@@ -261,8 +261,8 @@ class _OneRolloutUnscored:
         index = task_data.teacher_index_for(cfg, task_data.load_problems(cfg), log=quiet)
         self.inner = Scorer(cfg, teacher_index=index)
 
-    def score_batch_sync(self, groups):
-        batch = self.inner.score_batch_sync(groups)
+    def score_batch_sync(self, groups, **kw):
+        batch = self.inner.score_batch_sync(groups, **kw)
         batch.groups[0].student_answers[1].reward = None
         return batch
 
