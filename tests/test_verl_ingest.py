@@ -157,3 +157,42 @@ def test_gatherer_events_become_store_events(tmp_path, store_run):
     (ev,) = [e for e in store.events(run.id) if e["kind"] == "warning"]
     assert ev["step"] == 3 and "still miss rollouts" in ev["message"]
     assert [e["message"] for e in ing.new_events] == [ev["message"]]
+
+
+def test_verl_heartbeat_follows_the_groups_and_metrics_that_reach_the_launch_node(tmp_path, store_run):
+    """Issue 14/12 for verl: the run's 'now' line inside a verl step, inferred from the side channel and the
+    metrics file (the launcher never talks to verl's trainer): starting up, scoring k/N, updating, generating."""
+    from engine.runs.heartbeat import describe
+    from engine.verl_backend.launcher import VerlHeartbeat
+
+    store, run = store_run
+    metrics, groups = tmp_path / "metrics.jsonl", tmp_path / "groups.jsonl"
+    ing = StepIngestor(store, run.id, metrics, groups)
+    side = SideChannelWriter(groups)
+    composed = {"data": {"train_batch_size": 2}, "trainer": {"total_training_steps": 3}}
+    from omegaconf import OmegaConf
+
+    beat = VerlHeartbeat(store, run.id, 0, OmegaConf.create(composed), 300.0)
+    seen = []
+
+    def tick():
+        ing.poll()
+        beat.update(ing)
+        snap = beat.hb.snapshot()
+        seen.append((snap["phase"], snap["step"], snap["done"], snap["total"]))
+
+    tick()  # nothing arrived yet: verl is starting
+    side.append(group_to_record(scored_group("u1", [1.0, 0.0], [True, False]), step=1))
+    tick()
+    side.append(group_to_record(scored_group("u2", [1.0, 0.0], [True, False]), step=1))
+    tick()
+    with open(metrics, "w") as fp:
+        fp.write(verl_line(1, {"critic/score/mean": 0.5}))
+    tick()
+    assert seen == [("startup", 1, None, None), ("score", 1, 1, 2), ("update", 1, None, None),
+                    ("generate", 2, None, None)]
+    beat.close()
+    row = store.progress([run.id])[run.id]
+    assert row["phase"] == "done" and row["total_steps"] == 3
+    assert {"startup", "score", "update", "generate"} <= set(row["totals"])
+    assert describe(row) is not None

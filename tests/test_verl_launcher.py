@@ -105,6 +105,9 @@ def test_launch_ingest_and_resume(tmp_path, monkeypatch):
     assert wandb_key not in _json.dumps(store.events(run.id), default=str)
     assert wandb_key not in (tmp_path / "runs" / "verl-e2e" / "config.yaml").read_text()
     assert {"rubricator", "verifier"} <= {t["role"] for t in store.templates(run.id)}
+    # the launcher kept the run's heartbeat (the "now" line of status/train/the TUI) and closed it
+    progress = store.progress([run.id])[run.id]
+    assert progress["phase"] == "done" and progress["step"] >= 2 and "startup" in progress["totals"]
 
     # the GPU smoke's checks (doctor --gpu-smoke) read the store the same way
     from engine.verl_backend.smoke import evaluate_steps, evaluate_validation

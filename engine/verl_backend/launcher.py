@@ -424,8 +424,8 @@ def run(cfg: Config, store, run, resume: bool) -> int:
         return EXIT_BUDGET
     train_files, val_files = _prepare_data(cfg, paths)
     name = gatherer_name(run_id, paths.attempt)
-    argv, _, _ = resolve_command(cfg, run_name=str(run.name), paths=paths, train_files=train_files,
-                                 val_files=val_files, gatherer=name, resume_from=resume_from)
+    argv, composed_cfg, _ = resolve_command(cfg, run_name=str(run.name), paths=paths, train_files=train_files,
+                                            val_files=val_files, gatherer=name, resume_from=resume_from)
     shown = scrubbed_argv(argv)
     (paths.attempt_dir / "command.txt").write_text(" ".join(shown) + "\n", encoding="utf-8")
 
@@ -441,6 +441,7 @@ def run(cfg: Config, store, run, resume: bool) -> int:
     stop = _Stop()
     old: dict = {}
     proc = None
+    beat = VerlHeartbeat(store, run_id, start_step, composed_cfg, cfg.supervisor.no_progress_after_s)
     try:
         if cfg.templates.watch:
             templates.start()
@@ -472,6 +473,7 @@ def run(cfg: Config, store, run, resume: bool) -> int:
             templates.step = ingest.last_step + 1
             done = proc.poll() is not None
             reports = ingest.flush() if done else ingest.poll()
+            beat.update(ingest)
             for ev in ingest.new_events:
                 _log(f"{ev.get('kind', 'warning')}: {ev.get('message', '')}")
             ingest.new_events.clear()
@@ -520,12 +522,61 @@ def run(cfg: Config, store, run, resume: bool) -> int:
     finally:
         if proc is not None and proc.poll() is None:
             _terminate(proc, cfg.supervisor.stop_grace_s)
+        beat.close()
         if mirror is not None:
             mirror.close()
         for sig, handler in old.items():
             signal.signal(sig, handler)
         templates.stop()
         ray.shutdown()
+
+
+class VerlHeartbeat:
+    """The run's sign of life inside a verl step (engine.runs.heartbeat, the same ``run_progress`` row the
+    embedded trainer writes), inferred on the launch node from what reaches it: verl generates and ROPD
+    scores at the same time (a prompt's group is judged as soon as its rollouts are in), so a step reads
+    "starting up" until the first group or metrics line arrives, then "scoring k/N groups" (N =
+    ``data.train_batch_size``) while groups arrive, "updating" once all N are in and verl has not yet
+    logged the step, and "generating" from a logged step until the next step's first group."""
+
+    def __init__(self, store, run_id: int, start_step: int, composed_cfg: Any, no_progress_after_s: float):
+        from engine.runs.heartbeat import Heartbeat
+
+        def select(key: str) -> int | None:
+            try:
+                from omegaconf import OmegaConf
+
+                v = OmegaConf.select(composed_cfg, key) if composed_cfg is not None else None
+                return int(v) if v is not None else None
+            except Exception:  # noqa: BLE001 - an unresolvable interpolation: unknown
+                return None
+
+        self.groups_per_step = select("data.train_batch_size")
+        self.hb = Heartbeat(store, run_id, total_steps=select("trainer.total_training_steps"),
+                            no_progress_after_s=no_progress_after_s)
+        self.start_step = start_step
+        self.hb.phase("startup", step=start_step + 1)
+        self.hb.start()
+        self._started = False
+
+    def update(self, ingest: StepIngestor) -> None:
+        step = ingest.last_step + 1
+        arrived = ingest.pending_groups(step)
+        if not self._started and not arrived and ingest.last_step <= self.start_step:
+            return  # verl still loading the model, starting vLLM, or validating before training
+        self._started = True
+        total = self.groups_per_step
+        if not arrived:
+            self.hb.phase("generate", step=step)
+        elif total and arrived >= total:
+            self.hb.phase("update", step=step)
+        else:
+            if self.hb.name != "score" or self.hb.step != step:
+                self.hb.phase("score", step=step, total=total, unit="groups")
+            self.hb.advance(arrived)
+
+    def close(self) -> None:
+        self.hb.close()
 
 
 def _same_engine_path() -> str:

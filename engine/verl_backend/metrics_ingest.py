@@ -125,6 +125,10 @@ class StepIngestor:
             reports.append(self._write(step, {}))
         return reports
 
+    def pending_groups(self, step: int) -> int:
+        """Scored groups of ``step`` read but not yet written (the step's metrics line has not come)."""
+        return len(self._pending.get(step, ()))
+
     def flush(self) -> list[StepReport]:
         """Write groups whose step was never logged (the run ended or crashed mid-step)."""
         reports = self.poll()
