@@ -9,7 +9,8 @@ What this module adds to the SDK, and what it deliberately leaves to it:
   ``Retry-After``, on 408/409/429/5xx, timeouts and connection errors, never on 400/401/403/404.
   Only the backoff base and cap are configurable (``judge.retry_initial_delay_s`` /
   ``judge.retry_max_delay_s``), so tests and local servers need not wait seconds. A 200 whose body
-  is not JSON (a proxy's HTML error page) is a transient transport error too, retried the same way.
+  is not JSON (a proxy's HTML error page), or JSON that is no reply of the API (``{"detail": "upstream
+  busy"}``, never read as an empty reply), is a transient transport error too, retried the same way.
 * Bounded concurrency per endpoint: one ``asyncio.Semaphore`` (``judge.concurrency``) shared by every
   client of the same base URL + model in the process (per event loop); a request gives its slot
   back while it sleeps before a retry, so a dying server is discovered by every request at once; plus optional
@@ -178,10 +179,17 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+class _NotAReply(ValueError):
+    """A 200 whose body is JSON but no reply of the API (e.g. a proxy's ``{"detail": "upstream busy"}``):
+    retried like a body that is not JSON at all, never read as an empty reply."""
+
+
 def _chat_reply(data: Any) -> tuple[str, int | None, int | None, str | None]:
     """(text, prompt tokens, completion tokens, finish reason) of a chat-completions JSON body."""
     if not isinstance(data, dict):
         raise ValueError(f"the body is {str(data)[:120]!r}, not a chat-completions JSON object")
+    if "choices" not in data:
+        raise _NotAReply(f"the JSON body {_one_line(json.dumps(data, default=str), 120)} has no \"choices\"")
     choices = data.get("choices") or []
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
@@ -631,6 +639,12 @@ class JudgeClient:
         # (that per-call transform is the largest client-side cost when 64 requests are in flight).
         if self.judge.api == "responses":
             resp = await client.post("/responses", body=params, cast_to=Response)
+            if not isinstance(getattr(resp, "output", None), list):
+                try:
+                    shown = json.dumps(resp.to_dict(), default=str)
+                except Exception:  # noqa: BLE001 - only for the message
+                    shown = type(resp).__name__
+                raise _NotAReply(f"the JSON body {_one_line(shown, 120)} has no \"output\" list")
             text = getattr(resp, "output_text", None) or ""
             usage = getattr(resp, "usage", None)
             return (text, getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None),
@@ -763,8 +777,9 @@ class JudgeClient:
                                   in_flight=ticket.peak_in_flight if ticket else 0,
                                   concurrency=limiter.concurrency) from None
         except ValueError as e:  # still not JSON after the retries (a proxy's HTML page, a wrong URL)
+            what = "JSON that is not a reply of the API" if isinstance(e, _NotAReply) else "a response that is not JSON"
             raise JudgeCallError(
-                f"the {self.role} judge at {self.url} (model '{model}') sent a response that is not JSON"
+                f"the {self.role} judge at {self.url} (model '{model}') sent {what}"
                 f"{f' after {counter[0]} attempt(s)' if counter[0] > 1 else ''}: "
                 f"{scrub(str(e)[:200])}",
                 hint=f"check that judge.{self.role}.base_url points at an OpenAI-compatible API (usually ending in /v1)",
