@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from engine.judging.client import forget_unsupported_params  # noqa: E402
+from engine.scoring.failures import cause_summary  # noqa: E402
 from engine.scoring.scorer import Scorer  # noqa: E402
 from loopback_server import HungServer, LoopbackJudgeServer, loopback_config  # noqa: E402
 from test_fault_injection import SETTINGS, fault_groups  # noqa: E402
@@ -72,6 +73,10 @@ def mixed_faults(rate: float, seeds: list[int], extra: list[str]) -> None:
             worst = min(worst, len(ok) / len(groups))
             print(f"  seed {seed}: {len(ok)}/{len(groups)} groups scored, {sum(srv.fault_counts.values())} faults "
                   f"injected, {bad} wrong rewards, {time.perf_counter() - t0:.1f}s")
+            for g in batch.groups:
+                if g.status == "failed":  # why: which fault kinds exhausted the retries and re-asks
+                    print(f"    group {g.group_index} failed at {g.failure_stage}: "
+                          f"{cause_summary(g.failure_cause, 220)}")
     print(f"mixed faults at {rate:.0%} of judge requests, {len(seeds)} seeds x {len(groups)} groups"
           f"{' with ' + ' '.join(extra) if extra else ''}:")
     print(f"  groups scored: {scored}/{total} = {scored / max(total, 1):.1%} (worst seed {worst:.1%})")
