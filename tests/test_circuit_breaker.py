@@ -107,6 +107,21 @@ def test_requests_sleeping_before_a_retry_fail_at_once_when_the_circuit_opens(ju
     assert len(judge_server.requests) == 4
 
 
+def test_a_request_waiting_for_its_slot_after_a_backoff_sends_nothing_once_the_circuit_is_open(judge_server):
+    # concurrency 1: A times out and sleeps; B takes the slot and times out too, which opens the circuit; A,
+    # done sleeping and waiting for the slot meanwhile, must not send its retry when it gets the slot back.
+    judge_server.hang_next(100, seconds=30)
+    c = client(judge_server, "judge.concurrency=1", "judge.circuit_breaker_failures=2", "judge.verifier.timeout_s=1",
+               "judge.max_retries=1", "judge.retry_initial_delay_s=0.1", "judge.retry_max_delay_s=0.1")
+
+    async def work():
+        return await asyncio.gather(c.complete(PROMPT), c.complete(PROMPT), return_exceptions=True)
+
+    results = run(work())
+    assert all(isinstance(r, JudgeCallError) and r.kind == "unreachable" for r in results), results
+    assert len(judge_server.requests) == 2
+
+
 def test_replies_reset_the_count_even_when_they_are_unusable_or_4xx(judge_server):
     # two failures in a row open the circuit; a reply between them (prose the parser will reject, a 404)
     # shows the server is there, so it never opens and every request reaches the server

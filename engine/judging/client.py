@@ -362,6 +362,8 @@ class _SDKClient(AsyncOpenAI):
                 await breaker.sleep(delay)
             else:
                 await asyncio.sleep(delay)
+        if breaker is not None:
+            breaker.check()  # it may have opened while this request waited for its slot again
         prog = progress.current()
         if prog is not None:
             prog.request_retried()
@@ -468,10 +470,14 @@ class CircuitBreaker:
                      "(last: %s); requests to it fail at once until a probe in %g s gets a reply",
                      self.name, self.failures, self.silent_s(), self.last_failure, self.open_s)
 
-    async def sleep(self, delay: float) -> None:
-        """A backoff sleep that ends with :class:`_CircuitOpen` as soon as the circuit opens."""
+    def check(self) -> None:
+        """Before a retry: :class:`_CircuitOpen` unless the circuit is closed."""
         if self.state != "closed":
             raise _CircuitOpen(self)
+
+    async def sleep(self, delay: float) -> None:
+        """A backoff sleep that ends with :class:`_CircuitOpen` as soon as the circuit opens."""
+        self.check()
         try:
             await asyncio.wait_for(self._opened.wait(), max(0.0, delay))
         except asyncio.TimeoutError:
@@ -894,6 +900,8 @@ class JudgeClient:
                 async with _slot_released():
                     pause = max(0.0, delay * (1 - 0.25 * random.random()))
                     await (breaker.sleep(pause) if breaker is not None else asyncio.sleep(pause))
+                if breaker is not None:
+                    breaker.check()
                 prog = progress.current()
                 if prog is not None:
                     prog.request_retried()
