@@ -11,7 +11,9 @@
 2. **Dead and hung judges**: how long ``score``, ``replay``, ``train`` and ``index build`` take to
    report a judge that refuses connections, and one that accepts them and never answers (a real
    socket that reads and stays silent), with their exit codes; and how long ``score`` takes to
-   report a judge that dies after the preflight (64 groups, concurrency 8, default retries).
+   report a judge that dies after the preflight (64 groups, concurrency 8, default retries), and one
+   that hangs after it (timeout_s=2 so the run without the circuit breaker ends too), with the circuit
+   breaker and without it, with the number of judge requests the server received.
 
 Usage: ``python bench/fault_injection.py [--rate 0.3] [--seeds 1 2 ... 10] [--skip-dead] [--set KEY=VALUE ...]``
 """
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from engine.judging.client import forget_unsupported_params  # noqa: E402
+from engine.scoring.failures import cause_summary  # noqa: E402
 from engine.scoring.scorer import Scorer  # noqa: E402
 from loopback_server import HungServer, LoopbackJudgeServer, loopback_config  # noqa: E402
 from test_fault_injection import SETTINGS, fault_groups  # noqa: E402
@@ -72,6 +75,10 @@ def mixed_faults(rate: float, seeds: list[int], extra: list[str]) -> None:
             worst = min(worst, len(ok) / len(groups))
             print(f"  seed {seed}: {len(ok)}/{len(groups)} groups scored, {sum(srv.fault_counts.values())} faults "
                   f"injected, {bad} wrong rewards, {time.perf_counter() - t0:.1f}s")
+            for g in batch.groups:
+                if g.status == "failed":  # why: which fault kinds exhausted the retries and re-asks
+                    print(f"    group {g.group_index} failed at {g.failure_stage}: "
+                          f"{cause_summary(g.failure_cause, 220)}")
     print(f"mixed faults at {rate:.0%} of judge requests, {len(seeds)} seeds x {len(groups)} groups"
           f"{' with ' + ' '.join(extra) if extra else ''}:")
     print(f"  groups scored: {scored}/{total} = {scored / max(total, 1):.1%} (worst seed {worst:.1%})")
@@ -128,21 +135,36 @@ def dead_and_hung() -> None:
                 print(f"  {label:30s} {name:12s} {secs:5.1f}s  exit {rc}  {msg[:150]}")
 
 
-def dying_mid_run(concurrency: int = 8) -> None:
-    """A judge that dies after the preflight (every judge request dropped): 64 groups, default retries
-    (judge.max_retries=4, backoff 0.5 s doubling, 8 s cap): how long until ``score`` reports it."""
-    tmp = Path(tempfile.mkdtemp(prefix="ropd-dying-"))
+def _groups_file(tmp: Path) -> Path:
     groups = tmp / "groups.jsonl"
     with groups.open("w") as f:
         for g in fault_groups():
             f.write(json.dumps({"prompt": g.prompt, "rollouts": g.rollouts, "teacher_answers": g.teacher_answers}) + "\n")
-    with LoopbackJudgeServer(models=["m"]) as srv:
-        srv.drop_next(1_000_000)
-        judge = ["judge.mode=llm", f"judge.concurrency={concurrency}", "scorer.k=2"] + [
-            f"judge.{r}.{k}={v}" for r in ("rubricator", "verifier") for k, v in (("base_url", srv.base_url), ("model", "m"))]
-        secs, rc, msg = timed(["score", "--input", str(groups), "--out", str(tmp / "s.jsonl"), *judge], tmp)
-    print(f"judge dying after the preflight, 64 groups at concurrency {concurrency}, default retries: "
-          f"{secs:.1f}s, exit {rc}: {msg[:160]}")
+    return groups
+
+
+def failing_mid_run(how: str, concurrency: int = 8, timeout_s: float | None = None) -> None:
+    """A judge that dies (``how="dying"``: every judge request dropped) or hangs (``"hanging"``: no judge
+    request ever answered) after the preflight (``/models`` answers): 64 groups, default retries
+    (judge.max_retries=4, backoff 0.5 s doubling, 8 s cap): how long until ``score`` reports it and how
+    many judge requests the server received, with the circuit breaker and without it
+    (``judge.circuit_breaker_failures=0``)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"ropd-{how}-"))
+    groups = _groups_file(tmp)
+    for label, extra in (("breaker on (default)", []), ("breaker off", ["judge.circuit_breaker_failures=0"])):
+        with LoopbackJudgeServer(models=["m"]) as srv:
+            if how == "dying":
+                srv.drop_next(1_000_000)
+            else:
+                srv.hang_next(1_000_000, seconds=3600)
+            judge = ["judge.mode=llm", f"judge.concurrency={concurrency}", "scorer.k=2", *extra] + [
+                f"judge.{r}.{k}={v}" for r in ("rubricator", "verifier") for k, v in (
+                    ("base_url", srv.base_url), ("model", "m"), *((("timeout_s", timeout_s),) if timeout_s else ()))]
+            secs, rc, msg = timed(["score", "--input", str(groups), "--out", str(tmp / "s.jsonl"), *judge], tmp)
+            sent = len(srv.requests)
+        tmo = f", timeout_s={timeout_s:g}" if timeout_s else ""
+        print(f"judge {how} after the preflight, 64 groups at concurrency {concurrency}{tmo}, default retries, "
+              f"{label}: {secs:.1f}s, {sent} judge requests, exit {rc}: {msg[:200]}")
 
 
 def main() -> int:
@@ -156,7 +178,8 @@ def main() -> int:
     mixed_faults(args.rate, args.seeds, args.set)
     if not args.skip_dead:
         dead_and_hung()
-        dying_mid_run()
+        failing_mid_run("dying")
+        failing_mid_run("hanging", timeout_s=2.0)  # short, so the run without the breaker ends too
     return 0
 
 

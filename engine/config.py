@@ -54,6 +54,13 @@ class JudgeConfig:
     retry_max_delay_s: float = 8.0  # cap of one backoff sleep
     http_backend: Literal["auto", "httpx", "aiohttp"] = "auto"  # SDK transport; auto: aiohttp when installed
     reask_attempts: int = 2  # re-asks with the validation error after an unparseable reply
+    # Circuit breaker per endpoint (engine.judging.client.CircuitBreaker): this many HTTP requests failing
+    # in a row with no reply (timeouts, connection errors, 408/5xx), while the endpoint has not replied for
+    # as long as one request's retries wait, open its circuit: requests to it fail at once (judge unreachable,
+    # exit 3) instead of each waiting out timeout_s x (1 + max_retries). At most the endpoint's concurrency
+    # (at least 2) are needed. 0 = off.
+    circuit_breaker_failures: int = 8
+    circuit_open_s: float = 30.0  # an open circuit lets one probe request through after this long
     budget_usd: float | None = None  # stop the run cleanly (exit code 5) before its judge cost would pass this
     rubricator: EndpointConfig = field(default_factory=EndpointConfig)
     verifier: EndpointConfig = field(default_factory=EndpointConfig)
@@ -471,6 +478,8 @@ RANGES: dict[str, Range] = {
     "judge.retry_initial_delay_s": _NON_NEGATIVE,
     "judge.retry_max_delay_s": _NON_NEGATIVE,
     "judge.reask_attempts": Range(0, 20),
+    "judge.circuit_breaker_failures": Range(0, note="0 = no circuit breaker"),
+    "judge.circuit_open_s": _NON_NEGATIVE,
     "scorer.k": _NON_NEGATIVE,
     "scorer.min_criteria": _AT_LEAST_1,
     "scorer.max_criteria": _AT_LEAST_1,

@@ -51,6 +51,14 @@ class ScoringFailureRateError(UserError):
     exit_code = 4
 
 
+class JudgeUnreachableError(ScoringFailureRateError):
+    """Too many groups failed because the judge stopped answering mid-run (its circuit breaker opened):
+    exit code 3, as for any unreachable judge; still a ScoringFailureRateError, so a training step that
+    ends this way is recorded as aborted like any other."""
+
+    exit_code = 3
+
+
 class StoreError(UserError):
     """The run store is missing, from a newer schema, or a run does not exist."""
 

@@ -38,6 +38,8 @@ class ProgressSnapshot:
     requests_done: int = 0
     requests_failed: int = 0
     requests_retried: int = 0
+    #: requests ended at once by an open circuit breaker (the judge stopped answering); in requests_failed too
+    requests_cut: int = 0
     in_flight: int = 0
     elapsed_s: float = 0.0
     #: seconds since a request last completed (or since the first one started), while any is in flight
@@ -63,7 +65,7 @@ class JudgeProgress:
         self.label = label
         self.groups_total = groups_total
         self.groups_done = self.groups_failed = 0
-        self.requests_done = self.requests_failed = self.requests_retried = 0
+        self.requests_done = self.requests_failed = self.requests_retried = self.requests_cut = 0
         self.in_flight = 0
         self.started = time.monotonic()
         self._last_completion: float | None = None
@@ -80,6 +82,11 @@ class JudgeProgress:
     def request_retried(self) -> None:
         with self._lock:
             self.requests_retried += 1
+
+    def request_cut(self) -> None:
+        """A request ended at once because its endpoint's circuit breaker is open (request_finished follows)."""
+        with self._lock:
+            self.requests_cut += 1
 
     def request_finished(self, ok: bool) -> None:
         with self._lock:
@@ -112,6 +119,7 @@ class JudgeProgress:
                 label=self.label, groups_total=self.groups_total, groups_done=self.groups_done,
                 groups_failed=self.groups_failed, requests_done=self.requests_done,
                 requests_failed=self.requests_failed, requests_retried=self.requests_retried,
+                requests_cut=self.requests_cut,
                 in_flight=self.in_flight, elapsed_s=now - self.started, idle_s=idle, finished=self.finished,
                 wall_time=time.time())
 

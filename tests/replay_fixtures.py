@@ -11,6 +11,7 @@ passes, so some verdicts flip and the mean reward shifts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from engine.config import Config
 from engine.scoring.scorer import weighted_reward
@@ -78,12 +79,16 @@ def make_group(step: int, gi: int, *, failed: bool = False) -> GroupResult:
 
 
 def make_store(path: Path, *, steps: int = 2, groups: int = 3, failed: set[tuple[int, int]] = frozenset(),
-               name: str = "r1", templates_dir: Path | None = None) -> RunStore:
+               name: str = "r1", templates_dir: Path | None = None,
+               configure: Callable[[Config], None] | None = None) -> RunStore:
     """A store at ``path`` with run ``name``: ``steps`` steps (1..steps) of ``groups`` groups each.
-    ``templates_dir``: copy the shipped templates there and configure the run with them."""
+    ``templates_dir``: copy the shipped templates there and configure the run with them; ``configure``
+    may change the run's config (e.g. short judge timeouts) before it is stored."""
     store = RunStore(path)
     cfg = Config()
     cfg.run.name = name
+    if configure is not None:
+        configure(cfg)
     if templates_dir is not None:
         import shutil
 

@@ -272,6 +272,24 @@ def test_non_json_200_is_retried_as_a_transient_transport_error(judge_server):
     assert [r.fault for r in judge_server.requests] == ["raw", "raw", None]
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_json_200_that_is_no_reply_of_the_api_is_retried_never_read_as_an_empty_reply(judge_server, api):
+    # a proxy's {"detail": "upstream busy"} with status 200: was an empty reply (re-asked, costing a re-ask
+    # attempt) on the chat API and a TypeError on the Responses API
+    judge_server.add_fault("raw_json", 2, text='{"detail": "upstream busy"}')
+    comp = run(client(judge_server, f"judge.api={api}").complete(PROMPT))
+    assert "answer is 5" in comp.text.lower() and comp.attempts == 3
+    assert [r.fault for r in judge_server.requests] == ["raw_json", "raw_json", None]
+
+
+def test_a_json_body_that_is_never_a_reply_is_a_judge_error_after_the_retries(judge_server):
+    judge_server.add_fault("raw_json", 100, text='{"detail": "upstream busy"}')
+    with pytest.raises(JudgeCallError) as ei:
+        run(client(judge_server).complete(PROMPT))
+    assert ei.value.kind == "bad_response" and "JSON that is not a reply of the API after 4 attempt(s)" in str(ei.value)
+    assert "upstream busy" in str(ei.value) and "no \"choices\"" in str(ei.value)
+
+
 def test_a_body_that_is_never_json_is_a_judge_error_after_the_retries(judge_server):
     judge_server.raw_next("<html>login page</html>", n=100)
     with pytest.raises(JudgeCallError) as ei:

@@ -241,6 +241,27 @@ def test_replay_whose_groups_all_fail_is_failed_and_exits_4(store_path):
     assert rc == 0 and ": failed" in out and "3 of 3 groups failed" in out
 
 
+def test_replay_against_a_judge_hanging_after_the_preflight_is_exit_3_from_the_circuit_breaker(tmp_path):
+    def quick(cfg):
+        cfg.judge.retry_initial_delay_s, cfg.judge.retry_max_delay_s = 0.01, 0.02
+        cfg.judge.circuit_breaker_failures = 3  # the 3 groups' verifier requests, one wave of timeouts
+        for role in JUDGE_ROLES:
+            getattr(cfg.judge, role).timeout_s = 1.0
+
+    path = tmp_path / "ropd.db"
+    make_store(path, steps=1, groups=3, configure=quick).close()
+    with LoopbackJudgeServer(models=["m"]) as srv:
+        srv.hang_next(10_000, seconds=60)  # /models answers (the preflight passes); no judge request ever does
+        rc, out, err = run_cli("--headless", "--store", str(path), "replay", "r1", "--judge-model", "m",
+                               "--base-url", srv.base_url)
+        sent = len(srv.requests)
+    assert rc == 3, err
+    assert err.count("error:") == 1 and "the judge stopped answering: 3 of 3 groups failed to score" in err
+    assert "circuit breaker is open" in err and "raise judge.verifier.timeout_s" in err and "Traceback" not in err
+    assert "is not answering" not in out and "failed: step" not in out  # said once, in the error
+    assert sent <= 6  # without the breaker: 3 requests x (1 + 4 retries), 5 timeouts each
+
+
 def test_replay_with_failures_within_the_threshold_is_done(store_path):
     with LoopbackJudgeServer() as srv:
         srv.malformed_next(3, role="verifier", text="no json")  # one group's verifier call and both its re-asks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -80,6 +81,27 @@ def test_judge_dying_mid_run_is_exit_3_with_one_message_and_the_groups_kept(tmp_
     records = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(records) == 8 and all(r["status"] == "failed" and r["rewards"] == [None] * len(r["rewards"])
                                      for r in records)
+
+
+def test_judge_hanging_after_the_preflight_is_cut_short_by_the_circuit_breaker(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with LoopbackJudgeServer(models=["loopback-judge"]) as srv:
+        srv.hang_next(10_000, seconds=60)  # /models answers (the preflight passes); no judge request ever does
+        rc, out, err = score(tmp_path, capsys, *judge_args(srv.base_url, "judge.max_retries=4",
+                                                             "judge.rubricator.timeout_s=1", "judge.verifier.timeout_s=1"))
+        sent = len(srv.requests)
+    assert rc == 3, err
+    assert err.count("error:") == 1 and "became unreachable while scoring (8 of 8 groups failed)" in err
+    assert re.search(r"is not answering: \d+ request\(s\) to it in a row failed with no reply", err), err
+    assert "last: no reply within 1 s" in err and "circuit breaker is open" in err
+    assert "raise judge.rubricator.timeout_s" in err
+    assert "8 at once: judge not answering" in err  # the progress line says what happened too
+    # Each of the 8 groups' first request would be sent 1 + 4 times (40 requests, 5 timeouts each) without
+    # the breaker; with it, one wave of timeouts (and a few retries already under way) ends them all.
+    assert sent <= 16, sent
+    records = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and all(r["status"] == "failed" for r in records)
+    assert all(any(c.get("error_class") == "JudgeError:unreachable" for c in r["calls"]) for r in records)
 
 
 def test_broken_verifier_template_is_exit_2_before_the_first_request(tmp_path, monkeypatch, capsys):

@@ -9,11 +9,17 @@ What this module adds to the SDK, and what it deliberately leaves to it:
   ``Retry-After``, on 408/409/429/5xx, timeouts and connection errors, never on 400/401/403/404.
   Only the backoff base and cap are configurable (``judge.retry_initial_delay_s`` /
   ``judge.retry_max_delay_s``), so tests and local servers need not wait seconds. A 200 whose body
-  is not JSON (a proxy's HTML error page) is a transient transport error too, retried the same way.
+  is not JSON (a proxy's HTML error page), or JSON that is no reply of the API (``{"detail": "upstream
+  busy"}``, never read as an empty reply), is a transient transport error too, retried the same way.
 * Bounded concurrency per endpoint: one ``asyncio.Semaphore`` (``judge.concurrency``) shared by every
   client of the same base URL + model in the process (per event loop); a request gives its slot
   back while it sleeps before a retry, so a dying server is discovered by every request at once; plus optional
   requests-per-minute / tokens-per-minute limits (sliding 60 s window).
+* A circuit breaker per endpoint (:class:`CircuitBreaker`): a judge that stops answering after the
+  preflight (hung, or dead) opens it after ``judge.circuit_breaker_failures`` HTTP requests failed in
+  a row with no reply, once the endpoint has been silent for as long as one request's retries wait;
+  then every request to it fails at once (kind ``unreachable``, exit 3) instead of each waiting
+  ``timeout_s`` x (1 + ``max_retries``). A probe after ``judge.circuit_open_s`` closes it again.
 * API keys: the config holds only the NAME of an environment variable (``api_key_env``); the key is
   read from the environment at request time, sent as a bearer header, and never logged, stored or
   shown (error texts are scrubbed). A keyless local server gets a placeholder key.
@@ -52,6 +58,7 @@ import math
 import os
 import random
 import re
+import sys
 import time
 import weakref
 from collections import deque
@@ -111,7 +118,9 @@ class JudgeCallError(JudgeError):
         self.attempts = attempts
         self.latency_s = latency_s
         self.status_code = status_code
-        self.kind = kind  # connection | timeout | auth | not_found | bad_request | rate_limit | server | config
+        # connection | timeout | auth | not_found | bad_request | rate_limit | server | config | bad_response
+        # | unreachable (the endpoint's circuit breaker is open: it stopped answering)
+        self.kind = kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,10 +187,17 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+class _NotAReply(ValueError):
+    """A 200 whose body is JSON but no reply of the API (e.g. a proxy's ``{"detail": "upstream busy"}``):
+    retried like a body that is not JSON at all, never read as an empty reply."""
+
+
 def _chat_reply(data: Any) -> tuple[str, int | None, int | None, str | None]:
     """(text, prompt tokens, completion tokens, finish reason) of a chat-completions JSON body."""
     if not isinstance(data, dict):
         raise ValueError(f"the body is {str(data)[:120]!r}, not a chat-completions JSON object")
+    if "choices" not in data:
+        raise _NotAReply(f"the JSON body {_one_line(json.dumps(data, default=str), 120)} has no \"choices\"")
     choices = data.get("choices") or []
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
@@ -240,7 +256,51 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
-_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("ropd_judge_attempts", default=None)
+#: The current request's [HTTP attempts so far, when the latest attempt started (time.monotonic())].
+_ATTEMPTS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("ropd_judge_attempts", default=None)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether a transport error (or one in its chain) is a timeout."""
+    todo: list[BaseException] = [exc]
+    seen: list[BaseException] = []
+    while todo and len(seen) < 30:
+        cur = todo.pop(0)
+        if any(cur is s for s in seen):
+            continue
+        seen.append(cur)
+        if isinstance(cur, (TimeoutError, openai.APITimeoutError)) or "Timeout" in type(cur).__name__:
+            return True
+        todo += [x for x in (cur.__cause__, cur.__context__) if x is not None]
+    return False
+
+
+def _failure_words(exc: BaseException | None, status: int | None, elapsed: float, timeout_s: float) -> str:
+    """One failed HTTP attempt in a few words, for the circuit breaker's message."""
+    if status is not None:
+        return f"HTTP {status}"
+    if exc is None:
+        return "no reply"
+    if _refused(exc):
+        return f"cannot connect: {_one_line(_root_cause(exc), 160)}"
+    if _is_timeout(exc) and elapsed >= 0.9 * timeout_s:  # (aiohttp reports a dropped connection as a timeout)
+        return f"no reply within {timeout_s:g} s"
+    return f"connection lost: {_one_line(_root_cause(exc), 160)}"
+
+
+def _transport_failure(e: BaseException) -> bool:
+    """Whether a request's final error counts against its endpoint (see :func:`_counts_against_endpoint`);
+    a 500 that rejects the response_format is the server's answer, not an outage."""
+    if isinstance(e, openai.APIStatusError):
+        return _counts_against_endpoint(e.status_code) and not is_format_rejection(
+            e.status_code, str(getattr(e, "message", "") or e))
+    return isinstance(e, openai.APIConnectionError)  # timeouts included
+
+
+def _counts_against_endpoint(status: int | None) -> bool:
+    """Whether a failed attempt is a transport failure the circuit breaker counts (no HTTP status: a
+    timeout or a connection error; 408 or 5xx), rather than a reply from a live server (4xx, 429)."""
+    return status is None or status == 408 or status >= 500
 
 
 class _SDKClient(AsyncOpenAI):
@@ -248,6 +308,7 @@ class _SDKClient(AsyncOpenAI):
 
     ropd_initial_delay: float = _SDK_INITIAL_RETRY_DELAY
     ropd_max_delay: float = 8.0
+    ropd_timeout_s: float = 120.0
 
     def _calculate_retry_timeout(self, remaining_retries, options, response_headers=None):  # type: ignore[override]
         timeout = super()._calculate_retry_timeout(remaining_retries, options, response_headers)
@@ -275,14 +336,159 @@ class _SDKClient(AsyncOpenAI):
         counter = _ATTEMPTS.get()
         if counter is not None:
             counter[0] += 1
+            if len(counter) > 1:
+                counter[1] = time.monotonic()
 
-    async def _sleep_for_retry(self, **kwargs):  # type: ignore[override]
-        # The SDK's own backoff sleep before a transport retry: count it, and sleep without the slot.
+    async def _sleep_for_retry(self, *, retries_taken, max_retries, options, response):  # type: ignore[override]
+        # The SDK's own backoff sleep before a transport retry (it runs inside the SDK's except block, so
+        # the attempt's error is sys.exc_info()): tell the endpoint's circuit breaker how the attempt
+        # failed, count the retry, and sleep without the slot; an open circuit ends the sleep and the
+        # request at once (_CircuitOpen).
+        breaker = _current_breaker()
+        if breaker is not None:
+            status = response.status_code if response is not None else None
+            if _counts_against_endpoint(status):
+                counter = _ATTEMPTS.get()
+                started = counter[1] if counter is not None and len(counter) > 1 else time.monotonic()
+                breaker.record_failure(_failure_words(sys.exc_info()[1], status, time.monotonic() - started,
+                                                      self.ropd_timeout_s))
+            else:
+                breaker.record_reply()
+        remaining = max_retries - retries_taken
+        delay = self._calculate_retry_timeout(remaining, options, response.headers if response is not None else None)
+        log.debug("%s: retrying in %.2f s (retry %d of %d)", self.base_url, delay, retries_taken + 1, max_retries)
+        async with _slot_released():
+            if breaker is not None:
+                await breaker.sleep(delay)
+            else:
+                await asyncio.sleep(delay)
+        if breaker is not None:
+            breaker.check()  # it may have opened while this request waited for its slot again
         prog = progress.current()
         if prog is not None:
             prog.request_retried()
-        async with _slot_released():
-            await super()._sleep_for_retry(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the circuit breaker: a judge that stops answering after the preflight is reported in one timeout
+
+class _CircuitOpen(Exception):
+    """Ends a request whose endpoint's circuit is open (complete() turns it into a JudgeCallError)."""
+
+    def __init__(self, breaker: "CircuitBreaker"):
+        super().__init__("circuit open")
+        self.failures = breaker.failures
+        self.silent_s = breaker.silent_s()
+        self.last = breaker.last_failure
+        self.open_s = breaker.open_s
+
+
+class CircuitBreaker:
+    """Per endpoint (base URL + model, one per event loop, with its :class:`EndpointLimiter`).
+
+    Counts the endpoint's HTTP attempts that failed in transport (a timeout, a refused, reset or dropped
+    connection, HTTP 408 or 5xx, a 200 whose body is no chat reply) since its last reply; any reply
+    (also a 4xx, a 429, or a reply the judge parsing then rejects) resets the count. The circuit
+    **opens** when ``threshold`` failures are counted while the endpoint has given no reply for at least
+    ``quiet_s``, the time one request's own retries wait (the backoff of judge.max_retries retries): a hiccup
+    shorter than that is ridden out by the retries as before, a judge that hangs or died is reported
+    after one wave of failures instead of timeout_s x (1 + max_retries) per request. While open, every
+    request that is sleeping before a retry or about to start fails at once with a
+    ``JudgeCallError(kind="unreachable")``. After ``open_s`` one request is let through as a probe
+    (half-open): its first reply closes the circuit, its failure opens it again for ``open_s``.
+    A reply to any request still in flight closes it too.
+    """
+
+    def __init__(self, threshold: int, open_s: float, quiet_s: float, name: str = ""):
+        self.threshold = threshold  # 0: off
+        self.open_s = open_s
+        self.quiet_s = quiet_s
+        self.name = name
+        self.failures = 0
+        self.last_failure = ""
+        self.last_reply = time.monotonic()
+        self.state = "closed"  # closed | open | half_open
+        self.opened_at = 0.0
+        self._opened = asyncio.Event()  # set while not closed: wakes the requests sleeping before a retry
+
+    @classmethod
+    def for_endpoint(cls, judge: JudgeConfig, concurrency: int, name: str) -> "CircuitBreaker":
+        """The breaker of an endpoint: judge.circuit_breaker_failures (no more than the endpoint's
+        concurrency, at least 2), opening only after the endpoint was silent for the backoff of one
+        request's retries."""
+        n = judge.circuit_breaker_failures
+        threshold = min(n, max(2, concurrency)) if n > 0 else 0
+        quiet = sum(min(judge.retry_initial_delay_s * 2 ** i, judge.retry_max_delay_s)
+                    for i in range(judge.max_retries))
+        return cls(threshold, judge.circuit_open_s, quiet, name)
+
+    def silent_s(self) -> float:
+        return time.monotonic() - self.last_reply
+
+    def admit(self) -> bool:
+        """Before a request: raise :class:`_CircuitOpen` while the circuit is open; once ``open_s`` has
+        passed, the first caller is let through as the probe (returns True)."""
+        if self.state == "closed":
+            return False
+        if self.state == "open" and time.monotonic() - self.opened_at >= self.open_s:
+            self.state = "half_open"
+            log.info("judge endpoint %s: letting one probe request through", self.name)
+            return True
+        raise _CircuitOpen(self)
+
+    def probe_ended(self) -> None:
+        """The probe ended without telling (cancelled): let the next request probe."""
+        if self.state == "half_open":
+            self.state = "open"
+            self.opened_at = time.monotonic() - self.open_s
+
+    def record_failure(self, words: str) -> None:
+        self.failures += 1
+        self.last_failure = words
+        if self.state == "half_open":  # the probe failed: open again for open_s
+            self._open()
+        elif (self.state == "closed" and self.threshold and self.failures >= self.threshold
+              and self.silent_s() >= self.quiet_s):
+            self._open()
+
+    def record_reply(self) -> None:
+        self.failures = 0
+        self.last_reply = time.monotonic()
+        if self.state != "closed":
+            self.state = "closed"
+            self._opened.clear()
+            log.info("the judge at %s answered again: its circuit breaker is closed", self.name)
+
+    def _open(self) -> None:
+        first = self.state == "closed"
+        self.state = "open"
+        self.opened_at = time.monotonic()
+        self._opened.set()
+        if first:
+            # INFO: the requests it ends say so (their JudgeCallError, recorded with each call), once per command
+            log.info("the judge at %s is not answering: %d requests in a row failed with no reply for %.1f s "
+                     "(last: %s); requests to it fail at once until a probe in %g s gets a reply",
+                     self.name, self.failures, self.silent_s(), self.last_failure, self.open_s)
+
+    def check(self) -> None:
+        """Before a retry: :class:`_CircuitOpen` unless the circuit is closed."""
+        if self.state != "closed":
+            raise _CircuitOpen(self)
+
+    async def sleep(self, delay: float) -> None:
+        """A backoff sleep that ends with :class:`_CircuitOpen` as soon as the circuit opens."""
+        self.check()
+        try:
+            await asyncio.wait_for(self._opened.wait(), max(0.0, delay))
+        except asyncio.TimeoutError:
+            return
+        raise _CircuitOpen(self)
+
+
+def _current_breaker() -> CircuitBreaker | None:
+    """The circuit breaker of the endpoint the current request holds a slot of."""
+    held = _SLOT.get()
+    return held.limiter.breaker if held is not None else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +497,10 @@ class _SDKClient(AsyncOpenAI):
 class EndpointLimiter:
     """Concurrency and optional RPM/TPM limits for one endpoint (base URL + model)."""
 
-    def __init__(self, concurrency: int, rpm: float | None = None, tpm: float | None = None):
+    def __init__(self, concurrency: int, rpm: float | None = None, tpm: float | None = None,
+                 breaker: CircuitBreaker | None = None):
         self.concurrency = concurrency
+        self.breaker = breaker or CircuitBreaker(0, 0.0, 0.0)
         self.rpm = rpm
         self.tpm = tpm
         self._sem = asyncio.Semaphore(concurrency)
@@ -455,7 +663,9 @@ def endpoint_limiter(base_url: str, model: str, judge: JudgeConfig) -> EndpointL
                        "slots); sending at most that many instead of judge.concurrency=%d, so requests do not "
                        "time out waiting in its queue", display_url(base_url), slots, concurrency)
             concurrency = slots
-        lim = state.limiters[key] = EndpointLimiter(concurrency, judge.requests_per_minute, judge.tokens_per_minute)
+        name = display_url(base_url) + (f" (model '{model}')" if model else "")
+        lim = state.limiters[key] = EndpointLimiter(concurrency, judge.requests_per_minute, judge.tokens_per_minute,
+                                                    CircuitBreaker.for_endpoint(judge, concurrency, name))
     return lim
 
 
@@ -564,6 +774,7 @@ class JudgeClient:
                                 **_http_client_kwargs(self.judge.http_backend, tmo))
             client.ropd_initial_delay = self.judge.retry_initial_delay_s
             client.ropd_max_delay = self.judge.retry_max_delay_s
+            client.ropd_timeout_s = tmo
             state.clients[key] = client
         return client
 
@@ -631,6 +842,12 @@ class JudgeClient:
         # (that per-call transform is the largest client-side cost when 64 requests are in flight).
         if self.judge.api == "responses":
             resp = await client.post("/responses", body=params, cast_to=Response)
+            if not isinstance(getattr(resp, "output", None), list):
+                try:
+                    shown = json.dumps(resp.to_dict(), default=str)
+                except Exception:  # noqa: BLE001 - only for the message
+                    shown = type(resp).__name__
+                raise _NotAReply(f"the JSON body {_one_line(shown, 120)} has no \"output\" list")
             text = getattr(resp, "output_text", None) or ""
             usage = getattr(resp, "usage", None)
             return (text, getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None),
@@ -667,21 +884,27 @@ class JudgeClient:
         truncated body) treated as a transient transport error: retried like a 5xx, up to
         ``judge.max_retries`` times with the same backoff, the slot given back while sleeping."""
         bad = 0
+        breaker = _current_breaker()
         while True:
             try:
                 return await self._request(client, params)
             except ValueError:
+                if breaker is not None:
+                    breaker.record_failure("HTTP 200 with a body that is no reply of the API")
                 if bad >= self.judge.max_retries:
                     raise
                 bad += 1
+                delay = min(self.judge.retry_initial_delay_s * 2 ** (bad - 1), self.judge.retry_max_delay_s)
+                log.info("%s judge at %s sent a body that is not a chat reply; retrying (%d of %d)", self.role,
+                         self.url, bad, self.judge.max_retries)
+                async with _slot_released():
+                    pause = max(0.0, delay * (1 - 0.25 * random.random()))
+                    await (breaker.sleep(pause) if breaker is not None else asyncio.sleep(pause))
+                if breaker is not None:
+                    breaker.check()
                 prog = progress.current()
                 if prog is not None:
                     prog.request_retried()
-                delay = min(self.judge.retry_initial_delay_s * 2 ** (bad - 1), self.judge.retry_max_delay_s)
-                log.info("%s judge at %s sent a body that is not JSON; retrying (%d of %d)", self.role, self.url,
-                         bad, self.judge.max_retries)
-                async with _slot_released():
-                    await asyncio.sleep(max(0.0, delay * (1 - 0.25 * random.random())))
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -698,9 +921,10 @@ class JudgeClient:
         remembered = _UNSUPPORTED.setdefault(ep_key, set())
         unsupported = set(remembered)
         limiter = endpoint_limiter(self.base_url, model, self.judge)
+        breaker = limiter.breaker
         client = self._sdk()
         await _ensure_closer(_loop_state())
-        counter = [0]
+        counter: list[Any] = [0, time.monotonic()]
         token = _ATTEMPTS.set(counter)
         t0 = time.perf_counter()
         est = estimate_tokens(messages)
@@ -711,20 +935,25 @@ class JudgeClient:
         prog = progress.current()
         reported = False
         ok = False
+        probe = False
         try:
             async with limiter.slot(est) as ticket:
                 if prog is not None:
                     prog.request_started()
                     reported = True
+                probe = breaker.admit()  # an open circuit: _CircuitOpen, before anything is sent
                 for _ in range(8):  # bounded by the droppable params, format steps and one refit
                     params, fmt = self._params(messages, json_mode, schema, unsupported, max_tokens)
                     if first_params is None:
                         first_params = params
                     try:
                         text, ptok, ctok, finish, cached = await self._request_retrying_bad_bodies(client, params)
+                        breaker.record_reply()
                         break
                     except openai.APIStatusError as e:
                         status, msg = e.status_code, str(getattr(e, "message", "") or e)
+                        if not _transport_failure(e):
+                            breaker.record_reply()  # a 4xx, a 429, a format rejection: the server is there
                         rejection = parse_context_rejection(msg, getattr(e, "body", None)) if status == 400 else None
                         if rejection is not None:
                             learn_context(self.base_url, rejection.context_len, "rejection")
@@ -758,13 +987,21 @@ class JudgeClient:
                 if ticket.rate is not None and (ptok or ctok):
                     ticket.rate[1] = float((ptok or 0) + (ctok or 0))
             ok = True
+        except _CircuitOpen as c:
+            if prog is not None:
+                prog.request_cut()
+            raise self._circuit_error(c, counter[0], time.perf_counter() - t0) from None
         except openai.OpenAIError as e:
+            if _transport_failure(e):
+                breaker.record_failure(_failure_words(e, e.status_code if isinstance(e, openai.APIStatusError) else None,
+                                                      time.monotonic() - counter[1], self.endpoint.timeout_s))
             raise self._translate(e, counter[0], time.perf_counter() - t0, max_tokens=max_tokens,
                                   in_flight=ticket.peak_in_flight if ticket else 0,
                                   concurrency=limiter.concurrency) from None
         except ValueError as e:  # still not JSON after the retries (a proxy's HTML page, a wrong URL)
+            what = "JSON that is not a reply of the API" if isinstance(e, _NotAReply) else "a response that is not JSON"
             raise JudgeCallError(
-                f"the {self.role} judge at {self.url} (model '{model}') sent a response that is not JSON"
+                f"the {self.role} judge at {self.url} (model '{model}') sent {what}"
                 f"{f' after {counter[0]} attempt(s)' if counter[0] > 1 else ''}: "
                 f"{scrub(str(e)[:200])}",
                 hint=f"check that judge.{self.role}.base_url points at an OpenAI-compatible API (usually ending in /v1)",
@@ -772,6 +1009,8 @@ class JudgeClient:
                 latency_s=time.perf_counter() - t0, kind="bad_response") from None
         finally:
             _ATTEMPTS.reset(token)
+            if probe:
+                breaker.probe_ended()
             if reported:
                 prog.request_finished(ok)
         remembered |= unsupported
@@ -794,7 +1033,7 @@ class JudgeClient:
         pre_timeout = min(self.endpoint.timeout_s, _PREFLIGHT_TIMEOUT_S)
         client = self._sdk(max_retries=0, timeout=pre_timeout)
         await _ensure_closer(_loop_state())
-        counter = [0]
+        counter: list[Any] = [0, time.monotonic()]
         token = _ATTEMPTS.set(counter)
         t0 = time.perf_counter()
         try:
@@ -845,6 +1084,21 @@ class JudgeClient:
             learn_context(self.base_url, n_ctx, "/props")
 
     # -- errors --------------------------------------------------------------------------------
+
+    def _circuit_error(self, c: _CircuitOpen, attempts: int, latency: float) -> JudgeCallError:
+        """The request ended because its endpoint's circuit breaker is open: say why and what to do."""
+        model = self.endpoint.model or "?"
+        silent = f"{c.silent_s:.1f}" if c.silent_s < 10 else f"{c.silent_s:.0f}"
+        msg = (f"the {self.role} judge at {self.url} (model '{model}') is not answering: {c.failures} request(s) "
+               f"to it in a row failed with no reply in the last {silent} s (last: {c.last}); its circuit breaker "
+               "is open, so requests to it now fail at once instead of each waiting out its retries")
+        hint = (f"check that the judge server is up and answering (its log, a stuck or overloaded worker); if it is "
+                f"only slow, raise judge.{self.role}.timeout_s (now {self.endpoint.timeout_s:g} s). One probe "
+                f"request is let through every {c.open_s:g} s (judge.circuit_open_s) and a reply closes the circuit; "
+                "judge.circuit_breaker_failures=0 turns the breaker off")
+        key = os.environ.get(self.endpoint.api_key_env or "OPENAI_API_KEY")
+        return JudgeCallError(scrub(msg, key), hint=hint, role=self.role, endpoint=self.url, model=model,
+                              attempts=attempts, latency_s=latency, kind="unreachable")
 
     def _translate(self, e: BaseException, attempts: int, latency: float, *, max_tokens: int | None = None,
                    in_flight: int = 0, concurrency: int | None = None,

@@ -31,10 +31,10 @@ from typing import Any, Callable, Literal
 
 from engine import progress as judge_progress
 from engine.config import Config, build_config
-from engine.errors import ConfigError, StoreError, TemplateError, UserError
+from engine.errors import ConfigError, JudgeUnreachableError, StoreError, TemplateError, UserError
 from engine.replay.metrics import CriterionFlips, agreement_rate, auc, count_flips, mean
 from engine.replay.store import ReplayStore, StoredAnswer, StoredGroup
-from engine.scoring.failures import failure_rate_error
+from engine.scoring.failures import UNREACHABLE_CALL, failure_rate_error
 from engine.templates.render import Template, resolve_template_path
 from engine.types import AnswerResult, GroupResult, JudgeCall, Rubric
 
@@ -147,6 +147,7 @@ class ReplayReport:
     groups: list[GroupDiff]
     stats: dict[str, Any] = field(default_factory=dict)  # calls, cached calls, wall time, answers/s
     cause: str | None = None  # why the replay failed (too many groups failed, or the error that stopped it)
+    judge_unreachable: bool = False  # it failed because the judge stopped answering (circuit breaker; not stored)
 
     @property
     def answers(self) -> list[AnswerDiff]:
@@ -464,6 +465,7 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
         sem = asyncio.Semaphore(max(1, cfg.judge.concurrency))
         status = "done"
         cause: str | None = None
+        unreachable: list[str] = []  # causes of groups ended by an open circuit breaker (the judge stopped answering)
 
         async def one(group: StoredGroup) -> None:
             async with sem:
@@ -488,6 +490,8 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
                     gstatus, stage = "failed", getattr(err, "stage", "verifier")
                     gcause = str(getattr(err, "cause", None) or err)
                 wall = time.monotonic() - t0
+                if gstatus == "failed" and any(getattr(c, "error_class", None) == UNREACHABLE_CALL for c in calls):
+                    unreachable.append(str(gcause))
                 for call in calls:
                     call.template_sha = call.template_sha or versions.get(call.role)
                     call.cached = bool(call.request_sha and call.request_sha in stats["hit_shas"])
@@ -522,9 +526,13 @@ async def run_replay(store: Any, spec: ReplaySpec, *, progress: Callable[[Replay
         report = load_report(rs, replay_id)
         if status == "done":  # as in score and train: too many failed groups fail the whole replay
             too_many = failure_rate_error([(g.failure_stage, g.failure_cause) for g in report.groups
-                                           if g.status == "failed"], len(report.groups), cfg.scorer.failure_threshold)
+                                           if g.status == "failed"], len(report.groups), cfg.scorer.failure_threshold,
+                                          unreachable=unreachable[0] if unreachable else None)
             if too_many is not None:
                 status, cause = "failed", too_many.message
+                report.judge_unreachable = isinstance(too_many, JudgeUnreachableError)
+                if report.judge_unreachable and too_many.hint:
+                    cause += f"; {too_many.hint}"  # what to do about the judge, kept with the stored cause
         report.stats = {"judge_calls": prog.judge_calls, "cached_calls": prog.cached_calls, "wall_s": wall,
                         "answers": prog.done_answers,
                         "answers_per_s": prog.done_answers / wall if wall > 0 else None}

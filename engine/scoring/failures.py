@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable
+from typing import Any, Iterable
 
-from engine.errors import ScoringFailureRateError, one_line
+from engine.errors import JudgeUnreachableError, ScoringFailureRateError, one_line
+
+#: error_class of a judge call ended by its endpoint's open circuit breaker (the judge stopped answering)
+UNREACHABLE_CALL = "JudgeError:unreachable"
 
 #: Characters of each cause kept in a failure summary.
 CAUSE_CHARS = 400
@@ -34,14 +37,32 @@ def cause_summary(cause: str | None, limit: int = CAUSE_CHARS) -> str:
     return one_line(text, limit)
 
 
+def unreachable_cause(groups: Iterable[Any]) -> str | None:
+    """The failure cause of the first failed group one of whose judge calls was ended by an open circuit
+    breaker (groups with ``status``, ``failure_cause`` and ``calls``), or None."""
+    for g in groups:
+        if getattr(g, "status", None) == "failed" and any(
+                getattr(c, "error_class", None) == UNREACHABLE_CALL for c in getattr(g, "calls", None) or []):
+            return g.failure_cause
+    return None
+
+
 def failure_rate_error(failed: Iterable[tuple[str | None, str | None]], total: int,
-                       threshold: float) -> ScoringFailureRateError | None:
+                       threshold: float, *, unreachable: str | None = None) -> ScoringFailureRateError | None:
     """The error for a batch of ``total`` groups whose ``failed`` ones ((stage, cause) pairs) are more
-    than ``threshold`` of it, naming the most common causes; None when the rate is within it."""
+    than ``threshold`` of it, naming the most common causes; None when the rate is within it. With
+    ``unreachable`` (the cause of a group the circuit breaker ended: :func:`unreachable_cause`), a
+    :class:`JudgeUnreachableError` (exit 3) that says it once."""
     failed = list(failed)
     rate = len(failed) / total if total else 0.0
     if rate <= threshold:
         return None
+    if unreachable:
+        cause, _, hint = str(unreachable).partition("\n  hint: ")
+        return JudgeUnreachableError(
+            f"the judge stopped answering: {len(failed)} of {total} groups failed to score ({rate:.0%}, above "
+            f"scorer.failure_threshold={threshold:g}): {one_line(cause, 600)}",
+            hint=(hint.strip() + "; " if hint.strip() else "") + "then run again once the judge answers")
     causes = Counter(f"{stage}: {cause_summary(cause)}" for stage, cause in failed)
     listed = "; ".join(f"{c} (x{n})" for c, n in causes.most_common(3))
     more = f"; and {len(causes) - 3} other cause(s)" if len(causes) > 3 else ""

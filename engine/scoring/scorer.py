@@ -49,7 +49,7 @@ from engine.config import Config
 from engine.errors import TeacherIndexError, UserError
 from engine.judging.factory import make_judge
 from engine.judging.protocol import JudgeStageError
-from engine.scoring.failures import cause_summary, failure_rate_error
+from engine.scoring.failures import cause_summary, failure_rate_error, unreachable_cause
 from engine.types import AnswerResult, BatchResult, GroupInput, GroupResult, JudgeCall, Rubric, prompt_text
 
 log = logging.getLogger("ropd.scorer")
@@ -247,7 +247,8 @@ class Scorer:
     def check_failure_rate(self, batch: BatchResult) -> float:
         """The batch's failure rate; ScoringFailureRateError when it passes ``scorer.failure_threshold``."""
         failed = [(g.failure_stage, g.failure_cause) for g in batch.groups if g.status == "failed"]
-        err = failure_rate_error(failed, len(batch.groups), self.cfg.scorer.failure_threshold)
+        err = failure_rate_error(failed, len(batch.groups), self.cfg.scorer.failure_threshold,
+                                 unreachable=unreachable_cause(batch.groups))
         if err is not None:
             raise err
         return batch.failure_rate

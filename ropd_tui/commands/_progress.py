@@ -40,8 +40,9 @@ def progress_line(snap: ProgressSnapshot, width: int = 24) -> str:
         filled = int(snap.fraction * width)
         parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {snap.groups_done}/{snap.groups_total} groups"
                      + (f" ({snap.groups_failed} failed)" if snap.groups_failed else ""))
+    cut = f" ({snap.requests_cut} at once: judge not answering)" if snap.requests_cut else ""
     parts.append(f"requests: {snap.requests_done} done, {snap.in_flight} in flight, {snap.requests_retried} retried, "
-                 f"{snap.requests_failed} failed")
+                 f"{snap.requests_failed} failed{cut}")
     parts.append(f"{snap.elapsed_s:.0f}s")
     return "  ".join(parts)
 

@@ -59,7 +59,8 @@ def print_report(report: Any, top: int = 10, file=None) -> None:
     tpl = ", ".join(f"{r}={v.get('sha256', '')[:12]}" for r, v in (settings.get("templates") or {}).items())
     echo(f"replay {report.replay_id} of run {report.run_name!r}: {report.status}"
           f"  (judge {settings.get('judge')}, rubric {settings.get('rubric_mode')}, templates {tpl})", file=out)
-    if report.status == "failed" and report.cause:
+    outage = report.judge_unreachable  # the judge stopped answering: said once, in the error that follows
+    if report.status == "failed" and report.cause and not outage:
         print(f"  {_clip(report.cause, 600)}", file=out)
     rows = [
         ("groups replayed", s.groups), ("groups failed", s.failed_groups), ("student answers compared", s.answers),
@@ -86,7 +87,7 @@ def print_report(report: Any, top: int = 10, file=None) -> None:
         print_table(["step", "group", "answer", "correct", "old", "new", "shift"],
                     [(a.step, a.group_index, f"{a.kind[0]}{a.index}", "-" if a.correct is None else a.correct,
                       _fmt(a.old_reward), _fmt(a.new_reward), _fmt(a.shift, signed=True)) for a in moved], file=out)
-    failed = [g for g in report.groups if g.status == "failed"]
+    failed = [g for g in report.groups if g.status == "failed"] if not outage else []
     for g in failed[:top]:
         echo(f"failed: step {g.step} group {g.group_index} ({g.failure_stage}): {_clip(g.failure_cause or '', 200)}",
               file=out)
@@ -167,9 +168,10 @@ def handler(args: argparse.Namespace) -> int:
         echo(f"replay {report.replay_id} cancelled; the groups done so far are stored", file=sys.stderr)
         return 130
     if report.status == "failed":
-        from engine.errors import ScoringFailureRateError
+        from engine.errors import JudgeUnreachableError, ScoringFailureRateError
 
-        raise ScoringFailureRateError(f"replay {report.replay_id} failed: {report.cause or 'see the failed groups'}",
+        error = JudgeUnreachableError if report.judge_unreachable else ScoringFailureRateError  # exit 3 / 4
+        raise error(f"replay {report.replay_id} failed: {report.cause or 'see the failed groups'}",
                                       hint=f"the results are stored (ropd-tui --headless replay --show "
                                       f"{report.replay_id}); fix the judge and run the replay again")
     return 0 if report.status == "done" else 1

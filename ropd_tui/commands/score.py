@@ -247,7 +247,8 @@ def summary_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
 # ---------------------------------------------------------------------------------------------
 
 #: Judge failure kinds that mean the judge is unreachable or misconfigured (exit 3), not a bad reply.
-UNREACHABLE_KINDS = ("connection", "timeout", "auth", "not_found", "config")
+#: "unreachable": the endpoint's circuit breaker opened (it stopped answering after the preflight).
+UNREACHABLE_KINDS = ("connection", "timeout", "auth", "not_found", "config", "unreachable")
 
 
 def failure_kind(record: dict[str, Any]) -> str | None:
@@ -359,7 +360,9 @@ def handler(args: argparse.Namespace) -> int:
             echo(line)
         echo(f"wrote {len(records)} scored group(s) to {written} in {batch.wall_s:.2f}s")
     if outage:
-        cause, _, hint = str(unreachable[0]["failure_cause"]).partition("\n  hint: ")
+        # the circuit breaker's cause says most (how many requests failed, the last failure, what to do)
+        first = next((r for r in unreachable if failure_kind(r) == "unreachable"), unreachable[0])
+        cause, _, hint = str(first["failure_cause"]).partition("\n  hint: ")
         raise JudgeError(f"the judge became unreachable while scoring ({len(failed)} of {len(records)} groups "
                          f"failed): {' '.join(cause.split())[:600]}",
                          hint=(f"{hint.strip()}; " if hint.strip() else "") +
