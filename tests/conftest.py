@@ -42,3 +42,16 @@ def _isolated_judge_env(monkeypatch):
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def judge_server():
+    """A loopback judge server (tests/loopback_server.py) for one test, with the client's per-endpoint
+    memory of unsupported parameters cleared before and after."""
+    from engine.judging.client import forget_unsupported_params
+    from loopback_server import LoopbackJudgeServer
+
+    forget_unsupported_params()
+    with LoopbackJudgeServer() as srv:
+        yield srv
+    forget_unsupported_params()

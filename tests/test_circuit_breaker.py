@@ -9,18 +9,10 @@ import asyncio
 
 import pytest
 
-from engine.judging.client import JudgeCallError, JudgeClient, aclose_loop_clients, forget_unsupported_params
+from engine.judging.client import JudgeCallError, JudgeClient, aclose_loop_clients
 from loopback_server import LoopbackJudgeServer, loopback_config
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3? Reply as JSON."}]
-
-
-@pytest.fixture
-def judge_server():
-    forget_unsupported_params()
-    with LoopbackJudgeServer() as srv:
-        yield srv
-    forget_unsupported_params()
 
 
 def client(srv: LoopbackJudgeServer, *overrides: str) -> JudgeClient:

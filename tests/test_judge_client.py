@@ -16,14 +16,6 @@ from loopback_server import LoopbackJudgeServer, loopback_config
 PROMPT = [{"role": "user", "content": "What is 2 + 3? Reply as JSON."}]
 
 
-@pytest.fixture
-def judge_server():
-    forget_unsupported_params()
-    with LoopbackJudgeServer() as srv:
-        yield srv
-    forget_unsupported_params()
-
-
 def client(srv_or_cfg, *overrides, role="verifier"):
     cfg = loopback_config(srv_or_cfg, *overrides) if isinstance(srv_or_cfg, LoopbackJudgeServer) else srv_or_cfg
     return JudgeClient(getattr(cfg.judge, role), cfg.judge, role)

@@ -8,18 +8,10 @@ import pytest
 
 from engine.config import load_config
 from engine.errors import ScoringFailureRateError
-from engine.judging.client import forget_unsupported_params
 from engine.scoring.scorer import REFERENCE_LABEL, Scorer, strip_reasoning, truncate, weighted_reward
 from engine.templates.render import Template
 from engine.types import GroupInput, to_jsonable
-from loopback_server import ANSWER_RE, LoopbackJudgeServer, loopback_config
-
-
-@pytest.fixture
-def judge_server():
-    forget_unsupported_params()
-    with LoopbackJudgeServer() as srv:
-        yield srv
+from loopback_server import ANSWER_RE, loopback_config
 
 
 def make_groups(n: int = 3, rollouts: int = 4, k: int = 2, *, slow: set[int] = frozenset()) -> list[GroupInput]:

@@ -235,12 +235,8 @@ def cached_prompt_tokens(usage: Any) -> int | None:
     return None
 
 
-def _refused(exc: BaseException) -> bool:
-    """Whether a connect failed outright (refused, unreachable, unknown host) rather than timing out.
-
-    The SDK's aiohttp transport reports every connect failure as a ConnectTimeout; the OSError
-    underneath tells the truth.
-    """
+def _chain(exc: BaseException):
+    """``exc`` and the exceptions behind it (``__cause__`` / ``__context__``), each once, at most 30."""
     todo: list[BaseException] = [exc]
     seen: list[BaseException] = []
     while todo and len(seen) < 30:
@@ -248,12 +244,18 @@ def _refused(exc: BaseException) -> bool:
         if any(cur is s for s in seen):
             continue
         seen.append(cur)
-        if isinstance(cur, OSError) and cur.errno and cur.errno != errno.ETIMEDOUT:
-            return True
-        if type(cur).__name__ == "ClientConnectorDNSError":
-            return True
+        yield cur
         todo += [x for x in (cur.__cause__, cur.__context__) if x is not None]
-    return False
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect failed outright (refused, unreachable, unknown host) rather than timing out.
+
+    The SDK's aiohttp transport reports every connect failure as a ConnectTimeout; the OSError
+    underneath tells the truth.
+    """
+    return any((isinstance(cur, OSError) and cur.errno and cur.errno != errno.ETIMEDOUT)
+               or type(cur).__name__ == "ClientConnectorDNSError" for cur in _chain(exc))
 
 
 #: The current request's [HTTP attempts so far, when the latest attempt started (time.monotonic())].
@@ -262,17 +264,8 @@ _ATTEMPTS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("ro
 
 def _is_timeout(exc: BaseException) -> bool:
     """Whether a transport error (or one in its chain) is a timeout."""
-    todo: list[BaseException] = [exc]
-    seen: list[BaseException] = []
-    while todo and len(seen) < 30:
-        cur = todo.pop(0)
-        if any(cur is s for s in seen):
-            continue
-        seen.append(cur)
-        if isinstance(cur, (TimeoutError, openai.APITimeoutError)) or "Timeout" in type(cur).__name__:
-            return True
-        todo += [x for x in (cur.__cause__, cur.__context__) if x is not None]
-    return False
+    return any(isinstance(cur, (TimeoutError, openai.APITimeoutError)) or "Timeout" in type(cur).__name__
+               for cur in _chain(exc))
 
 
 def _failure_words(exc: BaseException | None, status: int | None, elapsed: float, timeout_s: float) -> str:
