@@ -101,11 +101,16 @@ def main() -> int:
     ap.add_argument("--store")
     ap.add_argument("--t0", type=float)
     ap.add_argument("--shape")
+    ap.add_argument("--json", help="also write the medians (ms) and peak RSS (MB) to this file")
+    ap.add_argument("--compare", nargs=2, metavar=("SMALL.json", "BIG.json"),
+                    help="print the ratio BIG/SMALL of each measure of two --json files (target <= 1.5) and exit")
     args = ap.parse_args()
     if args.shape:
         GROUPS, STUDENTS, TEACHERS, CRITERIA = (int(x) for x in args.shape.split(","))
     else:
         GROUPS, STUDENTS, TEACHERS, CRITERIA = args.groups, args.students, args.teachers, args.criteria
+    if args.compare:
+        return compare(*args.compare)
     if args.child:
         print(json.dumps(asyncio.run(run_child(Path(args.store), args.child, args.t0))))
         return 0
@@ -147,12 +152,40 @@ def main() -> int:
         ok &= med <= target
         print(f"{key:<50} {med * 1000:>7.0f}ms {mx * 1000:>7.0f}ms {cpu_txt}   <= {target * 1000:.0f} ms {flag}")
     peak = max(rss)
+    if args.json:
+        summary = {"store": str(path), "verdicts": n, "steps": args.steps, "rss_mb": peak,
+                   "wall_ms": {k: statistics.median(v[0] for v in vals) * 1000 for k, vals in results.items()},
+                   "cpu_ms": {k: statistics.median(x[1] for x in vals) * 1000 for k, vals in results.items()
+                              if all(x[1] is not None for x in vals)}}
+        Path(args.json).write_text(json.dumps(summary, indent=1))
     ok &= peak <= TARGET_RSS_MB
     print(f"{'peak RSS of the app process':<52} {peak:>7.0f}MB {'':>9}   <= {TARGET_RSS_MB:.0f} MB "
           f"{'ok' if peak <= TARGET_RSS_MB else 'MISSED'}")
     print(f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {args.repeat} fresh processes "
           "per measure; cpu = CPU seconds of the app process (UI + reader threads; for 'process launch' since the "
           "process started, imports included): what the measure costs on an idle core)")
+    return 0 if ok else 1
+
+
+def compare(small: str, big: str) -> int:
+    """The ratio big/small of each measure (wall and cpu medians, peak RSS): what growing the store costs."""
+    a, b = (json.loads(Path(p).read_text()) for p in (small, big))
+    print(f"{a['verdicts']:,} verdicts / {a['steps']} steps  ->  {b['verdicts']:,} verdicts / {b['steps']} steps")
+    print(f"{'measure':<50} {'wall':>15} {'ratio':>6} {'cpu':>15} {'ratio':>6}")
+    ok = True
+    for key, wa in a["wall_ms"].items():
+        wb = b["wall_ms"].get(key)
+        if wb is None:
+            continue
+        ca, cb = a["cpu_ms"].get(key), b["cpu_ms"].get(key)
+        r = wb / wa if wa else float("inf")
+        ok &= r <= 1.5
+        cpu = f"{ca:>6.0f} -> {cb:>5.0f} {cb / ca if ca else float('inf'):>6.2f}" if ca is not None and cb is not None \
+            else f"{'-':>15} {'':>6}"
+        print(f"{key:<50} {wa:>6.0f} -> {wb:>5.0f} {r:>6.2f} {cpu}")
+    r = b["rss_mb"] / a["rss_mb"]
+    ok &= r <= 1.5
+    print(f"{'peak RSS (MB)':<50} {a['rss_mb']:>6.0f} -> {b['rss_mb']:>5.0f} {r:>6.2f}")
     return 0 if ok else 1
 
 
