@@ -121,3 +121,53 @@ def test_bucket_smoothing_is_the_ema_of_the_points():
     flat = [0.25] * 8 + [0.75] * 8
     assert smooth_buckets([(7.0, 8, 0.25, 0.0), (15.0, 8, 0.75, 0.0)], 0.9) == pytest.approx(
         [smooth_ema(flat, 0.9)[7], smooth_ema(flat, 0.9)[15]])
+
+
+def _pyramid(c, run_id: int, key: str, brute: bool) -> dict:
+    from engine.store.schema import CURVE_LEVELS
+
+    if not brute:
+        return {(r[0], r[1]): (r[2], round(r[3], 9), r[4], r[5], r[6], r[7]) for r in c.execute(
+            "SELECT level, bucket, n, total, lo_step, lo_value, hi_step, hi_value FROM metric_buckets"
+            " WHERE run_id=? AND key=?", (run_id, key))}
+    out: dict = {}
+    rows = c.execute("SELECT step, value FROM metrics WHERE run_id=? AND key=? AND value IS NOT NULL ORDER BY step",
+                     (run_id, key)).fetchall()
+    for level in range(1, CURVE_LEVELS + 1):
+        for step, value in rows:
+            e = out.setdefault((level, step >> level), [0, 0.0, step, value, step, value])
+            e[0] += 1
+            e[1] += value
+            if value < e[3]:
+                e[2], e[3] = step, value
+            if value > e[5]:
+                e[4], e[5] = step, value
+    return {k: (e[0], round(e[1], 9), *e[2:]) for k, e in out.items()}
+
+
+def test_the_bucket_pyramid_follows_inserts_upserts_deletes_and_a_backfill(tmp_path):
+    from engine.store.schema import _v13_metric_buckets
+
+    with RunStore(tmp_path / "ropd.db") as store:
+        rec = store.create_run("r", "embedded", {})
+        rng = random.Random(3)
+        for step in range(700):
+            store.write_metrics(rec.id, step, {"a": rng.choice([0.0, 1.0, rng.random()]),
+                                               "b": None if step % 7 == 0 else rng.random()})
+        for step in rng.sample(range(700), 40):  # a step's metrics written again, some unchanged
+            store.write_metrics(rec.id, step, {"a": rng.random() * 3 - 1})
+        with store.write_transaction() as c:
+            c.execute("DELETE FROM metrics WHERE step > 650 OR step % 13 = 0")
+        c = store.connection
+        for key in ("a", "b"):
+            assert _pyramid(c, rec.id, key, brute=False) == _pyramid(c, rec.id, key, brute=True)
+        before = _pyramid(c, rec.id, "a", brute=False)
+        with store.write_transaction() as w:  # the migration's backfill builds the same pyramid
+            for name in ("metrics_curve_ai", "metrics_curve_ad", "metrics_curve_au"):
+                w.execute(f"DROP TRIGGER {name}")
+            w.execute("DROP TABLE metric_buckets")
+            w.execute("DROP TABLE metric_levels")
+            _v13_metric_buckets(w)
+        assert _pyramid(c, rec.id, "a", brute=False) == before
+        store.delete_run(rec.id)
+        assert c.execute("SELECT count(*) FROM metric_buckets").fetchone()[0] == 0

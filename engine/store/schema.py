@@ -540,8 +540,9 @@ def _v13_metric_buckets(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE TRIGGER metrics_curve_ad AFTER DELETE ON metrics WHEN old.value IS NOT NULL"
                  f" AND {live.format(w='old')} BEGIN\n{body}\nEND")
     new_body = "\n".join(s for lv in range(1, CURVE_LEVELS + 1) for s in _curve_bucket_recompute(lv, "new"))
+    moved = " OR ".join(f"old.{col} IS NOT new.{col}" for col in ("run_id", "attempt", "key", "step", "value"))
     conn.execute(f"CREATE TRIGGER metrics_curve_au AFTER UPDATE OF run_id, attempt, key, step, value ON metrics"
-                 f" BEGIN\n{body}\n{new_body}\nEND")
+                 f" WHEN {moved} BEGIN\n{body}\n{new_body}\nEND")  # (a step's metrics upserted unchanged: nothing)
     # backfill: level 1 from the raw rows, then each level from the one below
     for level in range(1, CURVE_LEVELS + 1):
         if level == 1:

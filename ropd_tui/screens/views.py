@@ -261,6 +261,7 @@ class SeriesCache:
             smooth.append((float(rep), int(n), total / n, nan if w is None else float(w)))
         cur["smooth"] = smooth
         steps = sorted(points)
+        cur["walls_at"] = walls_at = {x: walls_at[x] for x in steps if x in walls_at}  # held points only
         cur["steps"] = [float(x) for x in steps]
         cur["values"] = [float(points[x]) for x in steps]
         cur["walls"] = [nan if walls_at.get(x) is None else float(walls_at[x]) for x in steps]
