@@ -1,12 +1,13 @@
 """Run-store benchmark: step ingest into a large store, and the UI's hot reads.
 
     python bench/store.py [--prefill-verdicts 1000000] [--steps 20] [--text-len 1000] [--dir DIR]
-                          [--groups 32] [--students 8] [--teachers 4] [--criteria 12]
+                          [--groups 32] [--students 8] [--teachers 4] [--criteria 12] [--bulk-prefill]
 
 1. Prefill a fresh store: 20 runs with 1,000 steps x 30 metric keys each, and one run with enough
    full-size steps (by default 32 groups x 12 answers x 12 criteria = 4,608 verdicts per step, with answer
    and criterion texts and judge calls; a large verl step: --groups 256 --students 16 --teachers 4
-   --criteria 10) to hold >= --prefill-verdicts verdicts.
+   --criteria 10) to hold >= --prefill-verdicts verdicts (``--bulk-prefill``: written with bulk SQL,
+   tests/fixtures_store.build_bulk_store, minutes instead of an hour for 40M verdicts).
 2. Time ``write_step`` of --steps more full-size steps (one transaction each).
 3. Time the reads the UI does: latest metrics of 20 runs (and list_runs), one metric series of 1,000
    steps, one step's groups with rubrics and verdict matrices, and the run-wide criteria page.
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--students", type=int, default=8, help="student rollouts per group")
     ap.add_argument("--teachers", type=int, default=4, help="teacher answers per group")
     ap.add_argument("--criteria", type=int, default=12, help="rubric criteria per group")
+    ap.add_argument("--bulk-prefill", action="store_true", help="prefill the big run with bulk SQL inserts")
     args = ap.parse_args(argv)
     GROUPS, STUDENTS, TEACHERS, CRITERIA = args.groups, args.students, args.teachers, args.criteria
     VERDICTS_PER_STEP = GROUPS * (STUDENTS + TEACHERS) * CRITERIA
@@ -77,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     if path.exists():
         print(f"{path} exists; pass an empty --dir", file=sys.stderr)
         return 2
+    prefill_steps = -(-args.prefill_verdicts // VERDICTS_PER_STEP)
+    if args.bulk_prefill:
+        from fixtures_store import build_bulk_store
+
+        t0 = time.perf_counter()
+        build_bulk_store(path, steps=prefill_steps, groups=GROUPS, n_students=STUDENTS, n_teachers=TEACHERS,
+                         n_criteria=CRITERIA, text_chars=args.text_len, name="run-00")
+        print(f"bulk prefill of run-00: {prefill_steps} steps in {time.perf_counter() - t0:.0f} s")
     store = RunStore(path)
     try:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -87,16 +97,16 @@ def main(argv: list[str] | None = None) -> int:
 
         # 1. prefill
         t0 = time.perf_counter()
-        runs = [store.create_run(f"run-{i:02d}", "embedded", {}) for i in range(20)]
+        runs = [store.get_run("run-00") if args.bulk_prefill and i == 0 else store.create_run(f"run-{i:02d}", "embedded", {})
+                for i in range(20)]
         keys = [f"metric/{k:02d}" for k in range(28)] + ["loss", "reward/mean"]
-        for rec in runs:
+        for rec in runs[1:] if args.bulk_prefill else runs:
             with store.write_transaction() as c:
                 for step in range(1, 1001):
                     write_metric_rows(c, rec.id, 1, step, {k: step * 0.001 + j for j, k in enumerate(keys)},
                                       time.time())
         big = runs[0]
-        prefill_steps = -(-args.prefill_verdicts // VERDICTS_PER_STEP)
-        for i in range(prefill_steps):
+        for i in range(0 if args.bulk_prefill else prefill_steps):
             store.write_step(big.id, 1001 + i, {"loss": 0.5}, payloads[i % 2])
         with store.lock:
             n_verdicts = store.connection.execute("SELECT count(*) FROM verdicts").fetchone()[0]
@@ -120,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         series_run = runs[1]
         assert len(store.metric_series(series_run.id, "loss")) == 1000
         ok &= report("metric_series: 1,000 steps", timed(lambda: store.metric_series(series_run.id, "loss"), 30))
+        ok &= report("metric_curve: 1,000 steps at screen resolution",
+                     timed(lambda: store.metric_curve(series_run.id, "loss"), 30))
         last = next_step + args.steps - 1
         groups = store.step_groups(big.id, last)
         assert len(groups) == GROUPS and len(groups[0]["verdicts"]) == STUDENTS + TEACHERS

@@ -1,10 +1,14 @@
 """TUI benchmark: first paint of the main screens on a big store, live latency, peak memory.
 
     python bench/tui.py [--dir DIR] [--steps 500] [--repeat 3] [--rebuild]
+                        [--bulk] [--groups 16] [--students 8] [--teachers 4] [--criteria 11]
 
 1. Builds (once; reused from --dir) a store with one run of --steps steps x 16 prompts x 12 answers
    (8 student rollouts + 4 teacher answers, 400-character texts) x 11 criteria: 1,056,000 verdicts
-   at 500 steps, written through RunStore.write_step like a trainer does.
+   at 500 steps, written through RunStore.write_step like a trainer does. ``--bulk`` writes it with bulk SQL
+   instead (tests/fixtures_store.build_bulk_store: minutes for 40M verdicts, e.g. --bulk --steps 2000
+   --groups 128 --students 16 --teachers 4 --criteria 8); --groups/--students/--teachers/--criteria set the
+   step's shape (the live measures write steps of that shape too).
 2. In a fresh process each time (so imports count): time from process launch to the first paint
    with data of the Runs screen, of the Run screen and of the Rubric inspector (each opened directly,
    and also as reached from the previous screen), and of the inspector's run-wide criteria tab.
@@ -41,10 +45,16 @@ SIZE = (120, 40)
 # ---------------------------------------------------------------------------------------------
 # parent
 
-def build(path: Path, steps: int) -> None:
-    from fixtures_store import build_big_store
+def build(path: Path, steps: int, bulk: bool = False) -> None:
+    from fixtures_store import build_big_store, build_bulk_store
 
     t = time.perf_counter()
+    if bulk:
+        build_bulk_store(path, steps=steps, groups=GROUPS, n_students=STUDENTS, n_teachers=TEACHERS,
+                         n_criteria=CRITERIA, text_chars=TEXT,
+                         progress=lambda s: print(f"  wrote {s}/{steps} steps ({time.perf_counter() - t:.0f} s)",
+                                                  flush=True) if s % 100 == 0 or s == steps else None)
+        return
 
     def progress(step: int) -> None:
         if step % 50 == 49:
@@ -66,7 +76,9 @@ def count_verdicts(path: Path) -> int:
 
 def child(path: Path, mode: str) -> dict:
     t0 = time.time()
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--store", str(path), "--t0", repr(t0)],
+    shape = f"{GROUPS},{STUDENTS},{TEACHERS},{CRITERIA}"
+    out = subprocess.run([sys.executable, __file__, "--child", mode, "--store", str(path), "--t0", repr(t0),
+                          "--shape", shape],
                          capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         raise SystemExit(f"child {mode} failed:\n{out.stdout}\n{out.stderr[-4000:]}")
@@ -74,20 +86,38 @@ def child(path: Path, mode: str) -> dict:
 
 
 def main() -> int:
+    global GROUPS, STUDENTS, TEACHERS, CRITERIA
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "ropd-bench-tui"))
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--bulk", action="store_true", help="build the store with bulk SQL, not the step writer")
+    ap.add_argument("--groups", type=int, default=GROUPS)
+    ap.add_argument("--students", type=int, default=STUDENTS)
+    ap.add_argument("--teachers", type=int, default=TEACHERS)
+    ap.add_argument("--criteria", type=int, default=CRITERIA)
     ap.add_argument("--child")
     ap.add_argument("--store")
     ap.add_argument("--t0", type=float)
+    ap.add_argument("--shape")
+    ap.add_argument("--json", help="also write the medians (ms) and peak RSS (MB) to this file")
+    ap.add_argument("--compare", nargs=2, metavar=("SMALL.json", "BIG.json"),
+                    help="print the ratio BIG/SMALL of each measure of two --json files (target <= 1.5) and exit")
     args = ap.parse_args()
+    if args.shape:
+        GROUPS, STUDENTS, TEACHERS, CRITERIA = (int(x) for x in args.shape.split(","))
+    else:
+        GROUPS, STUDENTS, TEACHERS, CRITERIA = args.groups, args.students, args.teachers, args.criteria
+    if args.compare:
+        return compare(*args.compare)
     if args.child:
         print(json.dumps(asyncio.run(run_child(Path(args.store), args.child, args.t0))))
         return 0
 
-    path = Path(args.dir) / f"ropd-{args.steps}.db"
+    default = (GROUPS, STUDENTS, TEACHERS, CRITERIA) == (16, 8, 4, 11) and not args.bulk
+    path = Path(args.dir) / (f"ropd-{args.steps}.db" if default else
+                             f"ropd-{args.steps}x{GROUPS}x{STUDENTS + TEACHERS}x{CRITERIA}{'-bulk' * args.bulk}.db")
     if args.rebuild and path.exists():
         import shutil
 
@@ -95,7 +125,7 @@ def main() -> int:
     if not path.exists():
         print(f"building {path} ({args.steps} steps x {GROUPS} x {STUDENTS + TEACHERS} x {CRITERIA}) ...", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        build(path, args.steps)
+        build(path, args.steps, args.bulk)
     n = count_verdicts(path)
     size_mb = sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6
     print(f"store: {path} — {n:,} verdicts over {args.steps} steps, {size_mb:.0f} MB")
@@ -122,12 +152,40 @@ def main() -> int:
         ok &= med <= target
         print(f"{key:<50} {med * 1000:>7.0f}ms {mx * 1000:>7.0f}ms {cpu_txt}   <= {target * 1000:.0f} ms {flag}")
     peak = max(rss)
+    if args.json:
+        summary = {"store": str(path), "verdicts": n, "steps": args.steps, "rss_mb": peak,
+                   "wall_ms": {k: statistics.median(v[0] for v in vals) * 1000 for k, vals in results.items()},
+                   "cpu_ms": {k: statistics.median(x[1] for x in vals) * 1000 for k, vals in results.items()
+                              if all(x[1] is not None for x in vals)}}
+        Path(args.json).write_text(json.dumps(summary, indent=1))
     ok &= peak <= TARGET_RSS_MB
     print(f"{'peak RSS of the app process':<52} {peak:>7.0f}MB {'':>9}   <= {TARGET_RSS_MB:.0f} MB "
           f"{'ok' if peak <= TARGET_RSS_MB else 'MISSED'}")
     print(f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {args.repeat} fresh processes "
           "per measure; cpu = CPU seconds of the app process (UI + reader threads; for 'process launch' since the "
           "process started, imports included): what the measure costs on an idle core)")
+    return 0 if ok else 1
+
+
+def compare(small: str, big: str) -> int:
+    """The ratio big/small of each measure (wall and cpu medians, peak RSS): what growing the store costs."""
+    a, b = (json.loads(Path(p).read_text()) for p in (small, big))
+    print(f"{a['verdicts']:,} verdicts / {a['steps']} steps  ->  {b['verdicts']:,} verdicts / {b['steps']} steps")
+    print(f"{'measure':<50} {'wall':>15} {'ratio':>6} {'cpu':>15} {'ratio':>6}")
+    ok = True
+    for key, wa in a["wall_ms"].items():
+        wb = b["wall_ms"].get(key)
+        if wb is None:
+            continue
+        ca, cb = a["cpu_ms"].get(key), b["cpu_ms"].get(key)
+        r = wb / wa if wa else float("inf")
+        ok &= r <= 1.5
+        cpu = f"{ca:>6.0f} -> {cb:>5.0f} {cb / ca if ca else float('inf'):>6.2f}" if ca is not None and cb is not None \
+            else f"{'-':>15} {'':>6}"
+        print(f"{key:<50} {wa:>6.0f} -> {wb:>5.0f} {r:>6.2f} {cpu}")
+    r = b["rss_mb"] / a["rss_mb"]
+    ok &= r <= 1.5
+    print(f"{'peak RSS (MB)':<50} {a['rss_mb']:>6.0f} -> {b['rss_mb']:>5.0f} {r:>6.2f}")
     return 0 if ok else 1
 
 

@@ -251,3 +251,175 @@ if __name__ == "__main__":  # python tests/fixtures_store.py PATH  -> a store to
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/fixture.db")
     target.parent.mkdir(parents=True, exist_ok=True)
     print(build_store(target))
+
+
+LOREM = ("lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "
+         "et dolore magna aliqua. ") * 40
+
+
+def build_bulk_store(path: str | Path, *, steps: int, groups: int, n_students: int, n_teachers: int,
+                     n_criteria: int, text_chars: int = 400, chunk_steps: int = 20, progress=None,
+                     name: str = "bench") -> int:
+    """A single-run store of steps x groups x (students + teachers) x criteria verdicts written with bulk SQL
+    (INSERT ... SELECT over the groups of a few steps at a time), not the step writer: fixture data for the
+    40M-verdict benchmarks, built in minutes. Same tables and columns as ``write_step`` writes (groups, rubrics,
+    criteria with pass rates that match the verdicts, answers, verdicts, judge calls, the run-wide criterion
+    rollups, metrics, latest metrics, steps); values are deterministic functions of the row ids. The full-text
+    index is left empty (``refresh_index`` would index the rows on the first search). Returns the run id."""
+    import sqlite3
+
+    from engine.store.queries import VERDICT_RANK_SQL, VERDICT_SQL
+
+    store = RunStore(path)
+    try:
+        rec = store.create_run(name, "embedded", {"run": {"name": name}})
+        run_id, attempt = rec.id, rec.attempt
+    finally:
+        store.close()
+    n_answers = n_students + n_teachers
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-400000")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("CREATE TEMP TABLE nums(i INTEGER PRIMARY KEY)")
+        conn.executemany("INSERT INTO temp.nums(i) VALUES (?)", [(i,) for i in range(max(n_answers, n_criteria))])
+        sha_r, sha_v = "a" * 64, "b" * 64
+        conn.execute("BEGIN")
+        for sha, role in ((sha_r, "rubricator"), (sha_v, "verifier")):
+            conn.execute("INSERT OR IGNORE INTO template_versions(sha, role, text, source, first_seen, first_run_id)"
+                         " VALUES (?,?,NULL,NULL,?,?)", (sha, role, BASE_TIME, run_id))
+            conn.execute("INSERT OR IGNORE INTO run_templates(run_id, sha, role, first_step, first_seen)"
+                         " VALUES (?,?,?,0,?)", (run_id, sha, role, BASE_TIME))
+        conn.executemany("INSERT OR IGNORE INTO prompts(hash, question, prompt_json) VALUES (?,?,?)",
+                         [(f"bulk{gi:05d}", f"What is {gi + 2} * {gi + 3}? Show your work.",
+                           json.dumps(f"What is {gi + 2} * {gi + 3}? Show your work.")) for gi in range(groups)])
+        conn.execute("COMMIT")
+        tv = json.dumps({"rubricator": sha_r, "verifier": sha_v}, separators=(",", ":"))
+        lorem = LOREM[: max(0, text_chars - 30)]
+        # verdict of answer a on criterion c: a deterministic hash of the two ids; students pass more often
+        # as the run goes on (like the write_step fixtures)
+        passed = ("(((a.id * 2654435761 + cr.id * 40503) % 1000) < CASE WHEN a.kind = 'teacher' THEN 900"
+                  " ELSE min(950, 350 + g.step * 600 / :steps) END)")
+        for s0 in range(0, steps, chunk_steps):
+            s1 = min(steps, s0 + chunk_steps)
+            conn.execute("BEGIN")
+            first = (conn.execute("SELECT coalesce(max(seq), 0) FROM groups").fetchone()[0]) + 1
+            rows = []
+            for step in range(s0, s1):
+                for gi in range(groups):
+                    rows.append((run_id, attempt, step, gi, f"u{step}-{gi}", f"bulk{gi:05d}", str((gi + 2) * (gi + 3)),
+                                 "ok", "offline", "rubric", 1.5, n_students, n_teachers, tv))
+            conn.executemany(
+                "INSERT INTO groups(run_id, attempt, step, group_index, uid, prompt_hash, ground_truth, status,"
+                " judge_kind, reward_mode, wall_s, n_students, n_teachers, template_versions_json)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            last = first + len(rows) - 1
+            span = {"lo": first, "hi": last, "ns": n_students, "na": n_answers, "nc": n_criteria,
+                    "steps": max(1, steps), "lorem": lorem, "sha": sha_r}
+            conn.execute(
+                "INSERT INTO rubrics(group_id, schema_version, maximum_score, total_points, n_criteria, template_sha)"
+                " SELECT seq, 'ropd.rubric.v1', 3 * :nc, 3 * :nc, :nc, :sha FROM groups WHERE seq BETWEEN :lo AND :hi",
+                span)
+            conn.execute(
+                "INSERT INTO criteria(group_id, position, crit_key, text, points, category, template_sha)"
+                " SELECT g.seq, n.i, 'c' || (n.i + 1), 'Criterion ' || (n.i + 1) || ' of prompt ' || (g.group_index + 1)"
+                " || ': states the answer ' || g.ground_truth || ' and shows each step', 1 + (g.seq + n.i) % 5,"
+                " CASE n.i % 3 WHEN 0 THEN 'task fulfilment' WHEN 1 THEN 'observable response quality'"
+                " ELSE 'general reasoning quality' END, :sha"
+                " FROM groups g JOIN temp.nums n ON n.i < :nc WHERE g.seq BETWEEN :lo AND :hi ORDER BY g.seq, n.i", span)
+            conn.execute(
+                "INSERT INTO answers(group_id, kind, idx, pool_position, text, raw_text, truncated, reward,"
+                " judge_score, correct, checker, clipped)"
+                " SELECT g.seq, CASE WHEN n.i < :ns THEN 'student' ELSE 'teacher' END,"
+                " CASE WHEN n.i < :ns THEN n.i ELSE n.i - :ns END, 1 + (n.i * 7 + g.seq) % :na,"
+                " CASE WHEN n.i < :ns THEN 'Student' ELSE 'Teacher' END || ' answer ' || (n.i + 1) || ': '"
+                " || g.ground_truth || '. ' || :lorem, NULL, (n.i = 3), NULL, NULL,"
+                " ((g.seq * 31 + n.i * 17) % 10 < 6), 'math_verify', CASE WHEN n.i < :ns THEN (n.i = 2) END"
+                " FROM groups g JOIN temp.nums n ON n.i < :na WHERE g.seq BETWEEN :lo AND :hi ORDER BY g.seq, n.i",
+                span)
+            conn.execute(
+                "INSERT INTO verdicts(group_id, answer_id, criterion_id, passed)"
+                f" SELECT g.seq, a.id, cr.id, {passed} FROM groups g JOIN answers a ON a.group_id = g.seq"
+                " JOIN criteria cr ON cr.group_id = g.seq WHERE g.seq BETWEEN :lo AND :hi"
+                " ORDER BY g.seq, a.id, cr.id", span)
+            # pass rates and rewards from the verdicts, as the step writer derives them
+            conn.execute(
+                "UPDATE criteria SET student_pass_rate = r.s, teacher_pass_rate = r.t FROM (SELECT v.criterion_id AS id,"
+                " avg(CASE WHEN a.kind = 'student' THEN v.passed END) AS s,"
+                " avg(CASE WHEN a.kind = 'teacher' THEN v.passed END) AS t"
+                " FROM verdicts v JOIN answers a ON a.id = v.answer_id WHERE v.group_id BETWEEN :lo AND :hi"
+                " GROUP BY v.criterion_id) AS r WHERE criteria.id = r.id", span)
+            conn.execute(
+                "UPDATE answers SET reward = r.w, judge_score = r.p FROM (SELECT v.answer_id AS id,"
+                " round(total(v.passed * cr.points) / (total(cr.points) + 1e-6), 4) AS w, total(v.passed * cr.points) AS p"
+                " FROM verdicts v JOIN criteria cr ON cr.id = v.criterion_id WHERE v.group_id BETWEEN :lo AND :hi"
+                " GROUP BY v.answer_id) AS r WHERE answers.id = r.id", span)
+            conn.execute(
+                "UPDATE groups SET student_reward_mean = r.s, teacher_reward_mean = r.t, student_accuracy = r.acc"
+                " FROM (SELECT group_id AS id, avg(CASE WHEN kind = 'student' THEN reward END) AS s,"
+                " avg(CASE WHEN kind = 'teacher' THEN reward END) AS t,"
+                " avg(CASE WHEN kind = 'student' THEN correct END) AS acc FROM answers"
+                " WHERE group_id BETWEEN :lo AND :hi GROUP BY group_id) AS r WHERE groups.seq = r.id", span)
+            conn.execute(
+                "INSERT INTO judge_calls(run_id, group_id, role, model, endpoint, status, latency_s, attempts,"
+                " prompt_tokens, completion_tokens, template_sha, cached, created_at)"
+                " SELECT g.run_id, g.seq, CASE n.i WHEN 0 THEN 'rubricator' ELSE 'verifier' END, 'offline', 'offline',"
+                " 'ok', 0.5 + n.i * 0.3, 1, 900 + n.i * 600, 300 - n.i * 100, :sha, 0, :t"
+                " FROM groups g JOIN temp.nums n ON n.i < 2 WHERE g.seq BETWEEN :lo AND :hi ORDER BY g.seq, n.i",
+                {**span, "t": BASE_TIME})
+            rated = ("SELECT cr.id AS id, g.run_id AS run_id, g.attempt AS attempt, g.step AS step, g.group_index AS gi,"
+                     " cr.position AS pos, coalesce(cr.category, '') AS cat, cr.teacher_pass_rate AS t,"
+                     " cr.student_pass_rate AS s FROM criteria cr JOIN groups g ON g.seq = cr.group_id"
+                     " WHERE cr.group_id BETWEEN :lo AND :hi")
+            ranked = f"SELECT *, ({VERDICT_RANK_SQL}) AS rank FROM (SELECT *, ({VERDICT_SQL}) AS v FROM ({rated}))"
+            conn.execute("INSERT INTO criterion_order(criterion_id, run_id, attempt, step, group_index, position, rank,"
+                         f" neg_gap) SELECT id, run_id, attempt, step, gi, pos, rank,"
+                         f" -abs(coalesce(t, 0) - coalesce(s, 0)) FROM ({ranked})", span)
+            # metrics: the step writer's derived score/* keys and the trainer's own
+            per_step = conn.execute(
+                "SELECT g.step, avg(g.student_reward_mean), avg(g.teacher_reward_mean), avg(g.student_accuracy),"
+                " count(*) FROM groups g WHERE g.seq BETWEEN ? AND ? GROUP BY g.step", (first, last)).fetchall()
+            crit = dict(conn.execute(
+                "SELECT g.step, avg(cr.student_pass_rate) FROM criteria cr JOIN groups g ON g.seq = cr.group_id"
+                " WHERE cr.group_id BETWEEN ? AND ? GROUP BY g.step", (first, last)).fetchall())
+            metric_rows, step_rows = [], []
+            for step, s_mean, t_mean, acc, n in per_step:
+                rng = random.Random(f"bulk:{step}")
+                wall = BASE_TIME + step * STEP_SECONDS
+                values = {"reward/mean": s_mean, "reward/std": 0.1 + 0.05 * rng.random(),
+                          "score/student_reward_mean": s_mean, "score/teacher_reward_mean": t_mean,
+                          "score/student_accuracy": acc, "score/groups": float(n), "score/group_failure_rate": 0.0,
+                          "score/criterion_pass_rate_student": crit.get(step),
+                          "judge/failure_rate": 0.5 if step % 397 == 201 else 0.0,  # rare one-step spikes
+                          "judge/latency_s": 0.6 + rng.random() * 0.4,
+                          "judge/prompt_tokens": 2400.0 * n, "judge/completion_tokens": 500.0 * n,
+                          "response_length/mean": 80 + 20 * rng.random(), "loss": 1.0 / (step + 1)}
+                metric_rows += [(run_id, attempt, step, k, v, wall) for k, v in values.items()]
+                step_rows.append((run_id, attempt, step, wall, n, 0))
+            conn.executemany("INSERT INTO metrics(run_id, attempt, step, key, value, wall_time) VALUES (?,?,?,?,?,?)",
+                             metric_rows)
+            conn.executemany("INSERT INTO steps(run_id, attempt, step, wall_time, n_groups, n_failed)"
+                             " VALUES (?,?,?,?,?,?)", step_rows)
+            conn.execute("COMMIT")
+            if progress:
+                progress(s1)
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO latest_metrics(run_id, key, step, value, wall_time) SELECT run_id, key, step, value,"
+                     " wall_time FROM metrics m WHERE run_id = ? AND step = (SELECT max(step) FROM metrics"
+                     " WHERE run_id = m.run_id AND attempt = m.attempt AND key = m.key)", (run_id,))
+        conn.execute("INSERT INTO criterion_summary(run_id, attempt, category, rank, n, n_student, sum_student, n_teacher,"
+                     " sum_teacher) SELECT o.run_id, o.attempt, coalesce(cr.category, ''), o.rank, count(*),"
+                     " count(cr.student_pass_rate), total(cr.student_pass_rate), count(cr.teacher_pass_rate),"
+                     " total(cr.teacher_pass_rate) FROM criterion_order o JOIN criteria cr ON cr.id = o.criterion_id"
+                     " WHERE o.run_id = ? GROUP BY 1, 2, 3, 4", (run_id,))
+        conn.execute("UPDATE runs SET status='finished', started_at=?, ended_at=?, exit_code=0, last_step=?,"
+                     " last_step_at=? WHERE id=?", (BASE_TIME, BASE_TIME + steps * STEP_SECONDS, steps - 1,
+                                                    BASE_TIME + steps * STEP_SECONDS, run_id))
+        conn.execute("INSERT INTO events(run_id, ts, kind, step, message) VALUES (?,?,?,?,?)",
+                     (run_id, BASE_TIME, "started", 0, "bulk fixture"))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return run_id

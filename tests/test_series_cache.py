@@ -8,7 +8,8 @@ from ropd_tui.screens.views import SeriesCache, metric_series
 
 
 class Recording:
-    """A real RunStore that notes the since_step of each metric_series call."""
+    """A real RunStore that notes where each read starts: the since_step of metric_series, the step (level 0)
+    or bucket of metric_curve's ``since``."""
 
     def __init__(self, store: RunStore):
         self.store, self.since = store, []
@@ -16,6 +17,10 @@ class Recording:
     def metric_series(self, run_id, key, **kw):
         self.since.append(kw.get("since_step"))
         return self.store.metric_series(run_id, key, **kw)
+
+    def metric_curve(self, run_id, key, **kw):
+        self.since.append(None if kw.get("since") is None else kw["since"][1])
+        return self.store.metric_curve(run_id, key, **kw)
 
 
 def _check(store: RunStore, rec, cache: SeriesCache, key: str = "loss"):

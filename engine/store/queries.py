@@ -84,6 +84,64 @@ def metric_series(c: sqlite3.Connection, run_id: int, attempt: int, key: str, si
     return [tuple(r) for r in c.execute(sql + " ORDER BY step", params).fetchall()]
 
 
+CURVE_BUCKETS = 512  # a curve read holds at most this many buckets (two points each): wider than any plot
+
+
+def metric_curve(c: sqlite3.Connection, run_id: int, attempt: int, key: str, buckets: int = CURVE_BUCKETS,
+                 since: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One metric series at screen resolution, read with a bounded number of rows whatever the run's length.
+
+    Returns ``{"level": 0, "rows": [(step, value, wall_time)]}`` (every point, non-null values, ordered by
+    step) when the series spans at most ``2 * buckets`` steps, else ``{"level": l, "first": row, "last": row,
+    "buckets": [(bucket, n, total, lo_step, lo_value, hi_step, hi_value)]}`` from ``metric_buckets`` (schema
+    v13) at the lowest level l with at most ``buckets`` buckets between the first and the last step, and
+    ``walls``: {step: wall_time} of each bucket's minimum and maximum and of the first and last points.
+    ``since=(level, bucket)``: only the buckets from ``bucket`` on (the rows after step ``bucket`` at level
+    0) when the level is still ``level`` (a reload after new steps)."""
+    where = "FROM metrics WHERE run_id=? AND attempt=? AND key=? AND value IS NOT NULL"
+    k = (run_id, attempt, key)
+    first = c.execute(f"SELECT step, value, wall_time {where} ORDER BY step LIMIT 1", k).fetchone()
+    if first is None:
+        return {"level": 0, "rows": []}
+    last = c.execute(f"SELECT step, value, wall_time {where} ORDER BY step DESC LIMIT 1", k).fetchone()
+    lo, hi = first[0], last[0]
+    level = 0
+    if hi - lo + 1 > 2 * buckets:
+        level = 1
+        while (hi >> level) - (lo >> level) + 1 > buckets:
+            level += 1
+    if level == 0:
+        after = since[1] if since is not None and since[0] == 0 else None
+        rows = c.execute(f"SELECT step, value, wall_time {where}" + (" AND step > ?" if after is not None else "")
+                         + " ORDER BY step", (*k, after) if after is not None else k).fetchall()
+        return {"level": 0, "rows": [tuple(r) for r in rows]}
+    start = since[1] if since is not None and since[0] == level else None
+    rows = c.execute("SELECT bucket, n, total, lo_step, lo_value, hi_step, hi_value FROM metric_buckets"
+                     " WHERE run_id=? AND attempt=? AND key=? AND level=? AND bucket >= ? ORDER BY bucket",
+                     (*k, level, lo >> level if start is None else start)).fetchall()
+    out = [tuple(r) for r in rows]
+    steps = {s for r in out for s in (r[3], r[5])}
+    walls = _values_at(c, run_id, attempt, key, sorted(steps), "wall_time")
+    walls[first[0]], walls[last[0]] = first[2], last[2]
+    return {"level": level, "first": tuple(first), "last": tuple(last), "buckets": out, "walls": walls}
+
+
+def _values_at(c: sqlite3.Connection, run_id: int, attempt: int, key: str, steps, column: str) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    steps = [int(s) for s in steps]
+    for i in range(0, len(steps), 900):
+        chunk = steps[i:i + 900]
+        out.update((r[0], r[1]) for r in c.execute(
+            f"SELECT step, {column} FROM metrics WHERE run_id=? AND attempt=? AND key=?"
+            f" AND step IN ({_marks(len(chunk))})", (run_id, attempt, key, *chunk)).fetchall())
+    return out
+
+
+def metric_values_at(c: sqlite3.Connection, run_id: int, attempt: int, key: str, steps) -> dict[int, float]:
+    """{step: value} of ``key`` at ``steps`` (one index probe each; null values left out)."""
+    return {s: v for s, v in _values_at(c, run_id, attempt, key, steps, "value").items() if v is not None}
+
+
 def step_nav(c: sqlite3.Connection, run_id: int, attempt: int, step: int | None) -> dict[str, Any]:
     """Where ``step`` (the latest when None; the nearest existing one when it has no row) sits among the
     attempt's steps: step, first, last, prev, next (None at the ends) and its 1-based index of count.

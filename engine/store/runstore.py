@@ -319,7 +319,7 @@ class RunStore:
             rep = [r[0] for r in c.execute("SELECT id FROM replays WHERE run_id=?", (rid,)).fetchall()]
             for replay_id in rep:
                 self._delete_replay_rows(c, replay_id)
-            for table in ("judge_calls", "metrics", "latest_metrics", "steps", "events", "run_templates", "tracker_state",
+            for table in ("judge_calls", "metric_buckets", "metrics", "latest_metrics", "steps", "events", "run_templates", "tracker_state",
                           "run_progress"):
                 c.execute(f"DELETE FROM {table} WHERE run_id=?", (rid,))
             c.execute("DELETE FROM runs WHERE id=?", (rid,))
@@ -335,14 +335,19 @@ class RunStore:
                              json.dumps(scrub(to_jsonable(dict(data))), default=str) if data else None))
             return cur.lastrowid
 
-    def events(self, run_id: int, after_seq: int = 0, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def events(self, run_id: int, after_seq: int = 0, kinds: Iterable[str] | None = None,
+               limit: int | None = None) -> list[dict[str, Any]]:
+        """The run's events after ``after_seq`` (of ``kinds``), oldest first; ``limit``: only the newest ``limit``."""
         sql = "SELECT seq, run_id, ts, kind, step, message, data_json FROM events WHERE run_id=? AND seq>?"
         params: list[Any] = [int(run_id), after_seq]
         if kinds:
             kinds = list(kinds)
             sql += f" AND kind IN ({q._marks(len(kinds))})"
             params += kinds
-        rows = self._db.query(sql + " ORDER BY seq", params)
+        if limit is not None:
+            rows = self._db.query(sql + " ORDER BY seq DESC LIMIT ?", (*params, int(limit)))[::-1]
+        else:
+            rows = self._db.query(sql + " ORDER BY seq", params)
         return [{**{k: r[k] for k in ("seq", "run_id", "ts", "kind", "step", "message")},
                  "data": q._loads(r["data_json"])} for r in rows]
 
@@ -484,6 +489,19 @@ class RunStore:
         """[(step, value)] ordered by step (``with_time``: (step, value, wall_time)); ``since_step`` for increments."""
         with self._db.read() as c:
             return q.metric_series(c, int(run_id), self._attempt(c, run_id, attempt), key, since_step, with_time)
+
+    def metric_curve(self, run_id: int, key: str, *, attempt: int | None = None, buckets: int = q.CURVE_BUCKETS,
+                     since: tuple[int, int] | None = None) -> dict[str, Any]:
+        """One metric at screen resolution (see :func:`engine.store.queries.metric_curve`): at most about
+        ``2 * buckets`` points whatever the run's length, with every bucket's minimum and maximum."""
+        with self._db.read() as c:
+            return q.metric_curve(c, int(run_id), self._attempt(c, run_id, attempt), key, buckets, since)
+
+    def metric_values_at(self, run_id: int, key: str, steps: Sequence[float], *, attempt: int | None = None
+                         ) -> dict[int, float]:
+        """{step: value} of one metric at these steps (index probes; steps without a value are left out)."""
+        with self._db.read() as c:
+            return q.metric_values_at(c, int(run_id), self._attempt(c, run_id, attempt), key, steps)
 
     def steps(self, run_id: int, *, attempt: int | None = None) -> list[dict[str, Any]]:
         with self._db.read() as c:

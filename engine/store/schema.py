@@ -470,10 +470,116 @@ def _v12_answer_clipped(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE answers ADD COLUMN clipped INTEGER")
 
 
+CURVE_LEVELS = 16  # metric_buckets levels 1..16: bucket width 2 .. 65,536 steps
+
+
+def _curve_bucket_recompute(level: int, who: str) -> list[str]:
+    """Trigger statements that rebuild the level-``level`` bucket holding ``{who}.step`` of ``{who}.key`` from its
+    (at most two) children: raw metric rows for level 1, level - 1 buckets above. Run for levels 1, 2, ... in order."""
+    k = f"{who}.run_id, {who}.attempt, {who}.key"
+    where = f"run_id = {who}.run_id AND attempt = {who}.attempt AND key = {who}.key"
+    b = f"({who}.step >> {level})"
+    if level == 1:
+        children = (f"SELECT 1 AS n, value AS total, step AS lo_step, value AS lo_value, step AS hi_step,"
+                    f" value AS hi_value FROM metrics WHERE {where} AND step BETWEEN {b} * 2 AND {b} * 2 + 1"
+                    " AND value IS NOT NULL")
+    else:
+        children = (f"SELECT n, total, lo_step, lo_value, hi_step, hi_value FROM metric_buckets WHERE {where}"
+                    f" AND level = {level - 1} AND bucket BETWEEN {b} * 2 AND {b} * 2 + 1")
+    return [
+        f"DELETE FROM metric_buckets WHERE {where} AND level = {level} AND bucket = {b};",
+        f"INSERT INTO metric_buckets(run_id, attempt, key, level, bucket, n, total, lo_step, lo_value, hi_step, hi_value)"
+        f" SELECT {k}, {level}, {b}, sum(n), sum(total),"
+        f" (SELECT lo_step FROM ({children}) ORDER BY lo_value, lo_step LIMIT 1), min(lo_value),"
+        f" (SELECT hi_step FROM ({children}) ORDER BY hi_value DESC, hi_step LIMIT 1), max(hi_value)"
+        f" FROM ({children}) HAVING count(*) > 0;",
+    ]
+
+
+def _v13_metric_buckets(conn: sqlite3.Connection) -> None:
+    """Curves at screen resolution whatever the run's length (engine.store.queries.metric_curve): per metric
+    key a pyramid of buckets, level l holding steps [b * 2^l, (b + 1) * 2^l) with their number of points, sum,
+    and the step and value of their minimum and maximum (ties: the lowest step). A curve reads the level
+    with at most a few hundred buckets: O(screen width) rows, and every spike is kept.
+
+    Kept by triggers on ``metrics`` in the writer's own transaction: an insert adds the point to its 16
+    buckets (one statement); an update or delete rebuilds the point's buckets from their children (2 rows per
+    level). The existing rows are backfilled here, level by level."""
+    conn.execute("""CREATE TABLE metric_buckets (
+        run_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        total REAL NOT NULL,
+        lo_step INTEGER NOT NULL,
+        lo_value REAL NOT NULL,
+        hi_step INTEGER NOT NULL,
+        hi_value REAL NOT NULL,
+        PRIMARY KEY (run_id, attempt, key, level, bucket)
+    ) WITHOUT ROWID""")
+    conn.execute("CREATE TABLE metric_levels (level INTEGER PRIMARY KEY)")
+    conn.executemany("INSERT INTO metric_levels(level) VALUES (?)", [(i,) for i in range(1, CURVE_LEVELS + 1)])
+    conn.execute("""CREATE TRIGGER metrics_curve_ai AFTER INSERT ON metrics WHEN new.value IS NOT NULL BEGIN
+        INSERT INTO metric_buckets(run_id, attempt, key, level, bucket, n, total, lo_step, lo_value, hi_step, hi_value)
+        SELECT new.run_id, new.attempt, new.key, level, new.step >> level, 1, new.value, new.step, new.value,
+               new.step, new.value FROM metric_levels WHERE true
+        ON CONFLICT(run_id, attempt, key, level, bucket) DO UPDATE SET n = n + 1, total = total + excluded.total,
+            lo_step = CASE WHEN excluded.lo_value < lo_value OR (excluded.lo_value = lo_value
+                           AND excluded.lo_step < lo_step) THEN excluded.lo_step ELSE lo_step END,
+            lo_value = min(lo_value, excluded.lo_value),
+            hi_step = CASE WHEN excluded.hi_value > hi_value OR (excluded.hi_value = hi_value
+                           AND excluded.hi_step < hi_step) THEN excluded.hi_step ELSE hi_step END,
+            hi_value = max(hi_value, excluded.hi_value);
+    END""")
+    # A deleted run drops its buckets first (engine.store.runstore.delete_run): its rows' triggers do nothing then.
+    live = ("EXISTS (SELECT 1 FROM metric_buckets WHERE run_id = {w}.run_id AND attempt = {w}.attempt"
+            " AND key = {w}.key AND level = 1)")
+    body = "\n".join(s for lv in range(1, CURVE_LEVELS + 1) for s in _curve_bucket_recompute(lv, "old"))
+    conn.execute(f"CREATE TRIGGER metrics_curve_ad AFTER DELETE ON metrics WHEN old.value IS NOT NULL"
+                 f" AND {live.format(w='old')} BEGIN\n{body}\nEND")
+    new_body = "\n".join(s for lv in range(1, CURVE_LEVELS + 1) for s in _curve_bucket_recompute(lv, "new"))
+    moved = " OR ".join(f"old.{col} IS NOT new.{col}" for col in ("run_id", "attempt", "key", "step", "value"))
+    conn.execute(f"CREATE TRIGGER metrics_curve_au AFTER UPDATE OF run_id, attempt, key, step, value ON metrics"
+                 f" WHEN {moved} BEGIN\n{body}\n{new_body}\nEND")  # (a step's metrics upserted unchanged: nothing)
+    # backfill: level 1 from the raw rows, then each level from the one below
+    for level in range(1, CURVE_LEVELS + 1):
+        if level == 1:
+            src = ("SELECT run_id, attempt, key, step AS b, 1 AS n, value AS total, step AS lo_step, value AS lo_value,"
+                   " step AS hi_step, value AS hi_value FROM metrics WHERE value IS NOT NULL")
+        else:
+            src = ("SELECT run_id, attempt, key, bucket AS b, n, total, lo_step, lo_value, hi_step, hi_value"
+                   f" FROM metric_buckets WHERE level = {level - 1}")
+        ranked = (f"SELECT *, b >> 1 AS p, row_number() OVER (PARTITION BY run_id, attempt, key, b >> 1"
+                  " ORDER BY lo_value, lo_step) AS lo_rank, row_number() OVER (PARTITION BY run_id, attempt, key, b >> 1"
+                  f" ORDER BY hi_value DESC, hi_step) AS hi_rank FROM ({src})")
+        conn.execute(
+            "INSERT INTO metric_buckets(run_id, attempt, key, level, bucket, n, total, lo_step, lo_value, hi_step,"
+            f" hi_value) SELECT run_id, attempt, key, {level}, p, sum(n), sum(total),"
+            " max(CASE WHEN lo_rank = 1 THEN lo_step END), min(lo_value),"
+            " max(CASE WHEN hi_rank = 1 THEN hi_step END), max(hi_value)"
+            f" FROM ({ranked}) GROUP BY run_id, attempt, key, p")
+
+
+def _v14_run_seq_indexes(conn: sqlite3.Connection) -> None:
+    """Indexes for the Run screen's first read, so it costs the same at step 10 and at step 10,000:
+
+    - ``idx_metrics_run_seq`` (metrics(run_id, seq)): ``RunStore.last_seq('metrics', run)`` (the screen's
+      "did the curves move" check) was a scan of every metric row of the run (idx_metrics_series starts with
+      attempt and key); now one index probe. ``rows_newer('metrics', run_id=...)`` reads it in order too.
+    - ``idx_events_kind`` (events(run_id, kind, seq)): the curve markers (resumes, template changes), the
+      judge named at start-up and the template rejections the screen reads by kind, newest first, with a
+      LIMIT; idx_events_run would read every event of the run to find them."""
+    conn.execute("CREATE INDEX idx_metrics_run_seq ON metrics(run_id, seq)")
+    conn.execute("CREATE INDEX idx_events_kind ON events(run_id, kind, seq)")
+
+
 MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_judge_call_finish_reason,
                                _v5_full_text_search, _v6_sql_views, _v7_answer_checker,
                                _v8_cached_prompt_tokens, _v9_tracker_state, _v10_criterion_rollups,
-                               _v11_run_progress, _v12_answer_clipped]
+                               _v11_run_progress, _v12_answer_clipped, _v13_metric_buckets,
+                               _v14_run_seq_indexes]
 
 
 def schema_version() -> int:

@@ -36,6 +36,33 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _pass_rates(votes: list, k: int) -> list[float | None]:
+    """Per criterion position < k: the mean of ``float(v[pos])`` over the answers' verdict lists ``votes``
+    that reach that position (None when none does); as ``_mean`` per position, one pass over the lists."""
+    n = len(votes)
+    if n and all(len(v) == k for v in votes):
+        return [sum(map(float, col)) / n for col in zip(*votes)] if k else []
+    return [_mean(float(v[pos]) for v in votes if pos < len(v)) for pos in range(k)]
+
+
+# An answer's verdicts in one row: the criteria of a group have consecutive ids (taken in order above), so
+# verdict i is (group, answer, first criterion id + i, i-th character of the bits == '1'), for i below both
+# the number of verdicts and of criteria (as zip(criterion ids, verdicts) pairs them). Binding one row per
+# answer instead of per verdict halves the cost of a step's biggest insert (51,200 verdicts at 256 groups x
+# 20 answers x 10 criteria); the rows stored are the same, in the same order.
+_VERDICTS_SQL = ("INSERT INTO verdicts(group_id, answer_id, criterion_id, passed) SELECT ?1, ?2, ?3 + i,"
+                 " substr(?4, i + 1, 1) = '1' FROM temp.verdict_pos WHERE i < min(length(?4), ?5) ORDER BY i")
+_BITS = bytes.maketrans(bytes(range(256)), b"0" + b"1" * 255)
+
+
+def _bits(verdicts) -> str:
+    """'1' / '0' per verdict, as ``int(bool(v))`` would store it."""
+    try:
+        return bytes(verdicts).translate(_BITS).decode("ascii")  # bools and small ints, in C
+    except (TypeError, ValueError):
+        return "".join("1" if v else "0" for v in verdicts)
+
+
 def _num(value) -> float | None:
     if value is None:
         return None
@@ -127,13 +154,12 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
             crits = g.rubric.criteria
             rubric_rows.append((gid, g.rubric.schema_version, g.rubric.maximum_score, g.rubric.total_points,
                                 len(crits), rubricator_sha))
-            s_votes = [a.verdicts for a in students if a.verdicts]
-            t_votes = [a.verdicts for a in teachers if a.verdicts]
+            s_rates = _pass_rates([a.verdicts for a in students if a.verdicts], len(crits))
+            t_rates = _pass_rates([a.verdicts for a in teachers if a.verdicts], len(crits))
             for pos, cr in enumerate(crits):
                 cid = ids.take("criteria", "id")
                 crit_ids.append(cid)
-                s_pass = _mean(float(v[pos]) for v in s_votes if pos < len(v))
-                t_pass = _mean(float(v[pos]) for v in t_votes if pos < len(v))
+                s_pass, t_pass = s_rates[pos], t_rates[pos]
                 crit_rows.append((cid, gid, pos, cr.id, cr.text, int(cr.points), cr.category, rubricator_sha,
                                   s_pass, t_pass))
                 rollup.criterion(cid, g.group_index, pos, cr.category, s_pass, t_pass)
@@ -146,8 +172,8 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
                                 _num(a.reward), _num(a.judge_score),
                                 None if a.correct is None else int(bool(a.correct)), a.checker,
                                 None if a.clipped is None else int(bool(a.clipped))))
-            if a.verdicts and crit_ids:
-                verdict_rows.extend((gid, aid, cid, int(bool(v))) for cid, v in zip(crit_ids, a.verdicts))
+            if a.verdicts and crit_ids:  # one row per answer: its verdicts as a '0'/'1' string (see _VERDICTS_SQL)
+                verdict_rows.append((gid, aid, crit_ids[0], _bits(a.verdicts), len(crit_ids)))
         if not g.answers and g.rollouts_raw:  # failed before any answer was judged: keep the rollouts
             for i, text in enumerate(g.rollouts_raw):
                 answer_rows.append((ids.take("answers", "id"), gid, "student", i, None, text, None, 0, None, None, None,
@@ -169,7 +195,11 @@ def _insert_groups(c: sqlite3.Connection, run_id: int, attempt: int, step: int, 
     rollup.write(c)
     c.executemany("INSERT INTO answers(id, group_id, kind, idx, pool_position, text, raw_text, truncated, reward,"
                   " judge_score, correct, checker, clipped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", answer_rows)
-    c.executemany("INSERT INTO verdicts(group_id, answer_id, criterion_id, passed) VALUES (?,?,?,?)", verdict_rows)
+    if verdict_rows:
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS verdict_pos(i INTEGER PRIMARY KEY)")
+        c.executemany("INSERT OR IGNORE INTO temp.verdict_pos(i) VALUES (?)",
+                      [(i,) for i in range(max(r[4] for r in verdict_rows))])
+        c.executemany(_VERDICTS_SQL, verdict_rows)
     if call_rows:
         c.executemany(_CALL_SQL, call_rows)
     for sha, role in tmpl.items():

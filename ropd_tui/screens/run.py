@@ -17,8 +17,8 @@ from ..widgets.curves import CurvePlot, Series, fit_grid
 from ..widgets.log_view import LogChunk, LogTail, LogView
 from ..widgets.safe import plain
 from .base import LiveScreen
-from .views import (ACTIVE, PANELS, SeriesCache, empty_text, event_markers, fmt_duration, fmt_num, panel_lines,
-                    run_judge, run_row)
+from .views import (ACTIVE, PANELS, SHOWN_EVENTS, SeriesCache, empty_text, event_markers, fmt_duration, fmt_num,
+                    panel_lines, run_events, run_judge, run_row)
 
 SMOOTHING_STEPS = [0.0, 0.6, 0.9]
 
@@ -131,7 +131,7 @@ class RunScreen(LiveScreen):
         keys = list(store.metric_keys(self.run_id))
         self._series_cache.check(info.get("attempt"), info.get("last_step"))
         series = [panel_lines(store, self.run_id, keys, p, self.run_name, self._series_cache) for p in PANELS]
-        events = list(store.events(self.run_id))
+        events = run_events(store, self.run_id, getattr(self, "_last_event_seq", None))
         latest = {}
         try:
             lm = store.latest_metrics([self.run_id])
@@ -255,7 +255,7 @@ class RunScreen(LiveScreen):
         self.query_one("#run-exit", Static).update(exit_text)
 
         ev = Text("\nEvents\n", style="bold")
-        for e in d.events[-30:]:
+        for e in d.events[-SHOWN_EVENTS:]:
             step = e.get("step")
             ev.append_text(plain(f"  {e.get('kind', '?'):<18} step {fmt_num(step):<6} {e.get('message', '')}\n"))
         self.query_one("#run-events", Static).update(ev)

@@ -169,26 +169,51 @@ def pick_key(keys: Iterable[str], candidates: tuple[str, ...]) -> str | None:
 
 
 class SeriesCache:
-    """The metric series a screen has read, per key, so a reload reads only the new points: the last point
-    held is read again (a step's metrics may be upserted) and everything after it. Starts over when the
-    run's attempt changes or its last step goes back (steps removed)."""
+    """The metric series a screen has read, per key, so a reload reads only the new points.
+
+    Against a store with ``metric_curve`` (the run store) each key is read at screen resolution: every point
+    while the series spans at most ``2 * CURVE_BUCKETS`` steps, else the minimum and maximum of each of at most
+    ``CURVE_BUCKETS`` buckets plus the first and last points (a bounded read whatever the run's length; the
+    key figures' last / min / max stay exact). A reload reads again the last point or bucket held (a step's
+    metrics may be upserted) and what follows; a new bucket level (the run grew) reads the key again, still
+    bounded. Other stores: every point, with ``metric_series(since_step=...)``. Starts over when the run's
+    attempt changes or its last step goes back (steps removed)."""
 
     def __init__(self) -> None:
         self.attempt: Any = None
         self.last_step: Any = None
         self._series: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        self._curves: dict[str, dict[str, Any]] = {}
 
     def check(self, attempt: Any, last_step: Any) -> None:
         if attempt != self.attempt or (last_step is not None and self.last_step is not None
                                        and last_step < self.last_step):
             self._series.clear()
+            self._curves.clear()
         self.attempt, self.last_step = attempt, last_step
 
+    def level(self, key: str) -> int:
+        """0: the key's points are all held; l > 0: its level-l buckets (see engine.store.queries.metric_curve)."""
+        cur = self._curves.get(key)
+        return cur["level"] if cur else 0
+
+    def buckets(self, key: str) -> list[tuple[float, int, float, float]] | None:
+        """(step, points, mean, wall time) per bucket of a bucketed key, for smoothing; None when all points are held."""
+        cur = self._curves.get(key)
+        return cur.get("smooth") if cur else None
+
     def read(self, store: Any, run_id: int, key: str) -> tuple[list[float], list[float], list[float]]:
+        if hasattr(store, "metric_curve"):
+            return self._read_curve(store, run_id, key)
         steps, values, walls = self._series.setdefault(key, ([], [], []))
         since = int(steps[-1]) - 1 if steps else None
         rows = store.metric_series(run_id, key, with_time=True, since_step=since)
         rows = [_row(r) for r in rows] if rows and not isinstance(rows[0], tuple) else rows
+        self._merge_rows(steps, values, walls, rows)
+        return list(steps), list(values), list(walls)
+
+    @staticmethod
+    def _merge_rows(steps: list[float], values: list[float], walls: list[float], rows) -> None:
         if steps and rows:
             first_new = min(float(r[0]) for r in rows)
             while steps and steps[-1] >= first_new:
@@ -200,7 +225,47 @@ class SeriesCache:
             steps.append(float(step))
             values.append(float(value))
             walls.append(nan if wall is None else float(wall))
-        return list(steps), list(values), list(walls)
+
+    def _read_curve(self, store: Any, run_id: int, key: str) -> tuple[list[float], list[float], list[float]]:
+        cur = self._curves.get(key)
+        since = None
+        if cur is not None:
+            if cur["level"] == 0 and cur["steps"]:
+                since = (0, int(cur["steps"][-1]) - 1)
+            elif cur["level"] > 0 and cur["buckets"]:
+                since = (cur["level"], cur["buckets"][-1][0])
+        got = store.metric_curve(run_id, key, since=since)
+        level = got["level"]
+        if cur is None or cur["level"] != level or since is None:
+            cur = self._curves[key] = {"level": level, "steps": [], "values": [], "walls": [], "buckets": [],
+                                       "walls_at": {}}
+        if level == 0:
+            self._merge_rows(cur["steps"], cur["values"], cur["walls"], got["rows"])
+            return list(cur["steps"]), list(cur["values"]), list(cur["walls"])
+        held = cur["buckets"]
+        if got["buckets"]:
+            b0 = got["buckets"][0][0]
+            while held and held[-1][0] >= b0:
+                held.pop()
+            held.extend(got["buckets"])
+        cur["walls_at"].update(got["walls"])
+        nan = float("nan")
+        walls_at = cur["walls_at"]
+        points: dict[int, float] = {got["first"][0]: got["first"][1], got["last"][0]: got["last"][1]}
+        smooth = []
+        for b, n, total, lo_step, lo_value, hi_step, hi_value in held:
+            points[lo_step] = lo_value
+            points[hi_step] = hi_value
+            rep = max(lo_step, hi_step)
+            w = walls_at.get(rep)
+            smooth.append((float(rep), int(n), total / n, nan if w is None else float(w)))
+        cur["smooth"] = smooth
+        steps = sorted(points)
+        cur["walls_at"] = walls_at = {x: walls_at[x] for x in steps if x in walls_at}  # held points only
+        cur["steps"] = [float(x) for x in steps]
+        cur["values"] = [float(points[x]) for x in steps]
+        cur["walls"] = [nan if walls_at.get(x) is None else float(walls_at[x]) for x in steps]
+        return list(cur["steps"]), list(cur["values"]), list(cur["walls"])
 
 
 def _row(r: Any) -> tuple[Any, Any, Any]:
@@ -225,19 +290,34 @@ def panel_series(store: Any, run_id: int, keys: list[str], panel: Panel, label: 
     key = pick_key(keys, panel.keys)
     if key is None:
         return None
+    if cache is None:
+        cache = SeriesCache()
     steps, values, walls = metric_series(store, run_id, key, cache)
-    s = Series(label=label, steps=steps, values=values, wall=walls, color=color)
+    s = Series(label=label, steps=steps, values=values, wall=walls, color=color, buckets=_smooth_of(cache, key, walls))
     lo_key, hi_key, std_key = pick_key(keys, panel.low), pick_key(keys, panel.high), pick_key(keys, panel.std)
+    at = (lambda k: _values_at(store, run_id, k, steps)) if cache.level(key) else (
+        lambda k: _aligned(store, run_id, k, steps, cache))
     if lo_key and hi_key:
-        s.low = _aligned(store, run_id, lo_key, steps, cache)
-        s.high = _aligned(store, run_id, hi_key, steps, cache)
+        s.low = at(lo_key)
+        s.high = at(hi_key)
     elif std_key:
-        std = _aligned(store, run_id, std_key, steps, cache)
+        std = at(std_key)
         s.low = [v - d for v, d in zip(values, std)]
         s.high = [v + d for v, d in zip(values, std)]
     if s.low is not None and (len(s.low) != len(steps) or any(x != x for x in s.low + (s.high or []))):
         s.low = s.high = None
     return s
+
+
+def _smooth_of(cache: SeriesCache, key: str, walls: list[float]) -> list[tuple[float, int, float, float]] | None:
+    """The bucket means a bucketed series is smoothed over (None: it holds every point)."""
+    return cache.buckets(key)
+
+
+def _values_at(store: Any, run_id: int, key: str, steps: list[float]) -> list[float]:
+    """A spread band's values at the (downsampled) steps of its main series: one index probe per step."""
+    by_step = store.metric_values_at(run_id, key, steps)
+    return [float(by_step[int(x)]) if int(x) in by_step else float("nan") for x in steps]
 
 
 def _aligned(store: Any, run_id: int, key: str, steps: list[float], cache: SeriesCache | None = None
@@ -247,12 +327,32 @@ def _aligned(store: Any, run_id: int, key: str, steps: list[float], cache: Serie
     return [by_step.get(x, float("nan")) for x in steps]
 
 
+MARKER_KINDS = ("resumed", "template_changed", "restarted")
+JUDGE_KINDS = ("trainer_started", "checkpoint_loaded")
+SHOWN_EVENTS = 30  # the Run screen's Overview lists the newest 30
+MAX_MARKERS = 500
+
+
+def run_events(store: Any, run_id: int, after_seq: int | None = None) -> list[dict[str, Any]]:
+    """The events the Run screen uses, read with bounded, indexed queries (oldest first, no duplicates): the
+    newest :data:`SHOWN_EVENTS`, the newest :data:`MAX_MARKERS` curve markers, the newest start-up events
+    that name the judge, and the template rejections after ``after_seq`` (to announce them)."""
+    picked: dict[int, dict[str, Any]] = {}
+    reads = [dict(limit=SHOWN_EVENTS), dict(kinds=MARKER_KINDS, limit=MAX_MARKERS), dict(kinds=JUDGE_KINDS, limit=5)]
+    if after_seq is not None:
+        reads.append(dict(kinds=("template_rejected",), after_seq=after_seq, limit=50))
+    for kw in reads:
+        for e in store.events(run_id, **kw):
+            picked[e.get("seq") or 0] = e
+    return [picked[k] for k in sorted(picked)]
+
+
 def event_markers(events: list[dict[str, Any]]) -> list[tuple[float, float | None, str]]:
     """(step, wall time, kind) of events worth a vertical line: resumes and template changes."""
     out = []
     for e in events:
         kind = str(e.get("kind", ""))
-        if kind not in ("resumed", "template_changed", "restarted"):
+        if kind not in MARKER_KINDS:
             continue
         step = e.get("step")
         if step is None:
@@ -332,9 +432,11 @@ def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: s
         out.append(main)
     ckey = pick_key(keys, panel.companion) if panel.companion else None
     if ckey:
+        if cache is None:
+            cache = SeriesCache()
         steps, values, walls = metric_series(store, run_id, ckey, cache)
         out.append(Series(label=panel.companion_label or ckey, steps=steps, values=values, wall=walls,
-                          color="orange"))
+                          color="orange", buckets=_smooth_of(cache, ckey, walls)))
     if len(out) > 1 and main is not None:
         main.label = panel.main_label or ("student" if panel.companion_label == "teacher" else "prompt")
     return out

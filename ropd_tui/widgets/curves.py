@@ -165,6 +165,22 @@ class Series:
     color: str | None = None
     low: list[float] | None = None  # spread band (e.g. min or mean-std), drawn faint
     high: list[float] | None = None
+    # A long series read at screen resolution (steps/values: each bucket's minimum and maximum, the first and
+    # last points): (step, points, mean, wall time) per bucket, what the smoothed line is computed from.
+    buckets: list[tuple[float, int, float, float]] | None = None
+
+
+def smooth_buckets(buckets: Sequence[tuple[float, int, float, float]], weight: float) -> list[float]:
+    """:func:`smooth_ema` over bucket means: a bucket of n points with mean m moves the average as n points of
+    value m would (exact for a constant bucket), debiased by the points seen so far."""
+    out: list[float] = []
+    last, seen = 0.0, 0
+    for _, n, mean, _ in buckets:
+        w = weight ** n
+        last = last * w + (1 - w) * mean
+        seen += n
+        out.append(last / (1 - weight ** seen))
+    return out
 
 
 def x_values(series: Series, x_axis: str, origin: float | None) -> list[float]:
@@ -263,11 +279,18 @@ class CurvePlot(PlotextPlot):
                 drawn += 1
                 continue
             short = len(ys) < SHORT_SERIES
+            sx = xs
             if self.smoothing > 0 and not short:
                 rx, ry = downsample(xs, ys, max_points)
                 plt.plot(rx, ry, color="gray", marker="braille")  # the raw series under the smoothed one
-                ys = smooth_ema(ys, self.smoothing)
-            dx, dy = downsample(xs, ys, max_points)
+                if s.buckets:
+                    bw = [b[3] for b in s.buckets]
+                    bw = bw if s.wall and all(w == w for w in bw) else []  # the main line's x axis, or steps
+                    sx = x_values(Series("", [b[0] for b in s.buckets], [], wall=bw), self.x_axis, origin)
+                    ys = smooth_buckets(s.buckets, self.smoothing)
+                else:
+                    ys = smooth_ema(ys, self.smoothing)
+            dx, dy = downsample(sx, ys, max_points)
             ys_all += [y for y in dy if y == y] + [y for y in s.values if y == y]
             plt.plot(dx, dy, color=color, marker="braille", label=label)
             if short:  # few points: each real value visible
