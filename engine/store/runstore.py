@@ -531,6 +531,16 @@ class RunStore:
                              (int(run_id), a, int(step))).fetchall()
             return q.load_groups(c, rows, include_calls=include_calls)
 
+    def step_group_summaries(self, run_id: int, step: int, *, attempt: int | None = None) -> list[dict[str, Any]]:
+        """One step's groups without their texts, in :meth:`step_groups` order: ``id`` (the group's seq, for
+        :meth:`group`), step, group_index and status. One probe of idx_groups_step; a group's rows never change
+        after it is written (a rewritten step gets new groups, new ids), so an id names its content."""
+        with self._db.read() as c:
+            a = self._attempt(c, run_id, attempt)
+            rows = c.execute("SELECT seq, step, group_index, status FROM groups WHERE run_id=? AND attempt=? AND step=?"
+                             " ORDER BY group_index, seq", (int(run_id), a, int(step))).fetchall()
+        return [{"id": r[0], "step": r[1], "group_index": r[2], "status": r[3]} for r in rows]
+
     def group(self, group_id: int, *, include_calls: bool = True) -> dict[str, Any]:
         with self._db.read() as c:
             rows = c.execute("SELECT * FROM groups WHERE seq=?", (int(group_id),)).fetchall()

@@ -4,7 +4,8 @@ student rollouts side by side, verdict matrix), plus run-wide per-criterion pass
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from rich.table import Table
@@ -24,13 +25,25 @@ from .views import GroupView, group_view
 
 SORTS = ["pool", "reward ↓", "reward ↑"]
 STAT_LIMIT = 200  # rows per run-wide list (the most telling ones); never the whole run
+DETAIL_CACHE = 32  # groups (answers, criteria, verdicts) held, the most recently shown ones
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One prompt of a step, without its texts (RunStore.step_group_summaries): enough for the
+    navigation and the status line; ``id`` names the group's rows, which never change once written."""
+    id: int
+    step: int
+    group_index: int
+    status: str
 
 
 @dataclass
 class StepData:
     nav: dict  # RunStore.step_nav of the step: first, last, prev, next, index, count
     step: int | None
-    groups: list[GroupView]
+    groups: list[GroupSummary]
+    details: dict[int, GroupView] = field(default_factory=dict)  # by group id: the one to show, as read
 
 
 def order_answers(answers: list[AnswerView], sort: str, failed_criterion: int | None) -> list[AnswerView]:
@@ -86,6 +99,9 @@ class InspectorScreen(LiveScreen):
         self._rw_reset = False  # re-read the first page (filter changed)
         self._rw_more = False  # read the next page (keyset) and append it
         self._quiet_until = 0.0  # highlight events caused by a re-render don't scroll the page
+        # the groups read in full, by id (the reader thread only reads this; the UI thread fills it)
+        self._details: OrderedDict[int, GroupView] = OrderedDict()
+        self._render_pending = False  # a load came without the shown prompt's details: draw it on the next
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -115,10 +131,17 @@ class InspectorScreen(LiveScreen):
 
     # -- data (reader thread) ---------------------------------------------------------------------------
     def load(self, store: Any) -> Any:
-        nav = store.step_nav(self.run_id, None if self.follow_latest else self.step)
-        step = nav["step"]
-        groups = [group_view(step, g) for g in store.step_groups(self.run_id, step, include_calls=False)] if step is not None else []
-        data = StepData(nav=nav, step=step, groups=groups)
+        with store.read_snapshot():  # one snapshot: the group to show is one of the step's groups
+            nav = store.step_nav(self.run_id, None if self.follow_latest else self.step)
+            step = nav["step"]
+            groups = [GroupSummary(id=int(g["id"]), step=int(g["step"]), group_index=int(g["group_index"]),
+                                   status=str(g["status"] or ""))
+                      for g in store.step_group_summaries(self.run_id, step)] if step is not None else []
+            data = StepData(nav=nav, step=step, groups=groups)
+            if groups:  # the details of the shown group only (read unless already held)
+                gid = groups[self._target_pos(groups)].id
+                view = self._details.get(gid)
+                data.details[gid] = view if view is not None else _read_group(store, gid)
         if self._want_run_wide:
             if self.run_wide is None or self._rw_reset or self._run_wide_version != self.loading_version:
                 self._rw_reset = self._rw_more = False
@@ -140,15 +163,21 @@ class InspectorScreen(LiveScreen):
                 self.run_wide = page
             self._render_run_wide(keep_cursor=kind == "more")
         changed = self.data is None or self.data.step != data.step or self._group_sig(self.data) != self._group_sig(data)
+        for gid, view in data.details.items():
+            self._hold(gid, view)
         self.data = data
         self.step = data.step
-        if self._want_group is not None:
-            positions = [i for i, g in enumerate(data.groups) if g.group_index == self._want_group]
-            self.group_pos = positions[0] if positions else self.group_pos
-            self._want_group = None
+        if self._want_group is not None or self._render_pending:
             changed = True
-        if self.group_pos >= len(data.groups):
-            self.group_pos = max(0, len(data.groups) - 1)
+        self.group_pos = self._target_pos(data.groups)
+        self._want_group = None
+        self._render_pending = False
+        if self.data.groups and self.group is None:
+            # moved to another prompt while this was read: the next load reads that one, then draws it
+            self._render_pending = True
+            self._render_status()
+            self.reload()
+            return
         if changed:
             await self._render_group()
         else:
@@ -156,14 +185,45 @@ class InspectorScreen(LiveScreen):
 
     @staticmethod
     def _group_sig(d: StepData) -> list[tuple[int, int, str]]:
-        return [(g.group_index, len(g.answers), g.status) for g in d.groups]
+        return [(g.group_index, g.id, g.status) for g in d.groups]
+
+    def _target_pos(self, groups: list[GroupSummary]) -> int:
+        """The position to show among ``groups``: the prompt asked for (jump_to), else the current one."""
+        pos = self.group_pos
+        if self._want_group is not None:
+            pos = next((i for i, g in enumerate(groups) if g.group_index == self._want_group), pos)
+        return min(pos, max(0, len(groups) - 1))
+
+    def _hold(self, gid: int, view: GroupView) -> None:
+        self._details[gid] = view
+        self._details.move_to_end(gid)
+        while len(self._details) > DETAIL_CACHE:
+            self._details.popitem(last=False)
+
+    async def _fetch_shown(self) -> bool:
+        """Read the details of the prompt at ``group_pos`` unless held; False when it could not be read
+        (e.g. the step was rewritten meanwhile: then the step is read again)."""
+        for _ in range(3):  # a poll may replace the step while the read runs: then read its group
+            d = self.data
+            if not d or not d.groups:
+                return True
+            gid = d.groups[min(self.group_pos, len(d.groups) - 1)].id
+            if gid in self._details:
+                return True
+            try:
+                view = await self.app.gateway.call(_read_group, gid)
+            except Exception:  # noqa: BLE001 - the group is gone (step rewritten): read the step again
+                return False
+            self._hold(gid, view)
+        return self.group is not None
 
     # -- rendering ----------------------------------------------------------------------------------------
     @property
     def group(self) -> GroupView | None:
         if not self.data or not self.data.groups:
             return None
-        return self.data.groups[self.group_pos]
+        pos = min(self.group_pos, len(self.data.groups) - 1)
+        return self._details.get(self.data.groups[pos].id)
 
     def _render_status(self) -> None:
         d = self.data
@@ -353,6 +413,11 @@ class InspectorScreen(LiveScreen):
             return
         self.group_pos = (self.group_pos + delta) % len(d.groups)
         self.failed_criterion = None
+        if not await self._fetch_shown():  # the next load reads the step and this prompt, then draws it
+            self._render_pending = True
+            self._render_status()
+            self.reload()
+            return
         await self._render_group()
 
     async def action_sort(self) -> None:
@@ -394,6 +459,12 @@ class InspectorScreen(LiveScreen):
         yield SystemCommand("Run-wide criterion pass rates", "Teacher vs students over the run", self.action_run_wide)
         yield SystemCommand("Search this run…", "Full text: criteria, student and teacher answers, judge replies",
                             self.action_search)
+
+
+def _read_group(store: Any, group_id: int) -> GroupView:
+    """One group in full (question, rubric, answers, verdicts; no judge calls), on the reader thread."""
+    g = store.group(group_id, include_calls=False)
+    return group_view(int(g["step"]), g)
 
 
 def rubric_table(g: GroupView, teachers: list[AnswerView], students: list[AnswerView]) -> Table:
