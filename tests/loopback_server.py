@@ -812,3 +812,17 @@ def loopback_config(server: LoopbackJudgeServer, *overrides: str, model: str = "
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def run_closing_clients(coro):
+    """Run ``coro`` in a fresh event loop and close the judge clients it opened before the loop ends."""
+    import asyncio
+
+    from engine.judging.client import aclose_loop_clients
+
+    async def main():
+        try:
+            return await coro
+        finally:
+            await aclose_loop_clients()
+    return asyncio.run(main())

@@ -9,8 +9,8 @@ import asyncio
 
 import pytest
 
-from engine.judging.client import JudgeCallError, JudgeClient, aclose_loop_clients
-from loopback_server import LoopbackJudgeServer, loopback_config
+from engine.judging.client import JudgeCallError, JudgeClient
+from loopback_server import LoopbackJudgeServer, loopback_config, run_closing_clients as run
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3? Reply as JSON."}]
 
@@ -24,15 +24,6 @@ def strict(srv: LoopbackJudgeServer, *overrides: str) -> JudgeClient:
     """No retries (so no quiet time), two failures in a row open the circuit, a probe after 0.3 s."""
     return client(srv, "judge.max_retries=0", "judge.circuit_breaker_failures=2", "judge.circuit_open_s=0.3",
                   *overrides)
-
-
-def run(coro):
-    async def main():
-        try:
-            return await coro
-        finally:
-            await aclose_loop_clients()
-    return asyncio.run(main())
 
 
 async def failing(c: JudgeClient) -> JudgeCallError:

@@ -9,9 +9,8 @@ import socket
 import pytest
 
 from engine.errors import JudgeError
-from engine.judging.client import (JudgeCallError, JudgeClient, aclose_loop_clients, forget_unsupported_params,
-                                 scrub)
-from loopback_server import LoopbackJudgeServer, loopback_config
+from engine.judging.client import JudgeCallError, JudgeClient, forget_unsupported_params, scrub
+from loopback_server import LoopbackJudgeServer, loopback_config, run_closing_clients as run
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3? Reply as JSON."}]
 
@@ -19,15 +18,6 @@ PROMPT = [{"role": "user", "content": "What is 2 + 3? Reply as JSON."}]
 def client(srv_or_cfg, *overrides, role="verifier"):
     cfg = loopback_config(srv_or_cfg, *overrides) if isinstance(srv_or_cfg, LoopbackJudgeServer) else srv_or_cfg
     return JudgeClient(getattr(cfg.judge, role), cfg.judge, role)
-
-
-def run(coro):
-    async def main():
-        try:
-            return await coro
-        finally:
-            await aclose_loop_clients()
-    return asyncio.run(main())
 
 
 def closed_port() -> int:
