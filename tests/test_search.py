@@ -272,7 +272,8 @@ def test_views_give_the_run_step_prompt_kind_reward_criterion_and_points(tmp_pat
             assert c.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == \
                 c.execute(f"SELECT count(*) FROM {table}").fetchone()[0], view
         cols = {v: [r[1] for r in c.execute(f"PRAGMA table_info({v})")] for v in ("v_answers", "v_criteria", "v_verdicts")}
-        for needed in ("run", "attempt", "current", "step", "prompt", "kind", "reward", "text"):
+        for needed in ("run", "attempt", "current", "step", "prompt", "kind", "reward", "correct", "checker",
+                       "truncated", "clipped", "text"):
             assert needed in cols["v_answers"], needed
         for needed in ("run", "step", "prompt", "criterion", "points", "category", "teacher_pass_rate"):
             assert needed in cols["v_criteria"], needed

@@ -575,11 +575,26 @@ def _v14_run_seq_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX idx_events_kind ON events(run_id, kind, seq)")
 
 
+def _v15_answers_view_checker_clipped(conn: sqlite3.Connection) -> None:
+    """``v_answers`` gains the columns added after it: ``checker`` (v7: which checker decided ``correct``)
+    and ``clipped`` (v12: the rollout hit max_new_tokens; ``truncated`` is the judge's character budget)."""
+    where = "FROM groups g JOIN runs r ON r.id = g.run_id"
+    head = ("r.name AS run, g.run_id AS run_id, g.attempt AS attempt, (g.attempt = r.attempt) AS current,"
+            " g.step AS step, g.group_index + 1 AS prompt, g.group_index AS group_index")
+    conn.execute("DROP VIEW v_answers")
+    conn.execute(f"""CREATE VIEW v_answers AS SELECT {head},
+        p.question AS question, g.ground_truth AS ground_truth, g.status AS group_status,
+        a.id AS answer_id, a.kind AS kind, a.idx AS answer_index, a.pool_position AS pool_position,
+        a.reward AS reward, a.correct AS correct, a.checker AS checker, a.truncated AS truncated,
+        a.clipped AS clipped, a.judge_score AS judge_score, a.text AS text
+        {where} JOIN answers a ON a.group_id = g.seq LEFT JOIN prompts p ON p.hash = g.prompt_hash""")
+
+
 MIGRATIONS: list[Migration] = [_v1_initial, _v2_judge_cache, _v3_criteria_rates_index, _v4_judge_call_finish_reason,
                                _v5_full_text_search, _v6_sql_views, _v7_answer_checker,
                                _v8_cached_prompt_tokens, _v9_tracker_state, _v10_criterion_rollups,
                                _v11_run_progress, _v12_answer_clipped, _v13_metric_buckets,
-                               _v14_run_seq_indexes]
+                               _v14_run_seq_indexes, _v15_answers_view_checker_clipped]
 
 
 def schema_version() -> int:
