@@ -65,6 +65,12 @@ def wide(tmp_path, monkeypatch) -> tuple[Path, int, list[tuple[str, Any]]]:
     return path, run_id, calls
 
 
+def inspector_app(path: Path, run_id: int) -> RopdApp:
+    """The app opened straight on demo-baseline's Rubric inspector."""
+    return RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False, configs_dir=ROOT / "configs",
+                   start=("inspector", {"run_id": run_id, "name": "demo-baseline"}))
+
+
 def answers_of(path: Path, run_id: int, group_index: int) -> list[str]:
     with RunStore(path) as s:
         g = [g for g in s.step_groups(run_id, STEP, include_calls=False) if g["group_index"] == group_index][0]
@@ -73,8 +79,7 @@ def answers_of(path: Path, run_id: int, group_index: int) -> list[str]:
 
 async def test_inspector_reads_one_group_of_a_wide_step_and_the_next_prompt_on_n(wide):
     path, run_id, calls = wide
-    app = RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False, configs_dir=ROOT / "configs",
-                  start=("inspector", {"run_id": run_id, "name": "demo-baseline"}))
+    app = inspector_app(path, run_id)
     async with app.run_test(size=(120, 40)) as pilot:
         insp = await wait_screen(pilot, InspectorScreen)
         # the step's summaries and the shown group's details: no other group is read
@@ -101,8 +106,7 @@ async def test_inspector_reads_one_group_of_a_wide_step_and_the_next_prompt_on_n
 
 async def test_a_rewritten_step_rereads_the_shown_group(wide):
     path, run_id, calls = wide
-    app = RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False, configs_dir=ROOT / "configs",
-                  start=("inspector", {"run_id": run_id, "name": "demo-baseline"}))
+    app = inspector_app(path, run_id)
     async with app.run_test(size=(120, 40)) as pilot:
         insp = await wait_screen(pilot, InspectorScreen)
         await pilot.press("n")
@@ -130,8 +134,7 @@ def test_step_group_summaries_match_step_groups(wide):
 
 async def test_a_failed_read_of_the_next_prompt_is_read_again_and_drawn(wide, monkeypatch):
     path, run_id, calls = wide
-    app = RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False, configs_dir=ROOT / "configs",
-                  start=("inspector", {"run_id": run_id, "name": "demo-baseline"}))
+    app = inspector_app(path, run_id)
     async with app.run_test(size=(120, 40)) as pilot:
         insp = await wait_screen(pilot, InspectorScreen)
         ids = [g.id for g in insp.data.groups]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_store import INJECTION, build_store
-from tui_pilot import FROZEN_NOW, open_run, screen_text, wait_for, wait_screen
+from tui_pilot import FROZEN_NOW, open_inspector, open_run, screen_text, wait_for, wait_screen
 
 from engine.scoring.criterion_stats import VERDICT_ORDER
 from engine.store import RunStore
@@ -231,9 +231,7 @@ async def test_inspector_steps_prompts_sort_filter_and_run_wide(store):
 async def test_inspector_run_wide_tab_has_the_keys_and_empty_filters_say_so(store):
     app = make_app(store)
     async with app.run_test(size=(100, 30)) as pilot:
-        await open_run(pilot, "demo-baseline")
-        await pilot.press("i")
-        insp = await wait_screen(pilot, InspectorScreen)
+        insp = await open_inspector(pilot, "demo-baseline")
         assert app.focused is insp.query_one("#insp-matrix")
         await pilot.press("w")
         await wait_for(pilot, lambda: insp.run_wide is not None, what="run-wide stats")
@@ -255,9 +253,7 @@ async def test_inspector_run_wide_tab_has_the_keys_and_empty_filters_say_so(stor
 async def test_inspector_tells_a_clipped_rollout_from_one_cut_for_the_judge(store):
     app = make_app(store)
     async with app.run_test(size=(120, 40)) as pilot:
-        await open_run(pilot, "demo-baseline")
-        await pilot.press("i")
-        insp = await wait_screen(pilot, InspectorScreen)
+        insp = await open_inspector(pilot, "demo-baseline")
         cards = {c.answer.key: c.render().plain.splitlines()[0] for c in insp.query(AnswerCard)}
         assert "hit token limit" in cards["student:2"] and "cut for judge" not in cards["student:2"]
         assert "cut for judge" in cards["student:3"] and "token limit" not in cards["student:3"]
@@ -268,9 +264,7 @@ async def test_model_output_markup_is_shown_literally(store):
     """A rollout, criterion, question, stderr and log containing markup must render as typed."""
     app = make_app(store)
     async with app.run_test(size=(200, 60)) as pilot:
-        await open_run(pilot, "demo-baseline")
-        await pilot.press("i")
-        insp = await wait_screen(pilot, InspectorScreen)
+        insp = await open_inspector(pilot, "demo-baseline")
         student = [c for c in insp.query(AnswerCard) if c.answer.key == "student:0"][0]
         assert INJECTION in student.render().plain
         text = screen_text(app)
@@ -343,17 +337,18 @@ async def test_new_run_validates_config_and_overrides(store, tmp_path):
         assert [p.name for p in screen.configs] == ["a.yaml", "b.yaml"]
         screen.query_one("#new-run-overrides").text = "trainer.stepz=3\n"
         await pilot.press("ctrl+r")
-        text = screen_text(app)
-        assert "unknown config key 'trainer.stepz'" in text and "trainer.steps" in text
+        await wait_for(pilot, lambda: "unknown config key 'trainer.stepz'" in screen_text(app), what="the check")
+        assert "trainer.steps" in screen_text(app)
         screen.query_one("#new-run-overrides").text = "# comment\ntrainer.steps=3\n"
         screen.query_one("#new-run-name").value = "bad name!"
         await pilot.pause()
         await pilot.press("ctrl+r")
-        assert "run name 'bad name!' is not valid" in screen_text(app)
+        await wait_for(pilot, lambda: "run name 'bad name!' is not valid" in screen_text(app), what="the name check")
         screen.query_one("#new-run-name").value = "fresh"
         await pilot.pause()
         await pilot.press("ctrl+r")
-        assert screen.valid_cfg is not None and screen.valid_cfg.trainer.steps == 3
+        await wait_for(pilot, lambda: screen.valid_cfg is not None, what="a valid config")
+        assert screen.valid_cfg.trainer.steps == 3
         assert screen.valid_cfg.run.name == "fresh"
         assert "valid" in screen_text(app)
         # the preflight checks (model, judge, templates) finish off the UI thread and list what will happen

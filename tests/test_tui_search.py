@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_store import build_store
-from tui_pilot import FROZEN_NOW, open_run, screen_text, wait_for, wait_screen
+from tui_pilot import FROZEN_NOW, open_inspector, screen_text, wait_for, wait_screen
 
 from ropd_tui.app import RopdApp
 from ropd_tui.screens.inspector import InspectorScreen
@@ -42,9 +42,7 @@ async def search_for(pilot, screen: SearchScreen, query: str) -> None:
 async def test_slash_on_the_run_wide_view_searches_and_enter_jumps_to_the_prompt(store):
     app = make_app(store)
     async with app.run_test(size=(140, 40)) as pilot:
-        await open_run(pilot, "demo-baseline")
-        await pilot.press("i")
-        insp = await wait_screen(pilot, InspectorScreen)
+        insp = await open_inspector(pilot, "demo-baseline")
         await pilot.press("w")
         await wait_for(pilot, lambda: insp.run_wide is not None, what="run-wide stats")
         await pilot.press("slash")

@@ -50,3 +50,12 @@ async def open_run(pilot: Any, name: str) -> Any:
     runs.query_one("#runs-table").move_cursor(row=[r.name for r in runs.visible_rows()].index(name))
     await pilot.press("enter")
     return await wait_screen(pilot, RunScreen)
+
+
+async def open_inspector(pilot: Any, name: str) -> Any:
+    """From the Runs screen, open the Rubric inspector of the run called ``name`` (through its Run screen)."""
+    from ropd_tui.screens.inspector import InspectorScreen
+
+    await open_run(pilot, name)
+    await pilot.press("i")
+    return await wait_screen(pilot, InspectorScreen)
