@@ -162,15 +162,7 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
 
 def _root_cause(exc: BaseException) -> str:
     """The cause of a connection error in words, e.g. 'connection refused ([Errno 111] ...)'."""
-    chain: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo and len(chain) < 30:  # breadth-first over causes, contexts and exception groups
-        cur = todo.pop(0)
-        if any(cur is c for c in chain):
-            continue
-        chain.append(cur)
-        todo += [e for e in (cur.__cause__, cur.__context__) if e is not None]
-        todo += list(getattr(cur, "exceptions", None) or [])
+    chain = list(_chain(exc, groups=True))
     for e in chain:
         if isinstance(e, OSError) and e.errno:
             reason = os.strerror(e.errno).lower()
@@ -235,8 +227,9 @@ def cached_prompt_tokens(usage: Any) -> int | None:
     return None
 
 
-def _chain(exc: BaseException):
-    """``exc`` and the exceptions behind it (``__cause__`` / ``__context__``), each once, at most 30."""
+def _chain(exc: BaseException, *, groups: bool = False):
+    """``exc`` and the exceptions behind it (``__cause__`` / ``__context__``, and with ``groups`` the
+    members of exception groups), breadth-first, each once, at most 30."""
     todo: list[BaseException] = [exc]
     seen: list[BaseException] = []
     while todo and len(seen) < 30:
@@ -246,6 +239,8 @@ def _chain(exc: BaseException):
         seen.append(cur)
         yield cur
         todo += [x for x in (cur.__cause__, cur.__context__) if x is not None]
+        if groups:
+            todo += list(getattr(cur, "exceptions", None) or [])
 
 
 def _refused(exc: BaseException) -> bool:

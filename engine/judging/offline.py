@@ -184,6 +184,8 @@ def final_value(criterion_text: str) -> str | None:
     """V of the canonical "The final answer is V." criterion, else None."""
     m = _FINAL_RE.match(criterion_text.strip())
     return m.group(1) if m else None
+
+
 def _only_numbers(allowed: set[Fraction]) -> Callable[[str], bool]:
     """The answer has numbers and all of them are ``allowed`` (no numbers: no result, fails)."""
     def check(a: str) -> bool:
@@ -213,7 +215,7 @@ def _rules() -> list[tuple[re.Pattern, Callable[[re.Match], Callable[[str], bool
         (re.compile(rf"^The answer writes the final value {num} in digits\.$"),
          lambda m: (lambda v: (lambda a: v in _num_set(strip_reasoning(a))))(parse_number(m.group(1)))),
         (re.compile(r"^The answer is at most (\d+) words long\.$"),
-         lambda m: (lambda n: (lambda a: _said_something(a) and _word_count(a) <= n))(int(m.group(1)))),
+         lambda m: (lambda n: (lambda a: 0 < _word_count(a) <= n))(int(m.group(1)))),
         (re.compile(r"^The answer does not repeat any sentence or line\.$"),
          lambda m: (lambda a: _said_something(a) and not _has_repeats(a))),
         (re.compile(r"^The answer is complete: it does not stop in the middle of a sentence\.$"),
@@ -429,7 +431,7 @@ class OfflineJudge:
                 score += 6
             if _ends_with_bare_number(a):
                 score += 2
-            if _said_something(a) and _word_count(a) <= 40:
+            if 0 < _word_count(a) <= 40:
                 score += 1
             if value is not None and _consistent(a, value):
                 score += 1

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from engine.config import SupervisorConfig
+
 log = logging.getLogger(__name__)
 
 # phase -> how people read it (in the order a step goes through them)
@@ -40,7 +42,7 @@ PHASE_TOTAL_LABELS: dict[str, str] = {
 # Seconds between writes at most: every write moves the store's data_version, which makes open UI
 # screens re-read; phase changes still show within this.
 INTERVAL_S = 2.0
-NO_PROGRESS_AFTER_S = 300.0  # engine.config.SupervisorConfig.no_progress_after_s
+NO_PROGRESS_AFTER_S = SupervisorConfig.no_progress_after_s
 
 
 class Heartbeat:
@@ -73,7 +75,6 @@ class Heartbeat:
         self._written = -1
         self._wake = threading.Event()
         self._closing = threading.Event()
-        self._closed = False
         self._thread: threading.Thread | None = None
 
     # -- the trainer's side ------------------------------------------------------------------------
@@ -81,7 +82,7 @@ class Heartbeat:
         if self.store is not None and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="ropd-heartbeat", daemon=True)
             self._thread.start()
-        self._changed()
+        self._wake.set()
         return self
 
     def phase(self, name: str, *, step: int | None = None, total: int | None = None, unit: str | None = None,
@@ -99,7 +100,7 @@ class Heartbeat:
             self.total, self.unit, self.detail = total, unit, detail
             self.phase_started = self.progress_at = now
             self._version += 1
-        self._changed()
+        self._wake.set()
 
     def advance(self, done: int | None = None, *, total: int | None = None, detail: str | None = None) -> None:
         """Progress inside the current phase (``done`` of ``total`` ``unit``, and/or a detail)."""
@@ -119,7 +120,6 @@ class Heartbeat:
     def close(self, final_phase: str = "done") -> None:
         """Account the last phase, write the final state and stop the flusher."""
         self.phase(final_phase)
-        self._closed = True
         self._closing.set()
         self._wake.set()
         if self._thread is not None:
@@ -130,9 +130,6 @@ class Heartbeat:
     def _account(self, now: float) -> None:
         if self.name in PHASE_TOTAL_LABELS:
             self.totals[self.name] = self.totals.get(self.name, 0.0) + max(0.0, now - self.phase_started)
-
-    def _changed(self) -> None:
-        self._wake.set()
 
     # -- the flusher -------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -160,7 +157,7 @@ class Heartbeat:
             log.warning("could not write the run's progress: %s", err)
 
     def _run(self) -> None:
-        while not self._closed:
+        while not self._closing.is_set():
             self._wake.wait(self.interval_s)
             self._wake.clear()
             self._flush()

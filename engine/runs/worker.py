@@ -72,30 +72,17 @@ def _verl_failed(store, run, rc: int) -> int:
     process: a full disk shows only in the log it wrote (the run log) or in the space left where the run
     writes, and gets the same end as in the embedded trainer ("the disk filled up", exit code 28)."""
     if rc != 4:
-        from engine.files import disk_full_at, log_says_disk_full
+        from engine.files import log_says_disk_full
         from engine.runs.supervisor import log_tail
 
         sys.stdout.flush()
-        try:
-            line = log_says_disk_full(log_tail(run.log_path))
-        except Exception:  # noqa: BLE001 - an unreadable log: decide from the free space alone
-            line = None
-        if line is not None or _disk_full_at_any(run, disk_full_at):
-            return _disk_full_end(store, run, RuntimeError(f"verl exited with code {rc}"
-                                                           + (f"; its log says: {line[:200]}" if line else "")))
+        line = log_says_disk_full(log_tail(run.log_path))  # an unreadable log reads as no lines
+        err = RuntimeError(f"verl exited with code {rc}" + (f"; its log says: {line[:200]}" if line else ""))
+        if line or _disk_full(err, run):
+            return _disk_full_end(store, run, err)
     _finish(store, run.id, status="failed", exit_code=rc,
             cause="scoring failure rate over the threshold" if rc == 4 else f"verl exited with code {rc}")
     return rc
-
-
-def _disk_full_at_any(run, disk_full_at) -> bool:
-    for folder in (getattr(run, "run_dir", None), getattr(run, "checkpoints_dir", None)):
-        try:
-            if folder is not None and disk_full_at(folder):
-                return True
-        except Exception:  # noqa: BLE001
-            continue
-    return False
 
 
 _LIVE = ("created", "starting", "running", "stalled")

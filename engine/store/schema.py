@@ -339,14 +339,18 @@ def _dist_version(name: str) -> str:
     return version(name)
 
 
+# what every SQL view starts with: its run, attempt and step, and the 1-based prompt number
+_VIEW_FROM = "FROM groups g JOIN runs r ON r.id = g.run_id"
+_VIEW_HEAD = ("r.name AS run, g.run_id AS run_id, g.attempt AS attempt, (g.attempt = r.attempt) AS current,"
+              " g.step AS step, g.group_index + 1 AS prompt, g.group_index AS group_index")
+
+
 def _v6_sql_views(conn: sqlite3.Connection) -> None:
     """Views for people who open the store with sqlite-utils, Datasette or the sqlite3 shell: one row per
     answer, per verdict and per criterion, each with the run's name, attempt (``current``: 1 for the run's
     current attempt), step and prompt (``prompt``: 1-based as the inspector shows it; ``group_index``: the
     0-based index the exports use)."""
-    where = "FROM groups g JOIN runs r ON r.id = g.run_id"
-    head = ("r.name AS run, g.run_id AS run_id, g.attempt AS attempt, (g.attempt = r.attempt) AS current,"
-            " g.step AS step, g.group_index + 1 AS prompt, g.group_index AS group_index")
+    where, head = _VIEW_FROM, _VIEW_HEAD
     conn.execute(f"""CREATE VIEW v_answers AS SELECT {head},
         p.question AS question, g.ground_truth AS ground_truth, g.status AS group_status,
         a.id AS answer_id, a.kind AS kind, a.idx AS answer_index, a.pool_position AS pool_position,
@@ -578,9 +582,7 @@ def _v14_run_seq_indexes(conn: sqlite3.Connection) -> None:
 def _v15_answers_view_checker_clipped(conn: sqlite3.Connection) -> None:
     """``v_answers`` gains the columns added after it: ``checker`` (v7: which checker decided ``correct``)
     and ``clipped`` (v12: the rollout hit max_new_tokens; ``truncated`` is the judge's character budget)."""
-    where = "FROM groups g JOIN runs r ON r.id = g.run_id"
-    head = ("r.name AS run, g.run_id AS run_id, g.attempt AS attempt, (g.attempt = r.attempt) AS current,"
-            " g.step AS step, g.group_index + 1 AS prompt, g.group_index AS group_index")
+    where, head = _VIEW_FROM, _VIEW_HEAD
     conn.execute("DROP VIEW v_answers")
     conn.execute(f"""CREATE VIEW v_answers AS SELECT {head},
         p.question AS question, g.ground_truth AS ground_truth, g.status AS group_status,

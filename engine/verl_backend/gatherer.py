@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from engine.types import GroupInput, GroupResult, prompt_text
+from engine.verl_backend.composed import RAY_ACTOR_CONCURRENCY  # verl's reward workers are Ray actors
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 ScoreFn = Callable[[GroupInput], Awaitable[GroupResult]]
 ResultSink = Callable[[GroupResult, "int | None"], None]
 EventSink = Callable[[str, str, "int | None"], None]  # (kind, message, step)
-RAY_ACTOR_CONCURRENCY = 1000  # engine.verl_backend.composed.RAY_ACTOR_CONCURRENCY (verl's reward workers)
 
 
 @dataclass
@@ -145,11 +145,6 @@ class GroupCollector:
         return {**self.counts, "pending": len(self._pending),
                 "peak_in_flight_per_worker": max(self.peak_in_flight.values(), default=0),
                 "workers": len(self.peak_in_flight)}
-
-    def take_peaks(self) -> dict[str, int]:
-        """Peak waiting calls per reward worker since the last call (then reset)."""
-        peaks, self.peak_in_flight = dict(self.peak_in_flight), {}
-        return peaks
 
     def _event(self, kind: str, message: str, step: int | None) -> None:
         log.warning("%s", message)
@@ -328,9 +323,6 @@ class GroupGatherer:
 
     async def stats(self) -> dict[str, Any]:
         return self._collector.stats()
-
-    async def take_peaks(self) -> dict[str, int]:
-        return self._collector.take_peaks()
 
 
 def _live_templates(cfg: "Config"):

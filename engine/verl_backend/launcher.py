@@ -38,6 +38,7 @@ from typing import Any
 from engine.config import Config
 from engine.errors import ConfigError, ScoringFailureRateError
 from engine.runs.entrypoint import module_argv
+from engine.store.scrub import scrub
 
 from engine.verl_backend import GATHERER_NAMESPACE
 from engine.verl_backend.gatherer import gatherer_name
@@ -325,14 +326,6 @@ def _absolute_paths(cfg: Config) -> dict[str, Any]:
     return d
 
 
-def scrubbed_argv(argv: list[str]) -> list[str]:
-    """The command line as it may be shown or stored: secret values (``...WANDB_API_KEY=...``, key-like
-    strings) replaced by ``***``."""
-    from engine.store.scrub import scrub_text
-
-    return [scrub_text(a) for a in argv]
-
-
 def run_folders(cfg: Config, run) -> tuple[Path, Path]:
     """(verl folder parent, checkpoints dir) of a run: the run's folder next to the store, or
     ``<verl.shared_dir>/<run name>`` when set (a path every node of a multi-node cluster sees: verl's
@@ -426,7 +419,7 @@ def run(cfg: Config, store, run, resume: bool) -> int:
     name = gatherer_name(run_id, paths.attempt)
     argv, composed_cfg, _ = resolve_command(cfg, run_name=str(run.name), paths=paths, train_files=train_files,
                                             val_files=val_files, gatherer=name, resume_from=resume_from)
-    shown = scrubbed_argv(argv)
+    shown = scrub(argv)  # secret values (``...WANDB_API_KEY=...``, key-like strings) -> ***
     (paths.attempt_dir / "command.txt").write_text(" ".join(shown) + "\n", encoding="utf-8")
 
     import ray
@@ -541,15 +534,11 @@ class VerlHeartbeat:
 
     def __init__(self, store, run_id: int, start_step: int, composed_cfg: Any, no_progress_after_s: float):
         from engine.runs.heartbeat import Heartbeat
+        from engine.verl_backend.composed import resolved
 
         def select(key: str) -> int | None:
-            try:
-                from omegaconf import OmegaConf
-
-                v = OmegaConf.select(composed_cfg, key) if composed_cfg is not None else None
-                return int(v) if v is not None else None
-            except Exception:  # noqa: BLE001 - an unresolvable interpolation: unknown
-                return None
+            v = resolved(composed_cfg, key) if composed_cfg is not None else None
+            return int(v) if isinstance(v, (int, float)) else None
 
         self.groups_per_step = select("data.train_batch_size")
         self.hb = Heartbeat(store, run_id, total_steps=select("trainer.total_training_steps"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from engine.checks import Check, failed, verdict
 
@@ -61,22 +60,17 @@ def evaluate_steps(store, run_id: int, *, steps: list[int], groups_per_step: int
 def evaluate_validation(store, run_id: int, *, step: int, n: int) -> list[Check]:
     """Validation at ``step`` logged verl's accuracy (``val-core/<source>/acc/mean@n``) and reached no
     judge: no scored group is recorded for that step."""
-    keys = [k for k in _metric_keys(store, run_id) if k.startswith("val-core/") and k.endswith(f"/acc/mean@{n}")]
+    keys = [k for k in store.metric_keys(run_id) if k.startswith("val-core/") and k.endswith(f"/acc/mean@{n}")]
     vals = {k: _at(store.metric_series(run_id, k), step) for k in keys}
     vals = {k: v for k, v in vals.items() if v is not None}
     out = [verdict(bool(vals), f"step {step}: validation accuracy logged (val-core/.../acc/mean@{n})",
                    ", ".join(f"{k} = {v:.4f}" for k, v in vals.items()) or "no such metric at that step")]
-    groups = store.step_groups(run_id, step, include_calls=True) if step == 0 else []
-    calls = sum(len(g.get("calls") or []) for g in groups)
     if step == 0:
+        groups = store.step_groups(run_id, step, include_calls=True)
+        calls = sum(len(g.get("calls") or []) for g in groups)
         out.append(verdict(not groups, "no judge calls during validation",
                            f"{len(groups)} groups and {calls} judge calls recorded at step 0"))
     return out
-
-
-def _metric_keys(store, run_id: int) -> list[str]:
-    with store.read_snapshot() as c:
-        return [r[0] for r in c.execute("SELECT DISTINCT key FROM metrics WHERE run_id=?", (int(run_id),))]
 
 
 def smoke_config(model: str, work: Path, *, judge_overrides: list[str] | None = None):
@@ -135,7 +129,3 @@ def run_smoke(model: str, *, work_dir: str | None = None, judge_overrides: list[
         return [failed("gpu smoke", f"{type(e).__name__}: {e}")]
     finally:
         store.close()
-
-
-def describe(checks: list[Check]) -> dict[str, Any]:
-    return {"passed": sum(c.status == "PASS" for c in checks), "failed": sum(c.status == "FAIL" for c in checks)}

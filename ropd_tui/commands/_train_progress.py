@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from ._output import echo as term_echo
+
 REPEAT_S = 20.0
 
 
@@ -16,7 +18,7 @@ class ProgressPrinter:
         self.store = store
         self.run = run
         self.clock = clock
-        self.echo = echo or (lambda line: print(line, flush=True))
+        self.echo = echo or (lambda line: term_echo(line, flush=True))
         self._key: tuple | None = None
         self._printed_at = 0.0
         self._quiet_said = False

@@ -4,8 +4,9 @@ answers you already have, and inspect the offline teacher index."""
 from __future__ import annotations
 
 import argparse
+import json
 
-from ._output import echo, warn
+from ._output import add_json_flag, echo, print_json, warn
 
 
 def _teacher_default(name: str):
@@ -61,7 +62,7 @@ def register(subparsers) -> None:
     s = sub.add_parser("show", help="summarise an index file")
     s.add_argument("path", help="index file (JSONL)")
     s.add_argument("--k", type=int, default=4, help="report prompts with fewer than K answers (scorer.k, default 4)")
-    s.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    add_json_flag(s)
     s.set_defaults(func=show_handler)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -122,12 +123,7 @@ def show_handler(args: argparse.Namespace) -> int:
     from engine.errors import ConfigError
     from engine.teacher.importer import short_answer_lines, short_prompts
     from engine.teacher.index import TeacherIndex, identical_answers_warning
-
-    import json
-
     from engine.wording import plural
-
-    from ._output import print_json
 
     if args.k < 1:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
@@ -138,7 +134,7 @@ def show_handler(args: argparse.Namespace) -> int:
     short = sorted(short_prompts(idx, args.k), key=lambda item: item[1])
     identical = identical_answers_warning(idx.identical_answer_rows(), len(idx), args.path)
     warnings = idx.warnings + ([identical] if identical else [])
-    if getattr(args, "json", False):
+    if args.json:
         print_json({"path": str(args.path), "prompts": len(idx), "answers_per_prompt": dict(sorted(counts.items())),
                     "settings": settings, "rows_with_other_settings": other, "k": args.k,
                     "prompts_with_fewer_than_k": len(short), "warnings": warnings})

@@ -143,6 +143,8 @@ def prepare_teacher_index(cfg: Any, groups: list[tuple[Any, dict[str, Any]]], *,
                          f"demo teacher answers made for this command only (the index is unchanged; "
                          f"--add-to-index stores them there)")
             return index, notes
+        elif before is not None:
+            return before, notes  # every demo prompt is in it: no second read
     return TeacherIndex.load(path), notes
 
 

@@ -31,7 +31,7 @@ def handler(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         rec = Supervisor(store).refresh(args.run)
         latest = store.latest_metrics([rec.id]).get(rec.id, {})
-        events = store.events(rec.id)[-max(0, args.events):] if args.events else []
+        events = store.events(rec.id, limit=args.events if args.events > 0 else None) if args.events else []
         progress = store.progress([rec.id]).get(rec.id)
     cost = cost_summary(rec.config, latest)
     now = describe(progress) if rec.active else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from textual.app import ComposeResult
@@ -106,9 +106,10 @@ class CompareScreen(LiveScreen):
         for n, (rid, name) in enumerate(zip(self.run_ids, names)):
             keys = list(store.metric_keys(rid))
             for i, p in enumerate(PANELS):
-                s = panel_series(store, rid, keys, p, name, color=PALETTE[n % len(PALETTE)])
+                # no spread band: bands of several runs would be unreadable (so none is read)
+                s = panel_series(store, rid, keys, replace(p, low=(), high=(), std=()), name,
+                                 color=PALETTE[n % len(PALETTE)])
                 if s is not None:
-                    s.low = s.high = None  # bands of several runs would be unreadable
                     panels[i].append(s)
         return CompareData(names=names, panels=panels, diff=multi_diff([_config(i) for i in infos]))
 

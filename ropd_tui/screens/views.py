@@ -116,6 +116,7 @@ class Panel:
     companion_label: str = ""
     main_label: str = ""  # the main line's legend when a companion is drawn
     bounds: tuple[float | None, float | None] = (None, None)  # the metric's range: the y axis stays inside
+    offline_text: str = ""  # what the panel says when empty because the judge is the offline one
 
 
 PANELS: list[Panel] = [
@@ -131,18 +132,20 @@ PANELS: list[Panel] = [
           bounds=(0.0, 1.0)),
     Panel("judge latency (s)", ("judge/latency_s", "judge/latency_mean_s", "ropd/group_wall_s"), bounds=(0.0, None)),
     Panel("judge tokens (prompt, completion)", ("judge/prompt_tokens", "judge/tokens", "judge/total_tokens"),
-          companion=("judge/completion_tokens",), companion_label="completion", bounds=(0.0, None)),
+          companion=("judge/completion_tokens",), companion_label="completion", bounds=(0.0, None),
+          offline_text="offline judge: no tokens"),
     Panel("response length", ("response_length/mean", "completions/mean_length"), bounds=(0.0, None)),
     Panel("judge cost (USD, run total)", ("cost/total_usd",), companion=("cost/step_usd",),
           companion_label="per step", main_label="total", bounds=(0.0, None)),
 ]
-TOKENS_PANEL = "judge tokens (prompt, completion)"
+# the events whose data names the judge the trainer used
+JUDGE_KINDS = ("trainer_started", "checkpoint_loaded")
 
 
 def empty_text(panel: Panel, judge: str | None) -> str:
     """What an empty panel says: an offline judge makes no judge calls that count tokens."""
-    if panel.title == TOKENS_PANEL and judge == "offline":
-        return "offline judge: no tokens"
+    if judge == "offline" and panel.offline_text:
+        return panel.offline_text
     return "no data yet"
 
 
@@ -150,7 +153,7 @@ def run_judge(events: list[dict[str, Any]]) -> str | None:
     """"offline" / "llm": the judge the trainer said it used (its start event), None when unknown."""
     for e in reversed(events):
         data = e.get("data") or {}
-        if e.get("kind") in ("trainer_started", "checkpoint_loaded") and data.get("judge"):
+        if e.get("kind") in JUDGE_KINDS and data.get("judge"):
             return str(data["judge"])
     return None
 
@@ -293,7 +296,7 @@ def panel_series(store: Any, run_id: int, keys: list[str], panel: Panel, label: 
     if cache is None:
         cache = SeriesCache()
     steps, values, walls = metric_series(store, run_id, key, cache)
-    s = Series(label=label, steps=steps, values=values, wall=walls, color=color, buckets=_smooth_of(cache, key, walls))
+    s = Series(label=label, steps=steps, values=values, wall=walls, color=color, buckets=cache.buckets(key))
     lo_key, hi_key, std_key = pick_key(keys, panel.low), pick_key(keys, panel.high), pick_key(keys, panel.std)
     at = (lambda k: _values_at(store, run_id, k, steps)) if cache.level(key) else (
         lambda k: _aligned(store, run_id, k, steps, cache))
@@ -307,11 +310,6 @@ def panel_series(store: Any, run_id: int, keys: list[str], panel: Panel, label: 
     if s.low is not None and (len(s.low) != len(steps) or any(x != x for x in s.low + (s.high or []))):
         s.low = s.high = None
     return s
-
-
-def _smooth_of(cache: SeriesCache, key: str, walls: list[float]) -> list[tuple[float, int, float, float]] | None:
-    """The bucket means a bucketed series is smoothed over (None: it holds every point)."""
-    return cache.buckets(key)
 
 
 def _values_at(store: Any, run_id: int, key: str, steps: list[float]) -> list[float]:
@@ -328,7 +326,6 @@ def _aligned(store: Any, run_id: int, key: str, steps: list[float], cache: Serie
 
 
 MARKER_KINDS = ("resumed", "template_changed", "restarted")
-JUDGE_KINDS = ("trainer_started", "checkpoint_loaded")
 SHOWN_EVENTS = 30  # the Run screen's Overview lists the newest 30
 MAX_MARKERS = 500
 
@@ -427,16 +424,16 @@ def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: s
                 cache: SeriesCache | None = None) -> list[Series]:
     """The panel's main series (with spread) and its companion line, if those metrics exist."""
     out = []
+    if cache is None:
+        cache = SeriesCache()
     main = panel_series(store, run_id, keys, panel, label, cache=cache)
     if main is not None:
         out.append(main)
     ckey = pick_key(keys, panel.companion) if panel.companion else None
     if ckey:
-        if cache is None:
-            cache = SeriesCache()
         steps, values, walls = metric_series(store, run_id, ckey, cache)
         out.append(Series(label=panel.companion_label or ckey, steps=steps, values=values, wall=walls,
-                          color="orange", buckets=_smooth_of(cache, ckey, walls)))
+                          color="orange", buckets=cache.buckets(ckey)))
     if len(out) > 1 and main is not None:
         main.label = panel.main_label or ("student" if panel.companion_label == "teacher" else "prompt")
     return out
