@@ -65,3 +65,26 @@ async def test_a_heartbeat_alone_does_not_re_read_the_curves(tmp_path):
         with RunStore(path) as s:
             s.write_metrics(ids["busy"], 3, {"reward/mean": 0.9})
         await wait_for(pilot, lambda: run.data.series is not series, what="the new step's curves")
+
+
+async def test_compare_keeps_its_curves_through_a_heartbeat_and_reads_a_new_step(tmp_path):
+    from engine.store import RunStore
+    from ropd_tui.screens.compare import CompareScreen
+    from tui_pilot import wait_for
+
+    path = tmp_path / "ropd.db"
+    ids = build_store(path, [FixtureRun("busy", "running", 3), FixtureRun("done", "finished", 2, exit_code=0)])
+    app = RopdApp(path, clock=lambda: FROZEN_NOW, supervise=False, configs_dir=ROOT / "configs")  # live polling
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_screen(pilot, RunsScreen)
+        app.push_screen(CompareScreen([ids["busy"], ids["done"]]))
+        cmp = await wait_screen(pilot, CompareScreen)
+        await wait_for(pilot, lambda: cmp.data is not None, what="the compared curves")
+        first = cmp.data
+        with RunStore(path) as s:
+            s.write_progress(ids["busy"], phase="update", step=3, phase_started=FROZEN_NOW - 5,
+                             progress_at=FROZEN_NOW - 5)
+            s.write_metrics(ids["busy"], 4, {"reward/mean": 0.9})
+        await wait_for(pilot, lambda: cmp.data is not first, what="the new step's curves")
+        reward = cmp.data.panels[0][0]
+        assert reward.steps[-1] == 4 and reward.values[-1] == 0.9

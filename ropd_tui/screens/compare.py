@@ -17,7 +17,7 @@ from ..widgets.curves import PALETTE, CurvePlot, Series, fit_grid, rich_color
 from ..widgets.safe import plain
 from .base import LiveScreen
 from .run import SMOOTHING_STEPS, run_info
-from .views import PANELS, panel_series
+from .views import PANELS, curves_sig, panel_series
 
 
 @dataclass
@@ -78,6 +78,7 @@ class CompareScreen(LiveScreen):
         self.smoothing = 0.6
         self.x_axis = "step"
         self.data: CompareData | None = None
+        self._sig: tuple | None = None  # reader thread: the runs' curves_sig when data was read
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -101,6 +102,11 @@ class CompareScreen(LiveScreen):
 
     def load(self, store: Any) -> CompareData:
         infos = [run_info(store, rid) for rid in self.run_ids]
+        # a heartbeat alone (every few seconds per running run) moves nothing drawn here: keep what was read
+        sig = tuple(curves_sig(store, rid, i.get("attempt")) for rid, i in zip(self.run_ids, infos))
+        if self.data is not None and sig == self._sig:
+            return self.data
+        self._sig = sig
         names = [str(i.get("name", rid)) for i, rid in zip(infos, self.run_ids)]
         panels: list[list[Series]] = [[] for _ in PANELS]
         for n, (rid, name) in enumerate(zip(self.run_ids, names)):
@@ -114,6 +120,8 @@ class CompareScreen(LiveScreen):
         return CompareData(names=names, panels=panels, diff=multi_diff([_config(i) for i in infos]))
 
     async def apply(self, data: CompareData) -> None:
+        if data is self.data:
+            return
         self.data = data
         self._plot()
         legend = plain("")

@@ -17,8 +17,8 @@ from ..widgets.curves import CurvePlot, Series, fit_grid
 from ..widgets.log_view import LogChunk, LogTail, LogView
 from ..widgets.safe import plain
 from .base import LiveScreen
-from .views import (ACTIVE, PANELS, SHOWN_EVENTS, SeriesCache, empty_text, event_markers, fmt_duration, fmt_num,
-                    panel_lines, run_events, run_judge, run_row)
+from .views import (ACTIVE, PANELS, SHOWN_EVENTS, SeriesCache, curves_sig, empty_text, event_markers, fmt_duration,
+                    fmt_num, panel_lines, run_events, run_judge, run_row)
 
 SMOOTHING_STEPS = [0.0, 0.6, 0.9]
 
@@ -122,7 +122,7 @@ class RunScreen(LiveScreen):
         info["progress"] = store.progress([self.run_id]).get(self.run_id)
         # the trainer's heartbeat moves the store every few seconds: re-read the curves only when the
         # run's metrics or events did
-        sig = (info.get("attempt"), store.last_seq("metrics", self.run_id), store.last_seq("events", self.run_id))
+        sig = curves_sig(store, self.run_id, info.get("attempt"))
         if self.data is not None and sig == self._curves_sig:
             d = self.data
             return RunData(info=info, series=d.series, markers=d.markers, events=d.events, keys=d.keys,

@@ -420,6 +420,12 @@ def group_view(step: int, g: dict[str, Any]) -> GroupView:
                      template_versions=dict(g.get("template_versions") or {}))
 
 
+def curves_sig(store: Any, run_id: int, attempt: Any) -> tuple:
+    """What moves when a run's curves can change: its attempt, its newest metric row and its newest event.
+    The trainer's heartbeat writes the store every few seconds without moving any of them."""
+    return (attempt, store.last_seq("metrics", run_id), store.last_seq("events", run_id))
+
+
 def panel_lines(store: Any, run_id: int, keys: list[str], panel: Panel, label: str,
                 cache: SeriesCache | None = None) -> list[Series]:
     """The panel's main series (with spread) and its companion line, if those metrics exist."""
